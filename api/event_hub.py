@@ -1,0 +1,146 @@
+"""One Redis pub/sub connection per API process, fanned out to every waiter.
+
+Waiters (`?wait`, SSE streams) call `subscribe(job_id)` and get an asyncio
+queue of that job's live events. The hub subscribes to a job's channel when
+its first waiter arrives and unsubscribes when its last one leaves, so Redis
+sees one connection per process however many clients are watching.
+
+Pub/sub is at-most-once, so a waiter must never rely on it alone: it
+subscribes, *then* reads the job's state (record or Stream), then follows the
+queue. `subscribe` returns only once Redis has confirmed the subscription, so
+nothing published after that read can be missed. When the hub cannot vouch
+for a queue (the connection dropped, or the waiter fell so far behind that
+its queue filled up) it clears the queue and puts `RESYNC` in it: the waiter
+re-reads the state and goes on.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core import keys
+from core.events import parse_event
+
+log = logging.getLogger(__name__)
+
+RESYNC: Final = None
+# Keeps the connection subscribed to something: redis-py refuses to read a
+# pub/sub connection that has no subscription.
+_IDLE_CHANNEL = f"{keys.PREFIX}:hub:idle"
+Event = dict[str, Any] | None
+
+
+class _Channel:
+    def __init__(self) -> None:
+        self.queues: set[asyncio.Queue[Event]] = set()
+        self.confirmed = asyncio.Event()
+
+
+class EventHub:
+    def __init__(self, redis: aioredis.Redis, queue_size: int = 1024, subscribe_timeout_s: float = 5.0) -> None:
+        self._redis = redis
+        self._pubsub = redis.pubsub()
+        self._channels: dict[str, _Channel] = {}
+        self._queue_size = queue_size
+        self._subscribe_timeout_s = subscribe_timeout_s
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_forever(), name="event-hub-reader")
+
+    async def stop(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, job_id: str) -> AsyncIterator[asyncio.Queue[Event]]:
+        name = keys.job_channel(job_id)
+        queue: asyncio.Queue[Event] = asyncio.Queue(self._queue_size)
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = _Channel()
+            channel.queues.add(queue)
+            try:
+                await self._pubsub.subscribe(name)
+            except BaseException:
+                self._release(name, queue)
+                raise
+        else:
+            channel.queues.add(queue)
+        try:
+            await asyncio.wait_for(channel.confirmed.wait(), self._subscribe_timeout_s)
+            yield queue
+        finally:
+            if self._release(name, queue):
+                with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+                    await self._pubsub.unsubscribe(name)
+
+    def _release(self, name: str, queue: asyncio.Queue[Event]) -> bool:
+        """Forget a queue; True when it was the channel's last one."""
+        channel = self._channels.get(name)
+        if channel is None:
+            return False
+        channel.queues.discard(queue)
+        if channel.queues:
+            return False
+        del self._channels[name]
+        return True
+
+    async def _read_forever(self) -> None:
+        await self._pubsub.subscribe(_IDLE_CHANNEL)
+        while True:
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                log.warning("event hub lost Redis (%s); resubscribing", e)
+                self._resync_all()
+                await asyncio.sleep(0.5)
+                continue
+            if message is not None:
+                self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        name = message["channel"]
+        name = name.decode() if isinstance(name, bytes) else name
+        channel = self._channels.get(name)
+        if channel is None:
+            return
+        if message["type"] == "subscribe":
+            channel.confirmed.set()
+        elif message["type"] == "message":
+            event = parse_event(message["data"])
+            for queue in channel.queues:
+                _offer(queue, event)
+
+    def _resync_all(self) -> None:
+        for channel in self._channels.values():
+            for queue in channel.queues:
+                _offer(queue, RESYNC)
+
+
+def _offer(queue: asyncio.Queue[Event], event: Event) -> None:
+    if event is not RESYNC:
+        try:
+            queue.put_nowait(event)
+            return
+        except asyncio.QueueFull:
+            pass
+    # Drop what the waiter has not read and tell it to catch up from Redis:
+    # a slow reader costs itself a re-read, never anyone else a delay.
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait(RESYNC)

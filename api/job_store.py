@@ -1,0 +1,70 @@
+"""The API's reads and writes of job records (asyncio Redis)."""
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+
+from api.event_hub import RESYNC, EventHub
+from core import keys
+from core.events import APPEND_EVENT_LUA, TERMINAL_EVENTS, EventType, append_event_args
+from core.jobs import JobStatus, new_job_fields
+from core.settings import Settings
+
+
+async def create_job(
+    redis: aioredis.Redis,
+    settings: Settings,
+    job_id: str,
+    program: str,
+    inputs: dict[str, object],
+    model: str | None,
+    temperature: float | None,
+    created_at_s: float,
+) -> None:
+    """Write the record and its `queued` event in one transaction."""
+    fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s)
+    script_keys, argv = append_event_args(
+        job_id,
+        EventType.status,
+        {"status": JobStatus.queued.value},
+        maxlen=settings.event_stream_maxlen,
+        ttl_s=settings.job_ttl_s,
+    )
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.job(job_id), mapping=fields)
+        pipe.expire(keys.job(job_id), settings.job_ttl_s)
+        pipe.eval(APPEND_EVENT_LUA, len(script_keys), *script_keys, *argv)
+        await pipe.execute()
+
+
+async def delete_job(redis: aioredis.Redis, job_id: str) -> None:
+    await redis.delete(keys.job(job_id), keys.job_events(job_id))
+
+
+async def read_job(redis: aioredis.Redis, job_id: str) -> dict[str, str] | None:
+    fields: dict[str, str] = await redis.hgetall(keys.job(job_id))
+    return fields or None
+
+
+async def wait_until_finished(
+    redis: aioredis.Redis, hub: EventHub, job_id: str, timeout_s: float
+) -> dict[str, str] | None:
+    """The record once the job is terminal, or as it stands after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    async with hub.subscribe(job_id) as events:
+        while True:
+            fields = await read_job(redis, job_id)
+            if fields is None or JobStatus(fields["status"]).is_terminal:
+                return fields
+            # Wait for a terminal event (or a resync), then re-read the record.
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return await read_job(redis, job_id)
+                try:
+                    event = await asyncio.wait_for(events.get(), remaining)
+                except TimeoutError:
+                    return await read_job(redis, job_id)
+                if event is RESYNC or EventType(event["type"]) in TERMINAL_EVENTS:
+                    break

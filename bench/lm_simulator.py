@@ -1,0 +1,236 @@
+"""A scripted OpenAI-compatible LM server: deterministic, streaming, fault-injecting.
+
+Tests and benchmarks run the whole real path against it (DSPy's LM client,
+the adapter's parsing, streaming) with no model and no network. It answers
+`/v1/chat/completions` in DSPy's ChatAdapter format for whatever output
+fields the system prompt asks for, derived from the question, so a test
+knows the exact answer in advance.
+
+Timing comes from the command line (`--ttft-s`, `--tokens-per-s`). Faults
+and per-request timing are scripted inside the question text, so one server
+serves every test at once:
+
+    [lm:status=500]          answer HTTP 500 (429 includes Retry-After: 0)
+    [lm:fail_times=2,status=429]   fail the first 2 calls for this question
+    [lm:delay_s=3]           wait before answering
+    [lm:drop]                close the connection mid-stream
+    [lm:garbage]             answer text DSPy cannot parse
+
+Every request's model, temperature, max_tokens and stop are kept and served
+at `GET /_requests` so tests can check what reached the LM.
+"""
+
+import argparse
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+FIELD_HEADER = re.compile(r"\[\[ ## (\w+) ## \]\]")
+DIRECTIVE = re.compile(r"\[lm:([^\]]*)\]")
+COMPLETED = "[[ ## completed ## ]]"
+
+
+def _directives(text: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for block in DIRECTIVE.findall(text):
+        for part in block.split(","):
+            name, _, value = part.partition("=")
+            found[name.strip()] = value.strip() or "1"
+    return found
+
+
+def _output_fields(system: str) -> list[str]:
+    """The output fields a ChatAdapter system prompt asks for, in order."""
+    _, _, after = system.partition("Your output fields are:")
+    names = re.findall(r"^\d+\. `(\w+)`", after.split("All interactions will be structured")[0], re.M)
+    return names or ["answer"]
+
+
+def _question(user: str) -> str:
+    parts = FIELD_HEADER.split(user)
+    # parts = [pre, name1, value1, name2, value2, ...]
+    for name, value in zip(parts[1::2], parts[2::2], strict=False):
+        if name != "completed":
+            return value.strip().split("\n\n")[0].strip()
+    return user.strip()
+
+
+def scripted_answer(question: str, fields: list[str]) -> str:
+    """The exact completion for a question: tests compute it the same way."""
+    values = {
+        "reasoning": f"Thinking step by step about: {question}",
+        "answer": f"The answer to '{question}' is 42.",
+        "key_concepts": json.dumps(["scripting", "determinism"]),
+        "question_type": "factual",
+    }
+    lines = []
+    for name in fields:
+        lines += [f"[[ ## {name} ## ]]", values.get(name, f"{name} for {question}"), ""]
+    lines.append(COMPLETED)
+    return "\n".join(lines)
+
+
+def _tokens(text: str) -> list[str]:
+    """Split into word-sized chunks that concatenate back to the text."""
+    return re.findall(r"\s*\S+|\s+", text)
+
+
+class Simulator:
+    def __init__(self, ttft_s: float, tokens_per_s: float) -> None:
+        self.ttft_s = ttft_s
+        self.tokens_per_s = tokens_per_s
+        self.requests: list[dict[str, Any]] = []
+        self.calls: Counter[str] = Counter()
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+        app.post("/v1/chat/completions")(self.chat)
+        app.get("/v1/models")(self.models)
+        app.get("/_requests")(self.list_requests)
+        app.delete("/_requests")(self.clear_requests)
+        app.get("/health")(lambda: {"status": "ok"})
+        return app
+
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": "simulated", "object": "model"}]}
+
+    async def list_requests(self) -> list[dict[str, Any]]:
+        return self.requests
+
+    async def clear_requests(self) -> dict[str, int]:
+        n = len(self.requests)
+        self.requests.clear()
+        self.calls.clear()
+        return {"cleared": n}
+
+    async def chat(self, request: Request) -> Response:
+        body = await request.json()
+        messages = body.get("messages", [])
+        system = next((m["content"] for m in messages if m.get("role") == "system"), "")
+        user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        if isinstance(user, list):
+            user = "".join(part.get("text", "") for part in user)
+        question = _question(user)
+        directives = _directives(question)
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        self.requests.append(
+            {
+                "question": question,
+                "model": body.get("model"),
+                "temperature": body.get("temperature"),
+                "max_tokens": body.get("max_tokens"),
+                "max_completion_tokens": body.get("max_completion_tokens"),
+                "stop": body.get("stop"),
+                "stream": bool(body.get("stream")),
+                "at": time.time(),
+            }
+        )
+        self.calls[question] += 1
+
+        if "delay_s" in directives:
+            await asyncio.sleep(float(directives["delay_s"]))
+        status = int(directives.get("status", "0"))
+        if status and self.calls[question] <= int(directives.get("fail_times", "1000000")):
+            headers = {"Retry-After": "0"} if status == 429 else {}
+            return JSONResponse(
+                {"error": {"message": f"scripted failure {status}", "type": "scripted", "code": status}},
+                status_code=status,
+                headers=headers,
+            )
+
+        if "garbage" in directives:
+            text = "I am not going to follow the format at all."
+        else:
+            text = scripted_answer(question, _output_fields(system))
+        text = _apply_stop(text, body.get("stop"))
+        tokens = _tokens(text)
+        finish = "stop"
+        if isinstance(max_tokens, int) and len(tokens) > max_tokens:
+            tokens, finish = tokens[:max_tokens], "length"
+        usage = {
+            "prompt_tokens": sum(len(str(m.get("content", ""))) for m in messages) // 4,
+            "completion_tokens": len(tokens),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        model = body.get("model", "simulated")
+        if body.get("stream"):
+            return StreamingResponse(
+                self._stream(model, tokens, finish, usage, drop="drop" in directives),
+                media_type="text/event-stream",
+            )
+        await asyncio.sleep(self.ttft_s + self._generation_s(len(tokens)))
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "".join(tokens)}, "finish_reason": finish}
+                ],
+                "usage": usage,
+            }
+        )
+
+    def _generation_s(self, n_tokens: int) -> float:
+        return n_tokens / self.tokens_per_s if self.tokens_per_s > 0 else 0.0
+
+    async def _stream(
+        self, model: str, tokens: list[str], finish: str, usage: dict[str, int], drop: bool
+    ) -> AsyncIterator[bytes]:
+        chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        per_token_s = 1 / self.tokens_per_s if self.tokens_per_s > 0 else 0.0
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None, **extra: Any) -> bytes:
+            body = {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+                **extra,
+            }
+            return f"data: {json.dumps(body)}\n\n".encode()
+
+        await asyncio.sleep(self.ttft_s)
+        yield chunk({"role": "assistant", "content": ""}, None)
+        for i, token in enumerate(tokens):
+            if drop and i == len(tokens) // 2:
+                raise ConnectionResetError("scripted drop")
+            if per_token_s:
+                await asyncio.sleep(per_token_s)
+            yield chunk({"content": token}, None)
+        yield chunk({}, finish, usage=usage)
+        yield b"data: [DONE]\n\n"
+
+
+def _apply_stop(text: str, stop: str | list[str] | None) -> str:
+    for marker in [stop] if isinstance(stop, str) else stop or []:
+        if marker and marker in text:
+            text = text[: text.index(marker)]
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--ttft-s", type=float, default=0.0, help="delay before the first token")
+    parser.add_argument("--tokens-per-s", type=float, default=0.0, help="0 means as fast as possible")
+    args = parser.parse_args()
+    app = Simulator(args.ttft_s, args.tokens_per_s).app()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""A job's ordered event log: Redis Stream for replay, pub/sub for the live tail.
+
+Every event gets the next sequence number of its job (`seq` in the job hash)
+and is written by one Lua script that, atomically: checks the job still
+exists, bumps `seq`, applies any job-record field updates that go with the
+event (so a status change and its event can never disagree), appends the
+event to the capped Stream under the entry id `<seq>-0`, refreshes the
+Stream's TTL and publishes the same JSON on the job's channel.
+
+Readers therefore subscribe first, replay the Stream after the last sequence
+they saw, then follow pub/sub dropping sequences they already have: nothing
+is lost (the Stream keeps it) and nothing is repeated (sequences dedupe).
+"""
+
+import json
+from enum import Enum
+from typing import Any
+
+from core import keys
+
+
+class EventType(str, Enum):
+    status = "status"  # the job changed status; data: {"status": ...}
+    token = "token"  # a chunk of an output field; data: {"field": ..., "text": ...}
+    result = "result"  # terminal: the job succeeded; data: the job record
+    error = "error"  # terminal: the job failed or was cancelled; data: the job record
+
+
+TERMINAL_EVENTS = frozenset({EventType.result, EventType.error})
+
+# KEYS: job hash, event stream, channel (a channel is not a key, but passing it
+# here keeps the script free of key-name logic).
+# ARGV: event type, event data JSON, stream maxlen, ttl_s, then field/value
+# pairs to HSET on the job hash.
+# Returns the event's sequence number, or -1 if the job no longer exists.
+APPEND_EVENT_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return -1
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+if #ARGV > 4 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+end
+local payload = '{"seq":' .. seq .. ',"type":"' .. ARGV[1] .. '","data":' .. ARGV[2] .. '}'
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', payload)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', KEYS[3], payload)
+return seq
+"""
+
+
+def append_event_args(
+    job_id: str,
+    event_type: EventType,
+    data: dict[str, Any],
+    *,
+    maxlen: int,
+    ttl_s: int,
+    job_updates: dict[str, str] | None = None,
+) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV for `APPEND_EVENT_LUA`, for a sync or an asyncio client."""
+    argv = [event_type.value, json.dumps(data, separators=(",", ":")), str(maxlen), str(ttl_s)]
+    for field, value in (job_updates or {}).items():
+        argv += [field, value]
+    return [keys.job(job_id), keys.job_events(job_id), keys.job_channel(job_id)], argv
+
+
+def parse_event(payload: str | bytes) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads(payload)
+    return event

@@ -1,0 +1,126 @@
+"""The job record: its status, its public shape, and how it sits in Redis.
+
+A job is one Redis hash (`keys.job`). The API writes it whole at submit time,
+before the task is enqueued, so an id that was never issued is a clean 404.
+The worker then updates fields in place. Structured values (input, result,
+error, usage) are JSON strings inside the hash; times are unix seconds.
+"""
+
+import json
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class JobStatus(str, Enum):
+    queued = "queued"  # stored and enqueued; no worker has started it yet
+    running = "running"  # a worker is executing it now
+    succeeded = "succeeded"  # finished; `result` holds the program's output
+    failed = "failed"  # finished; `error` says why
+    cancelled = "cancelled"  # stopped at a client's request; never resumes
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+
+
+class JobError(BaseModel):
+    type: str = Field(description="Exception class, e.g. LMTimeoutError or AdapterParseError.")
+    message: str = Field(description="What went wrong, in words a person can act on.")
+    retryable: bool = Field(description="Whether the same job could succeed if submitted again.")
+
+
+class LMUsage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class JobLinks(BaseModel):
+    self: str = Field(description="Poll this URL for the job record.")
+    events: str = Field(description="Server-sent events: status changes, tokens, the result.")
+
+
+class Job(BaseModel):
+    """A job as clients see it."""
+
+    id: str
+    program: str = Field(description="Name of the DSPy program that runs the job.")
+    status: JobStatus
+    input: dict[str, Any] = Field(description="The program's input fields, as submitted.")
+    model: str | None = Field(None, description="Per-job LM override, if any.")
+    temperature: float | None = Field(None, description="Per-job temperature override, if any.")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = Field(0, description="How many times a worker started this job.")
+    worker: str | None = Field(None, description="The worker process that ran it last.")
+    result: dict[str, Any] | None = Field(
+        None, description="The program's output fields (for qa: reasoning, answer, key_concepts, question_type)."
+    )
+    error: JobError | None = None
+    usage: LMUsage | None = Field(None, description="LM tokens spent on the job.")
+    links: JobLinks
+
+
+def now_s() -> float:
+    return datetime.now(UTC).timestamp()
+
+
+def new_job_fields(
+    job_id: str,
+    program: str,
+    inputs: dict[str, Any],
+    model: str | None,
+    temperature: float | None,
+    created_at_s: float,
+) -> dict[str, str]:
+    """The hash written at submit time."""
+    fields = {
+        "id": job_id,
+        "program": program,
+        "status": JobStatus.queued.value,
+        "input": json.dumps(inputs),
+        "created_at": repr(created_at_s),
+        "attempts": "0",
+        "seq": "0",
+    }
+    if model is not None:
+        fields["model"] = model
+    if temperature is not None:
+        fields["temperature"] = repr(temperature)
+    return fields
+
+
+def _time(raw: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(raw), UTC) if raw else None
+
+
+def _json(raw: str | None) -> Any:
+    return json.loads(raw) if raw else None
+
+
+def job_from_fields(fields: dict[str, str], links: JobLinks) -> Job:
+    """Rebuild the public record from the Redis hash (decoded to str)."""
+    return Job(
+        id=fields["id"],
+        program=fields["program"],
+        status=JobStatus(fields["status"]),
+        input=_json(fields.get("input")) or {},
+        model=fields.get("model"),
+        temperature=float(fields["temperature"]) if fields.get("temperature") else None,
+        created_at=_time(fields["created_at"]),  # type: ignore[arg-type]
+        started_at=_time(fields.get("started_at")),
+        finished_at=_time(fields.get("finished_at")),
+        attempts=int(fields.get("attempts", 0)),
+        worker=fields.get("worker"),
+        result=_json(fields.get("result")),
+        error=_json(fields.get("error")),
+        usage=_json(fields.get("usage")),
+        links=links,
+    )

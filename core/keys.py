@@ -1,0 +1,36 @@
+"""Every Redis key and channel name the service uses, in one place.
+
+Celery's own keys (queues named in settings, `unacked*`, `_kombu.*`) live in
+the same database; all of ours start with `dj:` so they never collide. A job's keys share the hash tag `{<job id>}`, so the
+scripts that touch several of them also run on Redis Cluster.
+"""
+
+PREFIX = "dj"
+
+
+def job(job_id: str) -> str:
+    """Hash: the job record, the one source of truth for a job's state."""
+    return f"{PREFIX}:job:{{{job_id}}}"
+
+
+def job_events(job_id: str) -> str:
+    """Stream: the job's ordered event log, entry id `<seq>-0`."""
+    return f"{PREFIX}:job:{{{job_id}}}:events"
+
+
+def job_channel(job_id: str) -> str:
+    """Pub/sub channel on which each event is published as it is appended."""
+    return f"{PREFIX}:job:{{{job_id}}}:live"
+
+
+# Sorted set: worker name -> unix time of its last heartbeat.
+WORKERS = f"{PREFIX}:workers"
+
+
+def worker(name: str) -> str:
+    """Hash: what a worker told us about itself (queues, pool, pid)."""
+    return f"{PREFIX}:worker:{name}"
+
+
+# Hash: program name -> how many times any worker process loaded it.
+PROGRAM_LOADS = f"{PREFIX}:program_loads"

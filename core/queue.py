@@ -1,0 +1,58 @@
+"""The Celery app both sides share: broker, serialization, queues, delivery.
+
+The API and Flower use this app as it is (they send and watch tasks by name
+and never import dspy); `worker.celery_app` adds the task implementations.
+
+Delivery is at-least-once: late acks, requeue when a worker process is lost,
+prefetch 1 so a busy worker does not sit on messages another could run, and a
+visibility timeout well past the hard time limit so Redis does not hand a
+still-running job to a second worker. JSON only: pickle would let anyone who
+can write to Redis run code in the workers.
+"""
+
+from celery import Celery
+from kombu import Queue
+
+from core.settings import Settings, get_settings
+
+RUN_JOB_TASK = "dspy_jobs.run_job"
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("dspy_jobs", broker=settings.redis_url, set_as_current=False)
+    visibility_timeout_s = settings.job_time_limit_s * 2 + 60
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        # Results and state live in our own job records; Celery keeps none.
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        # A publish while Redis is down fails within `enqueue_timeout_s`
+        # instead of blocking the request behind kombu's default retries.
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 1.0,
+        },
+        task_queues=[Queue(settings.interactive_queue), Queue(settings.bulk_queue)],
+        task_default_queue=settings.interactive_queue,
+        task_routes={RUN_JOB_TASK: {"queue": settings.interactive_queue}},
+        # Flower shows tasks from these events.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+# Module-level app for `celery -A core.queue flower`.
+app = make_celery()

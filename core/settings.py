@@ -1,0 +1,87 @@
+"""The one settings object, read from the environment (and `.env`).
+
+Every process (API, worker, Flower launcher, tests) builds its configuration
+from `Settings`; nothing else reads environment variables. Names carry their
+unit (`_s` seconds, `_chars`, `_bytes`).
+"""
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The embedded default: a local llama-cpp-python server (OpenAI-compatible)
+# serving Gemma 3 270M. `make up` starts it when `lm_model` is left at this value.
+EMBEDDED_LM_MODEL = "openai/gemma-3-270m"
+EMBEDDED_LM_API_BASE = "http://127.0.0.1:8080/v1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # --- LM -----------------------------------------------------------------
+    lm_model: str = Field(
+        EMBEDDED_LM_MODEL,
+        description="Any DSPy/LiteLLM model string, e.g. openai/gpt-4o-mini.",
+    )
+    lm_api_base: str | None = EMBEDDED_LM_API_BASE
+    lm_api_key: SecretStr | None = None
+    lm_temperature: float = 0.0
+    # Every request stops at DSPy's completion marker or this many tokens: the
+    # embedded base model otherwise rambles to its context limit.
+    lm_max_tokens: int = 384
+    lm_timeout_s: float = 120.0
+    lm_num_retries: int = 2
+    lm_cache: bool = True
+    # DSPy's native engine sends `max_completion_tokens`, which llama.cpp's
+    # server ignores (it then generates to the context limit); LiteLLM sends
+    # `max_tokens`, which every OpenAI-compatible server honours. "auto" lets
+    # DSPy pick its native engine for hosted providers.
+    lm_engine: Literal["litellm", "auto", "lm15"] = "litellm"
+    # Models a request may name in `model`. Empty means only `lm_model`: a
+    # caller must not be able to spend the operator's key on any model it likes.
+    lm_allowed_models: Annotated[list[str], NoDecode] = []
+
+    # --- Programs -------------------------------------------------------------
+    default_program: str = "qa"
+    artifacts_dir: str = "artifacts"
+
+    # --- Jobs -----------------------------------------------------------------
+    job_ttl_s: int = 7 * 24 * 3600
+    question_max_chars: int = 4000
+    wait_max_s: float = 60.0
+    event_stream_maxlen: int = 10_000
+
+    # --- Queues and workers ---------------------------------------------------
+    interactive_queue: str = "interactive"
+    bulk_queue: str = "bulk"
+    worker_heartbeat_s: float = 5.0
+    # A worker whose last heartbeat is older than this counts as offline.
+    worker_offline_after_s: float = 15.0
+    # Hard limit on one job; the broker's visibility timeout is derived from it
+    # so a long job is never redelivered while it still runs.
+    job_time_limit_s: int = 600
+    enqueue_timeout_s: float = 5.0
+
+    @field_validator("lm_allowed_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @property
+    def allowed_models(self) -> list[str]:
+        return [self.lm_model, *[m for m in self.lm_allowed_models if m != self.lm_model]]
+
+    @property
+    def uses_embedded_lm(self) -> bool:
+        return self.lm_model == EMBEDDED_LM_MODEL and self.lm_api_base == EMBEDDED_LM_API_BASE
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

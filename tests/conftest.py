@@ -1,0 +1,110 @@
+"""Fixtures: one real stack per test session, and factories for private ones.
+
+The shared stack (private redis-server, LM simulator, one worker, one API)
+serves tests that only submit and read jobs. Tests that stop processes, count
+loads or inspect queues build their own stack on their own redis-server so
+they never disturb each other.
+"""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import redis
+
+from tests.support import Proc, start_api, start_lm_simulator, start_redis, start_worker
+
+# Models a job may name besides the default; the simulator answers any.
+OTHER_MODEL = "openai/other-model"
+
+
+@dataclass
+class Stack:
+    redis_url: str
+    lm_api_base: str
+    procs: list[Proc] = field(default_factory=list)
+    api_url: str = ""
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "REDIS_URL": self.redis_url,
+            "LM_MODEL": "openai/simulated",
+            "LM_API_BASE": self.lm_api_base,
+            "LM_ALLOWED_MODELS": OTHER_MODEL,
+            "LM_CACHE": "false",
+            "WORKER_HEARTBEAT_S": "0.5",
+            "WORKER_OFFLINE_AFTER_S": "3",
+        }
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, timeout=30)
+
+    def start_worker(self, **kwargs: object) -> Proc:
+        proc = start_worker(self.env, **kwargs)  # type: ignore[arg-type]
+        self.procs.append(proc)
+        return proc
+
+    def start_api(self) -> str:
+        proc, self.api_url = start_api(self.env)
+        self.procs.append(proc)
+        return self.api_url
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@pytest.fixture(scope="session")
+def lm_api_base() -> Iterator[str]:
+    proc, base = start_lm_simulator()
+    yield base
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(lm_api_base: str) -> Iterator[Stack]:
+    redis_proc, url = start_redis()
+    stack = Stack(url, lm_api_base, [redis_proc] if redis_proc else [])
+    stack.start_worker()
+    stack.start_api()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with stack.client() as c:
+        yield c
+
+
+@pytest.fixture
+def make_stack(lm_api_base: str) -> Iterator[Callable[[], Stack]]:
+    """A private redis-server with nothing running on it yet."""
+    made: list[Stack] = []
+
+    def make() -> Stack:
+        redis_proc, url = start_redis("redis-private")
+        if redis_proc is None:
+            redis.Redis.from_url(url).flushdb()
+        made.append(Stack(url, lm_api_base, [redis_proc] if redis_proc else []))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+@pytest.fixture
+def lm_requests(lm_api_base: str) -> Callable[[str], list[dict[str, object]]]:
+    """What reached the LM simulator for a given question."""
+
+    def for_question(question: str) -> list[dict[str, object]]:
+        base = lm_api_base.removesuffix("/v1")
+        return [r for r in httpx.get(f"{base}/_requests").json() if r["question"] == question]
+
+    return for_question

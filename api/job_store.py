@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -32,7 +33,7 @@ async def create_job(
         ttl_s=settings.job_ttl_s,
     )
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.job(job_id), mapping=fields)
+        pipe.hset(keys.job(job_id), mapping=fields)  # type: ignore[arg-type]  # redis-py: invariant keys
         pipe.expire(keys.job(job_id), settings.job_ttl_s)
         pipe.eval(APPEND_EVENT_LUA, len(script_keys), *script_keys, *argv)
         await pipe.execute()
@@ -43,7 +44,8 @@ async def delete_job(redis: aioredis.Redis, job_id: str) -> None:
 
 
 async def read_job(redis: aioredis.Redis, job_id: str) -> dict[str, str] | None:
-    fields: dict[str, str] = await redis.hgetall(keys.job(job_id))
+    # decode_responses=True: keys and values are str.
+    fields = cast(dict[str, str], await redis.hgetall(keys.job(job_id)))
     return fields or None
 
 

@@ -13,13 +13,13 @@ is lost (the Stream keeps it) and nothing is repeated (sequences dedupe).
 """
 
 import json
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from core import keys
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     status = "status"  # the job changed status; data: {"status": ...}
     token = "token"  # a chunk of an output field; data: {"field": ..., "text": ...}
     result = "result"  # terminal: the job succeeded; data: the job record

@@ -8,13 +8,13 @@ error, usage) are JSON strings inside the hash; times are unix seconds.
 
 import json
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     queued = "queued"  # stored and enqueued; no worker has started it yet
     running = "running"  # a worker is executing it now
     succeeded = "succeeded"  # finished; `result` holds the program's output
@@ -44,6 +44,10 @@ class LMUsage(BaseModel):
 class JobLinks(BaseModel):
     self: str = Field(description="Poll this URL for the job record.")
     events: str = Field(description="Server-sent events: status changes, tokens, the result.")
+
+    @classmethod
+    def for_job(cls, job_id: str) -> "JobLinks":
+        return cls(self=f"/jobs/{job_id}", events=f"/jobs/{job_id}/events")
 
 
 class Job(BaseModel):
@@ -114,7 +118,7 @@ def job_from_fields(fields: dict[str, str], links: JobLinks) -> Job:
         input=_json(fields.get("input")) or {},
         model=fields.get("model"),
         temperature=float(fields["temperature"]) if fields.get("temperature") else None,
-        created_at=_time(fields["created_at"]),  # type: ignore[arg-type]
+        created_at=datetime.fromtimestamp(float(fields["created_at"]), UTC),
         started_at=_time(fields.get("started_at")),
         finished_at=_time(fields.get("finished_at")),
         attempts=int(fields.get("attempts", 0)),

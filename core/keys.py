@@ -1,8 +1,9 @@
 """Every Redis key and channel name the service uses, in one place.
 
 Celery's own keys (queues named in settings, `unacked*`, `_kombu.*`) live in
-the same database; all of ours start with `dj:` so they never collide. A job's keys share the hash tag `{<job id>}`, so the
-scripts that touch several of them also run on Redis Cluster.
+the same database; all of ours start with `dj:` so they never collide. A job's
+keys share the hash tag `{<job id>}`, so the scripts that touch several of them
+also run on Redis Cluster.
 """
 
 PREFIX = "dj"

@@ -11,7 +11,7 @@ can write to Redis run code in the workers.
 """
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from core.settings import Settings, get_settings
 
@@ -33,6 +33,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        worker_pool=settings.worker_pool,
+        worker_concurrency=settings.worker_concurrency,
         broker_transport_options={"visibility_timeout": visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         # A publish while Redis is down fails within `enqueue_timeout_s`

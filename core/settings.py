@@ -22,6 +22,13 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
 
+    # --- Local stack (`make up`) -------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    flower_port: int = 5555
+    # "user:password" for Flower; `make up` generates one when empty.
+    flower_basic_auth: SecretStr | None = None
+
     # --- LM -----------------------------------------------------------------
     lm_model: str = Field(
         EMBEDDED_LM_MODEL,
@@ -56,6 +63,11 @@ class Settings(BaseSettings):
     event_stream_maxlen: int = 10_000
 
     # --- Queues and workers ---------------------------------------------------
+    # Threads, not prefork: a job waits on the LM almost all the time, so one
+    # process with many threads keeps many calls in flight and holds one copy
+    # of the program and the LM (see worker/celery_app.py).
+    worker_pool: Literal["threads", "prefork", "solo"] = "threads"
+    worker_concurrency: int = 64
     interactive_queue: str = "interactive"
     bulk_queue: str = "bulk"
     worker_heartbeat_s: float = 5.0

@@ -32,7 +32,9 @@ def wait_for(check: Callable[[], bool], timeout_s: float, what: str, proc: "Proc
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}:\n{proc.tail()}")
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}:\n{proc.tail()}"
+            )
         try:
             if check():
                 return
@@ -92,8 +94,21 @@ def start_redis(name: str = "redis") -> tuple[Proc | None, str]:
     workdir.mkdir(parents=True, exist_ok=True)
     proc = Proc(
         name,
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--maxmemory-policy", "noeviction"],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--maxmemory-policy",
+            "noeviction",
+        ],
         {},
     )
     url = f"redis://127.0.0.1:{port}/0"
@@ -117,9 +132,26 @@ def start_worker(env: dict[str, str], name: str = "worker", queues: str = "inter
     hostname = f"{name}-{free_port()}@test"
     proc = Proc(
         name,
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "threads",
-         "-c", str(concurrency), "-Q", queues, "-n", hostname, "--loglevel", "INFO", "--without-mingle",
-         "--without-gossip"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            str(concurrency),
+            "-Q",
+            queues,
+            "-n",
+            hostname,
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ],
         env,
     )
     client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
@@ -132,8 +164,18 @@ def start_api(env: dict[str, str], name: str = "api") -> tuple[Proc, str]:
     port = free_port()
     proc = Proc(
         name,
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         env,
     )
     base = f"http://127.0.0.1:{port}"

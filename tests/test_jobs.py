@@ -89,7 +89,9 @@ def test_per_request_model_and_temperature_reach_the_lm(
     client: httpx.Client, lm_requests: Callable[[str], list[dict[str, object]]]
 ) -> None:
     question = unique("Which model answers this?")
-    job = client.post("/jobs", params={"wait": 20}, json={"question": question, "model": OTHER_MODEL, "temperature": 0.7}).json()
+    job = client.post(
+        "/jobs", params={"wait": 20}, json={"question": question, "model": OTHER_MODEL, "temperature": 0.7}
+    ).json()
 
     assert job["status"] == "succeeded", job
     assert job["model"] == OTHER_MODEL and job["temperature"] == 0.7

@@ -3,7 +3,6 @@
 import time
 from collections.abc import Callable
 
-
 from core import keys
 from tests.conftest import Stack
 from tests.support import wait_for

@@ -10,6 +10,7 @@ child loads once in `worker_process_init`) for CPU-heavy programs.
 import logging
 import os
 import threading
+from typing import cast
 
 import redis
 from celery import Task, signals
@@ -65,7 +66,7 @@ def process_state() -> _ProcessState:
 @app.task(name=RUN_JOB_TASK, bind=True)
 def run_job(self: Task, job_id: str) -> None:
     state = process_state()
-    fields = state.redis.hgetall(keys.job(job_id)) or None
+    fields = cast(dict[str, str], state.redis.hgetall(keys.job(job_id))) or None
     execution.run(job_id, state.runtime, state.updates, fields, f"{self.request.hostname}:{os.getpid()}")
 
 

@@ -56,6 +56,6 @@ class Heartbeat:
             pipe.zadd(keys.WORKERS, {self._name: now})
             # Forget workers that have been gone for a day.
             pipe.zremrangebyscore(keys.WORKERS, "-inf", now - 86400)
-            pipe.hset(keys.worker(self._name), mapping=self._info)
+            pipe.hset(keys.worker(self._name), mapping=self._info)  # type: ignore[arg-type]  # redis-py: invariant keys
             pipe.expire(keys.worker(self._name), ttl_s)
             pipe.execute()

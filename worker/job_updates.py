@@ -32,7 +32,7 @@ class JobUpdates:
 
     def finish(self, job_id: str, fields: dict[str, str], event_type: EventType, updates: dict[str, str]) -> None:
         """Write the terminal state; its event carries the whole public record."""
-        record = job_from_fields({**fields, **updates}, JobLinks(self=f"/jobs/{job_id}", events=f"/jobs/{job_id}/events"))
+        record = job_from_fields({**fields, **updates}, JobLinks.for_job(job_id))
         self.emit(job_id, event_type, record.model_dump(mode="json"), updates)
 
 

@@ -27,6 +27,7 @@ from program.registry import get_program_spec
 
 log = logging.getLogger(__name__)
 
+
 class Runtime:
     """One per worker process."""
 

@@ -1,7 +1,7 @@
 """`/health` (the process is alive) and `/ready` (it can do useful work)."""
 
 import time
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -27,7 +27,7 @@ async def ready(redis: RedisDep, settings: SettingsDep) -> JSONResponse:
         await redis.ping()
         checks["redis"] = "ok"
         since = time.time() - settings.worker_offline_after_s
-        workers: list[str] = await redis.zrangebyscore(keys.WORKERS, since, "+inf")
+        workers = cast(list[str], await redis.zrangebyscore(keys.WORKERS, since, "+inf"))
         checks["workers"] = workers
     except (RedisError, OSError) as e:
         return JSONResponse(

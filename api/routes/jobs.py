@@ -17,10 +17,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def _links(job_id: str) -> JobLinks:
-    return JobLinks(self=f"/jobs/{job_id}", events=f"/jobs/{job_id}/events")
-
-
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
@@ -68,7 +64,7 @@ async def submit_job(
     fields = fields or await job_store.read_job(redis, job_id)
     if fields is None:
         raise HTTPException(503, "the job record vanished right after it was stored; is Redis evicting keys?")
-    job = job_from_fields(fields, _links(job_id))
+    job = job_from_fields(fields, JobLinks.for_job(job_id))
     if job.status.is_terminal:
         response.status_code = status.HTTP_200_OK
     return job
@@ -80,4 +76,4 @@ async def get_job(job_id: str, redis: RedisDep) -> Job:
     fields = await job_store.read_job(redis, job_id)
     if fields is None:
         raise HTTPException(404, f"no job with id {job_id!r} (never issued, or expired)")
-    return job_from_fields(fields, _links(job_id))
+    return job_from_fields(fields, JobLinks.for_job(job_id))

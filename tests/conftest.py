@@ -25,12 +25,13 @@ class Stack:
     lm_api_base: str
     procs: list[Proc] = field(default_factory=list)
     api_url: str = ""
+    model: str = "openai/simulated"
 
     @property
     def env(self) -> dict[str, str]:
         return {
             "REDIS_URL": self.redis_url,
-            "LM_MODEL": "openai/simulated",
+            "LM_MODEL": self.model,
             "LM_API_BASE": self.lm_api_base,
             "LM_ALLOWED_MODELS": OTHER_MODEL,
             "LM_CACHE": "false",

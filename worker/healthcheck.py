@@ -20,7 +20,7 @@ def main() -> int:
     except redis.RedisError as e:
         print(f"unhealthy: Redis does not answer: {e}")
         return 1
-    if any(str(name).endswith(suffix) for name in beats):  # type: ignore[union-attr]
+    if any(str(name).endswith(suffix) for name in beats):
         return 0
     print(f"unhealthy: no fresh heartbeat from a worker on {suffix[1:]}")
     return 1

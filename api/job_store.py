@@ -22,8 +22,8 @@ async def create_job(
     model: str | None,
     temperature: float | None,
     created_at_s: float,
-) -> None:
-    """Write the record and its `queued` event in one transaction."""
+) -> dict[str, str]:
+    """Write the record and its `queued` event in one transaction; returns the record."""
     fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s)
     script_keys, argv = append_event_args(
         job_id,
@@ -37,6 +37,7 @@ async def create_job(
         pipe.expire(keys.job(job_id), settings.job_ttl_s)
         pipe.eval(APPEND_EVENT_LUA, len(script_keys), *script_keys, *argv)
         await pipe.execute()
+    return fields
 
 
 async def delete_job(redis: aioredis.Redis, job_id: str) -> None:

@@ -43,7 +43,7 @@ async def submit_job(
         raise HTTPException(422, f"wait must be at most {settings.wait_max_s} seconds")
     job_id = uuid.uuid4().hex
     program = settings.default_program
-    await job_store.create_job(
+    fields = await job_store.create_job(
         redis, settings, job_id, program, {"question": body.question}, body.model, body.temperature, now_s()
     )
     try:
@@ -58,12 +58,13 @@ async def submit_job(
         log.error("could not enqueue job %s: %s", job_id, e)
         raise HTTPException(503, "the job queue is unavailable; nothing was stored, retry later") from e
     response.headers["Location"] = f"/jobs/{job_id}"
-    fields = None
     if wait:
-        fields = await job_store.wait_until_finished(redis, hub, job_id, wait)
-    fields = fields or await job_store.read_job(redis, job_id)
-    if fields is None:
-        raise HTTPException(503, "the job record vanished right after it was stored; is Redis evicting keys?")
+        finished = await job_store.wait_until_finished(redis, hub, job_id, wait)
+        if finished is None:
+            raise HTTPException(503, "the job record vanished right after it was stored; is Redis evicting keys?")
+        fields = finished
+    # Without `wait`, the answer is the record as accepted (`queued`), even if
+    # a worker has already picked the job up: that is what the client polls from.
     job = job_from_fields(fields, JobLinks.for_job(job_id))
     if job.status.is_terminal:
         response.status_code = status.HTTP_200_OK

@@ -27,6 +27,7 @@ up: $(VENV)/.synced
 test: lint typecheck pytest
 
 lint: $(VENV)/.synced
+	$(UV) lock --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from api.event_hub import EventHub
-from api.routes import health, jobs
+from api.routes import events, health, jobs
 from core.queue import make_celery
 from core.settings import get_settings
 
@@ -71,6 +71,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RedisError, _redis_unavailable)
     app.include_router(jobs.router)
+    app.include_router(events.router)
     app.include_router(health.router)
     return app
 

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     question_max_chars: int = 4000
     wait_max_s: float = 60.0
     event_stream_maxlen: int = 10_000
+    sse_ping_s: float = 15.0
+    # A client that cannot take an event within this long is disconnected
+    # (it can resume with Last-Event-ID); it never slows anyone else.
+    sse_send_timeout_s: float = 30.0
 
     # --- Queues and workers ---------------------------------------------------
     # Threads, not prefork: a job waits on the LM almost all the time, so one

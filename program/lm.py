@@ -1,8 +1,13 @@
 """Building the LM from settings: one place, used by the worker and the optimizer."""
 
+import logging
+
 import dspy
 
 from core.settings import Settings
+
+# LiteLLM logs every call at INFO: noise on the hot path of every job.
+logging.getLogger("LiteLLM").setLevel(logging.WARNING)
 
 # DSPy's completion marker: every request stops there or at the token limit,
 # so a base model cannot ramble on to its context limit.

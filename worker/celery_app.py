@@ -29,9 +29,6 @@ log = logging.getLogger(__name__)
 settings = get_settings()
 app = make_celery(settings)
 
-# LiteLLM logs every call at INFO; that is noise on the hot path.
-logging.getLogger("LiteLLM").setLevel(logging.WARNING)
-
 _process_lock = threading.Lock()
 _process: "_ProcessState | None" = None
 _heartbeat: Heartbeat | None = None

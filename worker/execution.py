@@ -17,6 +17,7 @@ from core.events import EventType
 from core.jobs import JobError, JobStatus, LMUsage
 from worker.job_updates import JobUpdates, dumps
 from worker.runtime import Runtime
+from worker.streaming import OnToken, stream_prediction
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,11 @@ def run(job_id: str, runtime: Runtime, updates: JobUpdates, fields: dict[str, st
         return
     fields = {**fields, **running}
 
+    def on_token(field: str, text: str) -> None:
+        updates.emit(job_id, EventType.token, {"field": field, "text": text})
+
     try:
-        prediction = _predict(runtime, fields)
+        prediction = _predict(runtime, fields, on_token)
     except Exception as e:
         error = _job_error(e)
         log.warning("job %s failed: %s: %s", job_id, error.type, error.message)
@@ -67,15 +71,21 @@ def run(job_id: str, runtime: Runtime, updates: JobUpdates, fields: dict[str, st
     )
 
 
-def _predict(runtime: Runtime, fields: dict[str, str]) -> dspy.Prediction:
+def _predict(runtime: Runtime, fields: dict[str, str], on_token: OnToken) -> dspy.Prediction:
     program = runtime.program(fields["program"])
     temperature = float(fields["temperature"]) if fields.get("temperature") else None
     lm = runtime.lm(fields.get("model"), temperature)
     # History and trace off: a long-lived process would otherwise keep every
     # prompt and completion it ever saw.
-    with dspy.context(lm=lm, adapter=runtime.adapter, disable_history=True, trace=None, track_usage=True):
-        prediction: dspy.Prediction = program(**json.loads(fields["input"]))
-    return prediction
+    with dspy.context(
+        lm=lm,
+        adapter=runtime.adapter,
+        disable_history=True,
+        trace=None,
+        track_usage=True,
+        async_max_workers=runtime.max_concurrent_jobs,
+    ):
+        return stream_prediction(program, json.loads(fields["input"]), on_token)
 
 
 def _usage(prediction: dspy.Prediction) -> LMUsage:

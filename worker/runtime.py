@@ -42,6 +42,8 @@ class Runtime:
         self._override_lms: OrderedDict[tuple[str | None, float | None], dspy.LM] = OrderedDict()
         self._programs: dict[str, dspy.Module] = {}
         self.adapter = build_adapter()
+        # DSPy's asyncify limiter must admit every concurrent streaming job.
+        self.max_concurrent_jobs = max(settings.worker_concurrency, 8)
 
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:

@@ -1,0 +1,121 @@
+"""`GET /jobs/{id}/events`: the job's events as server-sent events, resumable.
+
+Order of operations is what makes it lossless: subscribe to the job's live
+channel first, then replay the Stream after the client's `Last-Event-ID`,
+then follow live events, dropping any sequence already sent. A gap in the
+live sequence (pub/sub dropped something, or this client fell behind) sends
+us back to the Stream. The response ends after the terminal event.
+"""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, cast
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Header, HTTPException, Query
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api.deps import HubDep, RedisDep, SettingsDep
+from api.event_hub import RESYNC, Event, EventHub
+from core import keys
+from core.events import TERMINAL_EVENTS, EventType, parse_event
+from core.jobs import JobStatus
+
+router = APIRouter(tags=["jobs"])
+
+_REPLAY_BATCH = 500
+# How long a stream waits on silence before checking that its job still exists.
+_IDLE_CHECK_S = 30.0
+
+
+def _last_event_id(header: str | None, query: str | None) -> int:
+    raw = header if header is not None else query
+    if raw is None or raw == "":
+        return 0
+    try:
+        seq = int(raw)
+    except ValueError:
+        seq = -1
+    if seq < 0:
+        raise HTTPException(422, f"Last-Event-ID must be a non-negative integer (an event's id), got {raw!r}")
+    return seq
+
+
+def _sse(event: dict[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(
+        data=json.dumps(event["data"], separators=(",", ":")), event=event["type"], id=str(event["seq"])
+    )
+
+
+async def _replay(redis: aioredis.Redis, job_id: str, after: int) -> list[dict[str, Any]]:
+    entries = await redis.xrange(keys.job_events(job_id), min=f"{after + 1}-0", max="+", count=_REPLAY_BATCH)
+    return [parse_event(fields["e"]) for _, fields in cast(list[tuple[str, dict[str, str]]], entries)]
+
+
+async def _finished_before(redis: aioredis.Redis, job_id: str, seq: int) -> bool:
+    """True when the job is over and the client already has (or skipped past) its last event."""
+    status, last_seq = cast(list[str | None], await redis.hmget(keys.job(job_id), ["status", "seq"]))
+    return status is None or (JobStatus(status).is_terminal and int(last_seq or 0) <= seq)
+
+
+async def _events(redis: aioredis.Redis, hub: EventHub, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    async with hub.subscribe(job_id) as live:
+        last = after
+        while True:
+            # Catch up from the Stream.
+            while batch := await _replay(redis, job_id, last):
+                for event in batch:
+                    last = event["seq"]
+                    yield _sse(event)
+                    if EventType(event["type"]) in TERMINAL_EVENTS:
+                        return
+            if await _finished_before(redis, job_id, last):
+                return
+            # Follow live events until something forces a re-read.
+            while True:
+                try:
+                    live_event: Event = await asyncio.wait_for(live.get(), _IDLE_CHECK_S)
+                except TimeoutError:
+                    if not await redis.exists(keys.job(job_id)):
+                        return
+                    continue
+                if live_event is RESYNC or live_event["seq"] > last + 1:
+                    break
+                if live_event["seq"] <= last:
+                    continue
+                last = live_event["seq"]
+                yield _sse(live_event)
+                if EventType(live_event["type"]) in TERMINAL_EVENTS:
+                    return
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "`status`, `token`, then `result` or `error`."},
+        404: {"description": "No job with this id."},
+        422: {"description": "Malformed Last-Event-ID."},
+    },
+)
+async def job_events(
+    job_id: str,
+    redis: RedisDep,
+    hub: HubDep,
+    settings: SettingsDep,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str | None, Query(description="For clients that cannot set the Last-Event-ID header.")
+    ] = None,
+) -> EventSourceResponse:
+    """Stream the job's events: replays what the client has not seen, follows live, ends after the result."""
+    after = _last_event_id(last_event_id_header, last_event_id)
+    if not await redis.exists(keys.job(job_id)):
+        raise HTTPException(404, f"no job with id {job_id!r} (never issued, or expired)")
+    return EventSourceResponse(
+        _events(redis, hub, job_id, after),
+        ping=settings.sse_ping_s,
+        headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
+        send_timeout=settings.sse_send_timeout_s,
+    )

@@ -27,13 +27,18 @@ log = logging.getLogger(__name__)
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
-    redis = aioredis.Redis.from_url(
+    # A blocking pool: a burst of requests waits briefly for a connection
+    # instead of failing with "Too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.api_redis_max_connections,
+        timeout=settings.api_redis_pool_timeout_s,
         decode_responses=True,
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=30,
     )
+    redis = aioredis.Redis(connection_pool=pool)
     app.state.redis = redis
     app.state.celery = make_celery(settings)
     app.state.hub = EventHub(redis)

@@ -13,6 +13,7 @@ serves every test at once:
     [lm:status=500]          answer HTTP 500 (429 includes Retry-After: 0)
     [lm:fail_times=2,status=429]   fail the first 2 calls for this question
     [lm:delay_s=3]           wait before answering
+    [lm:tps=20]              stream this request at 20 tokens/s
     [lm:drop]                close the connection mid-stream
     [lm:garbage]             answer text DSPy cannot parse
 
@@ -163,8 +164,9 @@ class Simulator:
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         model = body.get("model", "simulated")
         if body.get("stream"):
+            tokens_per_s = float(directives.get("tps", self.tokens_per_s))
             return StreamingResponse(
-                self._stream(model, tokens, finish, usage, drop="drop" in directives),
+                self._stream(model, tokens, finish, usage, tokens_per_s, drop="drop" in directives),
                 media_type="text/event-stream",
             )
         await asyncio.sleep(self.ttft_s + self._generation_s(len(tokens)))
@@ -185,11 +187,11 @@ class Simulator:
         return n_tokens / self.tokens_per_s if self.tokens_per_s > 0 else 0.0
 
     async def _stream(
-        self, model: str, tokens: list[str], finish: str, usage: dict[str, int], drop: bool
+        self, model: str, tokens: list[str], finish: str, usage: dict[str, int], tokens_per_s: float, drop: bool
     ) -> AsyncIterator[bytes]:
         chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        per_token_s = 1 / self.tokens_per_s if self.tokens_per_s > 0 else 0.0
+        per_token_s = 1 / tokens_per_s if tokens_per_s > 0 else 0.0
 
         def chunk(delta: dict[str, Any], finish_reason: str | None, **extra: Any) -> bytes:
             body = {

@@ -20,7 +20,11 @@ from core import keys
 
 
 class EventType(StrEnum):
-    status = "status"  # the job changed status; data: {"status": ...}
+    # The job changed status; data: {"status": ...}. A `running` event also
+    # carries {"attempt": n} and starts that attempt: a reader discards any
+    # token text it collected before it, so a retried job never reads as
+    # half of one attempt glued to another.
+    status = "status"
     token = "token"  # a chunk of an output field; data: {"field": ..., "text": ...}
     result = "result"  # terminal: the job succeeded; data: the job record
     error = "error"  # terminal: the job failed or was cancelled; data: the job record

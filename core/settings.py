@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     # so a long job is never redelivered while it still runs.
     job_time_limit_s: int = 600
     enqueue_timeout_s: float = 5.0
+    api_redis_max_connections: int = 200
+    api_redis_pool_timeout_s: float = 5.0
 
     @field_validator("lm_allowed_models", mode="before")
     @classmethod

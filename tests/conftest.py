@@ -26,6 +26,7 @@ class Stack:
     procs: list[Proc] = field(default_factory=list)
     api_url: str = ""
     model: str = "openai/simulated"
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -37,6 +38,7 @@ class Stack:
             "LM_CACHE": "false",
             "WORKER_HEARTBEAT_S": "0.5",
             "WORKER_OFFLINE_AFTER_S": "3",
+            **self.extra_env,
         }
 
     def redis(self) -> redis.Redis:

@@ -37,7 +37,10 @@ def run(job_id: str, runtime: Runtime, updates: JobUpdates, fields: dict[str, st
         "worker": worker_name,
         "attempts": str(attempts),
     }
-    if updates.emit(job_id, EventType.status, {"status": JobStatus.running.value}, running) < 0:
+    # Every attempt starts with this event; a reader drops the token text of
+    # any earlier attempt when it sees it (see core/events.py).
+    started = {"status": JobStatus.running.value, "attempt": attempts}
+    if updates.emit(job_id, EventType.status, started, running) < 0:
         log.warning("job %s: record vanished before it started", job_id)
         return
     fields = {**fields, **running}

@@ -9,11 +9,13 @@ us back to the Stream. The response ends after the terminal event.
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, cast
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, HTTPException, Query
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import HubDep, RedisDep, SettingsDep
@@ -22,6 +24,7 @@ from core import keys
 from core.events import TERMINAL_EVENTS, EventType, parse_event
 from core.jobs import JobStatus
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
 
 _REPLAY_BATCH = 500
@@ -60,6 +63,16 @@ async def _finished_before(redis: aioredis.Redis, job_id: str, seq: int) -> bool
 
 
 async def _events(redis: aioredis.Redis, hub: EventHub, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    try:
+        async for event in _follow(redis, hub, job_id, after):
+            yield event
+    except (RedisError, TimeoutError) as e:
+        # The response has started, so no status code can say it: end the
+        # stream and let the client reconnect with its Last-Event-ID.
+        log.warning("event stream of job %s ended early: %s", job_id, e)
+
+
+async def _follow(redis: aioredis.Redis, hub: EventHub, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
     async with hub.subscribe(job_id) as live:
         last = after
         while True:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from api.event_hub import EventHub
-from api.routes import events, health, jobs
+from api.routes import events, health, jobs, page
 from core.queue import make_celery
 from core.settings import get_settings
 
@@ -78,6 +78,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(health.router)
+    app.include_router(page.router)
     return app
 
 

@@ -18,7 +18,11 @@ serves every test at once:
     [lm:garbage]             answer text DSPy cannot parse
 
 Every request's model, temperature, max_tokens and stop are kept and served
-at `GET /_requests` so tests can check what reached the LM.
+at `GET /_requests` so tests can check what reached the LM. A streamed
+request's entry also gets `chunk_times` and `chunk_texts`: the wall-clock
+time (`time.time()`) just before each content chunk was handed to the
+server, and the chunk's text, so a benchmark can measure how long a chunk
+takes to reach a client.
 """
 
 import argparse
@@ -123,18 +127,19 @@ class Simulator:
         question = _question(user)
         directives = _directives(question)
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-        self.requests.append(
-            {
-                "question": question,
-                "model": body.get("model"),
-                "temperature": body.get("temperature"),
-                "max_tokens": body.get("max_tokens"),
-                "max_completion_tokens": body.get("max_completion_tokens"),
-                "stop": body.get("stop"),
-                "stream": bool(body.get("stream")),
-                "at": time.time(),
-            }
-        )
+        entry: dict[str, Any] = {
+            "question": question,
+            "model": body.get("model"),
+            "temperature": body.get("temperature"),
+            "max_tokens": body.get("max_tokens"),
+            "max_completion_tokens": body.get("max_completion_tokens"),
+            "stop": body.get("stop"),
+            "stream": bool(body.get("stream")),
+            "at": time.time(),
+            "chunk_times": [],
+            "chunk_texts": [],
+        }
+        self.requests.append(entry)
         self.calls[question] += 1
 
         if "delay_s" in directives:
@@ -166,7 +171,7 @@ class Simulator:
         if body.get("stream"):
             tokens_per_s = float(directives.get("tps", self.tokens_per_s))
             return StreamingResponse(
-                self._stream(model, tokens, finish, usage, tokens_per_s, drop="drop" in directives),
+                self._stream(model, tokens, finish, usage, tokens_per_s, drop="drop" in directives, sent=entry),
                 media_type="text/event-stream",
             )
         await asyncio.sleep(self.ttft_s + self._generation_s(len(tokens)))
@@ -187,7 +192,14 @@ class Simulator:
         return n_tokens / self.tokens_per_s if self.tokens_per_s > 0 else 0.0
 
     async def _stream(
-        self, model: str, tokens: list[str], finish: str, usage: dict[str, int], tokens_per_s: float, drop: bool
+        self,
+        model: str,
+        tokens: list[str],
+        finish: str,
+        usage: dict[str, int],
+        tokens_per_s: float,
+        drop: bool,
+        sent: dict[str, Any],
     ) -> AsyncIterator[bytes]:
         chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -211,7 +223,10 @@ class Simulator:
                 raise ConnectionResetError("scripted drop")
             if per_token_s:
                 await asyncio.sleep(per_token_s)
-            yield chunk({"content": token}, None)
+            data = chunk({"content": token}, None)
+            sent["chunk_times"].append(time.time())
+            sent["chunk_texts"].append(token)
+            yield data
         yield chunk({}, finish, usage=usage)
         yield b"data: [DONE]\n\n"
 

@@ -36,10 +36,17 @@ TERMINAL_EVENTS = frozenset({EventType.result, EventType.error})
 # here keeps the script free of key-name logic).
 # ARGV: event type, event data JSON, stream maxlen, ttl_s, then field/value
 # pairs to HSET on the job hash.
-# Returns the event's sequence number, or -1 if the job no longer exists.
+# Returns the event's sequence number; -1 if the job no longer exists; -2 if
+# it is already finished (succeeded, failed, cancelled): a finished job takes
+# no more events, so a cancelled job's worker is told to stop by its next
+# write, and can never overwrite the cancellation with a late result.
 APPEND_EVENT_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
   return -1
+end
+if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
+  return -2
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 if #ARGV > 4 then
@@ -51,6 +58,10 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', KEYS[3], payload)
 return seq
 """
+
+
+JOB_MISSING = -1
+JOB_FINISHED = -2
 
 
 def append_event_args(

@@ -32,7 +32,11 @@ TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.
 class JobError(BaseModel):
     type: str = Field(description="Exception class, e.g. LMTimeoutError or AdapterParseError.")
     message: str = Field(description="What went wrong, in words a person can act on.")
-    retryable: bool = Field(description="Whether the same job could succeed if submitted again.")
+    retryable: bool = Field(description="Whether the failure was transient (it was retried while attempts lasted).")
+    code: int = Field(
+        500, description="HTTP-style code: 422 unparseable output, 429 rate limited, 504 timed out, 502 provider error."
+    )
+    attempts: int = Field(0, description="Attempts made before giving up.")
 
 
 class LMUsage(BaseModel):

@@ -24,6 +24,16 @@ def job_channel(job_id: str) -> str:
     return f"{PREFIX}:job:{{{job_id}}}:live"
 
 
+# Sorted set: job id -> unix time its worker's lease runs out. A job in here
+# whose lease has run out lost its worker; a reaper puts it back in the queue.
+RUNNING = f"{PREFIX}:running"
+
+
+def idempotency(key_digest: str) -> str:
+    """String: `<job id> <request digest>` for an Idempotency-Key, with a TTL."""
+    return f"{PREFIX}:idem:{key_digest}"
+
+
 # Sorted set: worker name -> unix time of its last heartbeat.
 WORKERS = f"{PREFIX}:workers"
 

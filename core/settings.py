@@ -40,8 +40,10 @@ class Settings(BaseSettings):
     # Every request stops at DSPy's completion marker or this many tokens: the
     # embedded base model otherwise rambles to its context limit.
     lm_max_tokens: int = 384
-    lm_timeout_s: float = 120.0
-    lm_num_retries: int = 2
+    lm_timeout_s: float = 60.0
+    # Retries happen per job (visible as attempts and `retrying` events, with
+    # backoff that honours Retry-After), not hidden inside one LM call.
+    lm_num_retries: int = 0
     lm_cache: bool = True
     # DSPy's native engine sends `max_completion_tokens`, which llama.cpp's
     # server ignores (it then generates to the context limit); LiteLLM sends
@@ -80,6 +82,16 @@ class Settings(BaseSettings):
     # Hard limit on one job; the broker's visibility timeout is derived from it
     # so a long job is never redelivered while it still runs.
     job_time_limit_s: int = 600
+    # Every start of a job counts, including ones its worker died in: a job
+    # that kills its worker every time fails after this many instead of looping.
+    job_max_attempts: int = 5
+    # A running job's worker renews its lease every `job_lease_s / 3`; a lease
+    # that runs out means the worker is gone and the job is requeued.
+    job_lease_s: float = 15.0
+    reaper_interval_s: float = 2.0
+    retry_base_s: float = 1.0
+    retry_max_s: float = 60.0
+    idempotency_ttl_s: int = 24 * 3600
     enqueue_timeout_s: float = 5.0
     api_redis_max_connections: int = 200
     api_redis_pool_timeout_s: float = 5.0

@@ -119,6 +119,8 @@ def test_unparseable_lm_output_fails_the_job_with_a_clear_error(client: httpx.Cl
     assert job["status"] == "failed"
     assert job["error"]["type"] == "AdapterParseError"
     assert job["error"]["retryable"] is False
+    assert job["error"]["code"] == 422
+    assert job["attempts"] == 1, "unparseable output is not retried"
     assert job["result"] is None
 
 

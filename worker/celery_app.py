@@ -10,18 +10,19 @@ child loads once in `worker_process_init`) for CPU-heavy programs.
 import logging
 import os
 import threading
-from typing import cast
 
 import redis
 from celery import Task, signals
 from celery.concurrency.prefork import TaskPool as PreforkPool
 
-from core import keys
+from core.events import EventType
+from core.jobs import JobStatus
 from core.queue import RUN_JOB_TASK, make_celery
 from core.settings import get_settings
-from worker import execution
+from worker.execution import JobRunner
 from worker.heartbeat import Heartbeat
 from worker.job_updates import JobUpdates
+from worker.leases import Leases, Reaper
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ _process: "_ProcessState | None" = None
 _heartbeat: Heartbeat | None = None
 
 
+def requeue(job_id: str, delay_s: float = 0.0) -> None:
+    app.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, countdown=delay_s or None)
+
+
 class _ProcessState:
     """Per-process clients, created in the process that runs jobs (after fork)."""
 
@@ -44,6 +49,7 @@ class _ProcessState:
         )
         self.runtime = Runtime(settings, self.redis)
         self.updates = JobUpdates(self.redis, settings)
+        self.runner = JobRunner(settings, self.redis, self.runtime, self.updates, Leases(self.redis, settings), requeue)
 
     def warm(self) -> None:
         """Load the default program and the LM client now, not on the first job."""
@@ -62,9 +68,7 @@ def process_state() -> _ProcessState:
 
 @app.task(name=RUN_JOB_TASK, bind=True)
 def run_job(self: Task, job_id: str) -> None:
-    state = process_state()
-    fields = cast(dict[str, str], state.redis.hgetall(keys.job(job_id))) or None
-    execution.run(job_id, state.runtime, state.updates, fields, f"{self.request.hostname}:{os.getpid()}")
+    process_state().runner.run(job_id, f"{self.request.hostname}:{os.getpid()}")
 
 
 @signals.worker_process_init.connect
@@ -76,14 +80,22 @@ def _init_prefork_child(**_: object) -> None:
 def _on_ready(sender: object, **_: object) -> None:
     global _heartbeat
     pool = getattr(sender, "pool", None)
-    if not isinstance(pool, PreforkPool):
+    prefork = isinstance(pool, PreforkPool)
+    if not prefork:
         process_state().warm()
     hostname = str(getattr(sender, "hostname", "worker"))
     queues = ",".join(sorted(q.name for q in app.amqp.queues.consume_from.values()))
-    state = process_state() if not isinstance(pool, PreforkPool) else None
-    client = state.redis if state else redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = process_state().redis if not prefork else redis.Redis.from_url(settings.redis_url, decode_responses=True)
     _heartbeat = Heartbeat(client, settings, hostname, {"queues": queues, "pool": type(pool).__module__})
     _heartbeat.start()
+    updates = JobUpdates(client, settings)
+
+    def requeue_lost(job_id: str) -> None:
+        lost = {"status": "retrying", "reason": "the worker running this job was lost", "delay_s": 0}
+        if updates.emit(job_id, EventType.status, lost, {"status": JobStatus.queued.value}) > 0:
+            requeue(job_id)
+
+    Reaper(client, settings, requeue_lost).start()
     log.info("worker %s ready on queues %s", hostname, queues)
 
 

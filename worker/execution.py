@@ -1,94 +1,160 @@
 """Running one job: from its record in Redis to its result or error in Redis.
 
 The task message carries only the job id; everything else (program, input,
-overrides) is read from the record, the one source of truth. A record that
-is already terminal is left alone, so a redelivered message never runs a
-finished job again.
+overrides) is read from the record, the one source of truth. Before running,
+the worker takes the job's lease (worker/leases.py): a finished job, or one
+another worker is running right now, is left alone, so redelivered messages
+are harmless.
+
+Every attempt counts, including ones whose worker died; past
+`job_max_attempts` the job fails instead of looping. Transient LM errors
+are retried with backoff (worker/error_policy.py); the `retrying` event
+says when and why. A cancelled job refuses further events, so the worker
+learns of a cancellation at its next write and stops.
 """
 
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dspy
+import redis
 
-from core.events import EventType
-from core.jobs import JobError, JobStatus, LMUsage
+from core import keys
+from core.events import JOB_FINISHED, EventType
+from core.jobs import JobStatus, LMUsage
+from core.settings import Settings
+from worker.error_policy import JobCancelled, WorkerLost, is_retryable, job_error, retry_delay_s
 from worker.job_updates import JobUpdates, dumps
+from worker.leases import FINISHED, LEASED, NO_JOB, Leases
 from worker.runtime import Runtime
 from worker.streaming import OnToken, stream_prediction
 
 log = logging.getLogger(__name__)
 
+Requeue = Callable[[str, float], None]
 
-def run(job_id: str, runtime: Runtime, updates: JobUpdates, fields: dict[str, str] | None, worker_name: str) -> None:
-    if fields is None:
-        log.warning("job %s: no record (expired or never stored); dropping the message", job_id)
-        return
-    if JobStatus(fields["status"]).is_terminal:
-        log.info("job %s: already %s; not running it again", job_id, fields["status"])
-        return
 
-    attempts = int(fields.get("attempts", "0")) + 1
-    running = {
-        "status": JobStatus.running.value,
-        "started_at": repr(time.time()),
-        "worker": worker_name,
-        "attempts": str(attempts),
-    }
-    # Every attempt starts with this event; a reader drops the token text of
-    # any earlier attempt when it sees it (see core/events.py).
-    started = {"status": JobStatus.running.value, "attempt": attempts}
-    if updates.emit(job_id, EventType.status, started, running) < 0:
-        log.warning("job %s: record vanished before it started", job_id)
-        return
-    fields = {**fields, **running}
+class JobRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        runtime: Runtime,
+        updates: JobUpdates,
+        leases: Leases,
+        requeue: Requeue,
+    ) -> None:
+        self._settings = settings
+        self._redis = client
+        self._runtime = runtime
+        self._updates = updates
+        self._leases = leases
+        self._requeue = requeue
 
-    def on_token(field: str, text: str) -> None:
-        updates.emit(job_id, EventType.token, {"field": field, "text": text})
+    def run(self, job_id: str, worker_name: str) -> None:
+        attempts, status = self._leases.acquire(job_id, worker_name)
+        if attempts == NO_JOB:
+            log.warning("job %s: no record (expired or never stored); dropping the message", job_id)
+            return
+        if attempts == FINISHED:
+            log.info("job %s: already %s; not running it again", job_id, status)
+            return
+        if attempts == LEASED:
+            log.info("job %s: another worker is running it; dropping this delivery", job_id)
+            return
+        try:
+            self._attempt(job_id, attempts)
+        except JobCancelled:
+            log.info("job %s: cancelled while running; stopped", job_id)
+        finally:
+            self._leases.release(job_id)
 
-    try:
-        prediction = _predict(runtime, fields, on_token)
-    except Exception as e:
-        error = _job_error(e)
-        log.warning("job %s failed: %s: %s", job_id, error.type, error.message)
-        updates.finish(
+    def _attempt(self, job_id: str, attempts: int) -> None:
+        fields: dict[str, str] = self._redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
+        if attempts > self._settings.job_max_attempts:
+            lost = WorkerLost(
+                f"gave up after {attempts - 1} attempts: the worker running this job stopped every time "
+                "(killed, out of memory, or crashed)"
+            )
+            self._fail(job_id, fields, lost, attempts - 1)
+            return
+        # Every attempt starts with this event; a reader drops the token text of
+        # any earlier attempt when it sees it (see core/events.py).
+        started = {"status": JobStatus.running.value, "attempt": attempts}
+        running = {"status": JobStatus.running.value}
+        if self._updates.emit(job_id, EventType.status, started, running) == JOB_FINISHED:
+            raise JobCancelled(job_id)
+        fields = {**fields, **running, "attempts": str(attempts)}
+
+        def on_token(field: str, text: str) -> None:
+            if self._updates.emit(job_id, EventType.token, {"field": field, "text": text}) == JOB_FINISHED:
+                raise JobCancelled(job_id)
+
+        try:
+            prediction = self._predict(fields, on_token)
+        except JobCancelled:
+            raise
+        except Exception as e:
+            if is_retryable(e) and attempts < self._settings.job_max_attempts:
+                self._retry(job_id, e, attempts)
+            else:
+                self._fail(job_id, fields, e, attempts)
+            return
+        self._updates.finish(
             job_id,
             fields,
+            EventType.result,
+            {
+                "status": JobStatus.succeeded.value,
+                "result": dumps(dict(prediction.items())),
+                "usage": _usage(prediction).model_dump_json(),
+                "finished_at": repr(time.time()),
+            },
+        )
+
+    def _predict(self, fields: dict[str, str], on_token: OnToken) -> dspy.Prediction:
+        program = self._runtime.program(fields["program"])
+        temperature = float(fields["temperature"]) if fields.get("temperature") else None
+        lm = self._runtime.lm(fields.get("model"), temperature)
+        # History and trace off: a long-lived process would otherwise keep every
+        # prompt and completion it ever saw.
+        with dspy.context(
+            lm=lm,
+            adapter=self._runtime.adapter,
+            disable_history=True,
+            trace=None,
+            track_usage=True,
+            async_max_workers=self._runtime.max_concurrent_jobs,
+        ):
+            return stream_prediction(program, json.loads(fields["input"]), on_token)
+
+    def _retry(self, job_id: str, e: Exception, attempts: int) -> None:
+        delay_s = retry_delay_s(e, attempts, self._settings.retry_base_s, self._settings.retry_max_s)
+        error = job_error(e, attempts)
+        log.warning("job %s attempt %d failed (%s); retrying in %.1f s", job_id, attempts, error.type, delay_s)
+        retrying: dict[str, Any] = {
+            "status": "retrying",
+            "attempt": attempts,
+            "delay_s": round(delay_s, 3),
+            "error": error.model_dump(),
+        }
+        if self._updates.emit(job_id, EventType.status, retrying, {"status": JobStatus.queued.value}) > 0:
+            # Release first: the next attempt may start before this thread returns.
+            self._leases.release(job_id)
+            self._requeue(job_id, delay_s)
+
+    def _fail(self, job_id: str, fields: dict[str, str], e: Exception, attempts: int) -> None:
+        error = job_error(e, attempts)
+        log.warning("job %s failed after %d attempt(s): %s: %s", job_id, attempts, error.type, error.message)
+        self._updates.finish(
+            job_id,
+            {**fields, "attempts": str(max(attempts, int(fields.get("attempts", 0) or 0)))},
             EventType.error,
             {"status": JobStatus.failed.value, "error": error.model_dump_json(), "finished_at": repr(time.time())},
         )
-        return
-
-    updates.finish(
-        job_id,
-        fields,
-        EventType.result,
-        {
-            "status": JobStatus.succeeded.value,
-            "result": dumps(dict(prediction.items())),
-            "usage": _usage(prediction).model_dump_json(),
-            "finished_at": repr(time.time()),
-        },
-    )
-
-
-def _predict(runtime: Runtime, fields: dict[str, str], on_token: OnToken) -> dspy.Prediction:
-    program = runtime.program(fields["program"])
-    temperature = float(fields["temperature"]) if fields.get("temperature") else None
-    lm = runtime.lm(fields.get("model"), temperature)
-    # History and trace off: a long-lived process would otherwise keep every
-    # prompt and completion it ever saw.
-    with dspy.context(
-        lm=lm,
-        adapter=runtime.adapter,
-        disable_history=True,
-        trace=None,
-        track_usage=True,
-        async_max_workers=runtime.max_concurrent_jobs,
-    ):
-        return stream_prediction(program, json.loads(fields["input"]), on_token)
 
 
 def _usage(prediction: dspy.Prediction) -> LMUsage:
@@ -99,11 +165,3 @@ def _usage(prediction: dspy.Prediction) -> LMUsage:
         total.completion_tokens += int(usage.get("completion_tokens") or 0)
         total.total_tokens += int(usage.get("total_tokens") or 0)
     return total
-
-
-def _job_error(e: Exception) -> JobError:
-    return JobError(type=type(e).__name__, message=str(e)[:2000] or type(e).__name__, retryable=_retryable(e))
-
-
-def _retryable(e: Exception) -> bool:
-    return bool(dspy.is_retryable_lm_error(e))

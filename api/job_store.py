@@ -5,11 +5,12 @@ import time
 from typing import cast
 
 import redis.asyncio as aioredis
+from fastapi import HTTPException
 
 from api.event_hub import RESYNC, EventHub
 from core import keys
 from core.events import APPEND_EVENT_LUA, TERMINAL_EVENTS, EventType, append_event_args
-from core.jobs import JobStatus, new_job_fields
+from core.jobs import JobLinks, JobStatus, job_from_fields, new_job_fields
 from core.settings import Settings
 
 
@@ -71,3 +72,30 @@ async def wait_until_finished(
                     return await read_job(redis, job_id)
                 if event is RESYNC or EventType(event["type"]) in TERMINAL_EVENTS:
                     break
+
+
+async def cancel_job(redis: aioredis.Redis, settings: Settings, job_id: str) -> dict[str, str]:
+    """Move a job that has not finished to `cancelled`, with its terminal event.
+
+    The worker running it (if any) learns of it at its next write, which the
+    event script refuses for a finished job; a queued job's message finds the
+    job finished and is dropped.
+    """
+    fields = await read_job(redis, job_id)
+    if fields is None:
+        raise HTTPException(404, f"no job with id {job_id!r} (never issued, or expired)")
+    if not JobStatus(fields["status"]).is_terminal:
+        updates = {"status": JobStatus.cancelled.value, "finished_at": repr(time.time())}
+        record = job_from_fields({**fields, **updates}, JobLinks.for_job(job_id)).model_dump(mode="json")
+        script_keys, argv = append_event_args(
+            job_id,
+            EventType.error,
+            record,
+            maxlen=settings.event_stream_maxlen,
+            ttl_s=settings.job_ttl_s,
+            job_updates=updates,
+        )
+        if await redis.eval(APPEND_EVENT_LUA, len(script_keys), *script_keys, *argv) > 0:
+            return {**fields, **updates}
+        fields = await read_job(redis, job_id) or fields
+    raise HTTPException(409, f"job {job_id} already {fields['status']}; nothing to cancel")

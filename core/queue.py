@@ -4,10 +4,11 @@ The API and Flower use this app as it is (they send and watch tasks by name
 and never import dspy); `worker.celery_app` adds the task implementations.
 
 Delivery is at-least-once: late acks, requeue when a worker process is lost,
-prefetch 1 so a busy worker does not sit on messages another could run, and a
-visibility timeout well past the hard time limit so Redis does not hand a
-still-running job to a second worker. JSON only: pickle would let anyone who
-can write to Redis run code in the workers.
+prefetch 1 so a busy worker does not sit on messages another could run. A
+redelivered message is harmless: the job's lease or finished status turns
+it away (worker/leases.py), so the visibility timeout does not have to
+outlast the longest job. JSON only: pickle would let anyone who can write to
+Redis run code in the workers.
 """
 
 from celery import Celery
@@ -21,7 +22,7 @@ RUN_JOB_TASK = "dspy_jobs.run_job"
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("dspy_jobs", broker=settings.redis_url, set_as_current=False)
-    visibility_timeout_s = settings.job_time_limit_s * 2 + 60
+    visibility_timeout_s = settings.broker_visibility_timeout_s
     queues = (settings.interactive_queue, settings.bulk_queue)
     app.conf.update(
         task_serializer="json",
@@ -37,6 +38,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_pool=settings.worker_pool,
         worker_concurrency=settings.worker_concurrency,
         broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         # A publish while Redis is down fails within `enqueue_timeout_s`
         # instead of blocking the request behind kombu's default retries.

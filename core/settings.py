@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     worker_offline_after_s: float = 15.0
     # Hard limit on one job; the broker's visibility timeout is derived from it
     # so a long job is never redelivered while it still runs.
+    # A streaming job is stopped (failed, code 504) once it runs this long; a
+    # single silent LM call is bounded by `lm_timeout_s` instead.
     job_time_limit_s: int = 600
     # Every start of a job counts, including ones its worker died in: a job
     # that kills its worker every time fails after this many instead of looping.
@@ -93,6 +95,11 @@ class Settings(BaseSettings):
     retry_max_s: float = 60.0
     idempotency_ttl_s: int = 24 * 3600
     enqueue_timeout_s: float = 5.0
+    # How long Redis keeps a delivered, unacknowledged message before handing
+    # it out again. Leases make a second delivery of a running job harmless
+    # (it is dropped), so this only bounds how long a message lost with its
+    # worker before it started waits; it need not exceed the longest job.
+    broker_visibility_timeout_s: int = 300
     api_redis_max_connections: int = 200
     api_redis_pool_timeout_s: float = 5.0
 

@@ -38,6 +38,9 @@ class Stack:
             "LM_CACHE": "false",
             "WORKER_HEARTBEAT_S": "0.5",
             "WORKER_OFFLINE_AFTER_S": "3",
+            "RETRY_BASE_S": "0.1",
+            "JOB_LEASE_S": "3",
+            "REAPER_INTERVAL_S": "0.5",
             **self.extra_env,
         }
 
@@ -86,12 +89,12 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def make_stack(lm_api_base: str) -> Iterator[Callable[[], Stack]]:
+def make_stack(lm_api_base: str) -> Iterator[Callable[..., Stack]]:
     """A private redis-server with nothing running on it yet."""
     made: list[Stack] = []
 
-    def make() -> Stack:
-        redis_proc, url = start_redis("redis-private")
+    def make(appendonly: bool = False) -> Stack:
+        redis_proc, url = start_redis("redis-private", appendonly=appendonly)
         if redis_proc is None:
             redis.Redis.from_url(url).flushdb()
         made.append(Stack(url, lm_api_base, [redis_proc] if redis_proc else []))

@@ -81,15 +81,19 @@ class Proc:
         self.stop(signal.SIGKILL)
 
 
-def start_redis(name: str = "redis") -> tuple[Proc | None, str]:
-    """A private redis-server on a free port, or `REDIS_URL` when none is installed."""
+def start_redis(name: str = "redis", appendonly: bool = False, port: int | None = None) -> tuple[Proc | None, str]:
+    """A private redis-server on a free port, or `REDIS_URL` when none is installed.
+
+    With `appendonly`, data lives in a directory named after the port, so a
+    server restarted on the same port finds it again.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         url = os.environ.get("REDIS_URL")
         if not url:
             raise RuntimeError("tests need redis-server on PATH or REDIS_URL pointing at a Redis they may flush")
         return None, url
-    port = free_port()
+    port = port or free_port()
     workdir = ARTIFACTS / f"{name}-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     proc = Proc(
@@ -103,7 +107,7 @@ def start_redis(name: str = "redis") -> tuple[Proc | None, str]:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if appendonly else "no",
             "--dir",
             str(workdir),
             "--maxmemory-policy",

@@ -27,6 +27,10 @@ class JobCancelled(Exception):
     """The job was cancelled while it ran; stop and write nothing more."""
 
 
+class JobTimeLimitExceeded(TimeoutError):
+    """The job streamed for longer than `job_time_limit_s`."""
+
+
 class WorkerLost(Exception):
     """Every attempt so far ended with its worker gone."""
 

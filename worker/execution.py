@@ -26,7 +26,7 @@ from core import keys
 from core.events import JOB_FINISHED, EventType
 from core.jobs import JobStatus, LMUsage
 from core.settings import Settings
-from worker.error_policy import JobCancelled, WorkerLost, is_retryable, job_error, retry_delay_s
+from worker.error_policy import JobCancelled, JobTimeLimitExceeded, WorkerLost, is_retryable, job_error, retry_delay_s
 from worker.job_updates import JobUpdates, dumps
 from worker.leases import FINISHED, LEASED, NO_JOB, Leases
 from worker.runtime import Runtime
@@ -89,7 +89,13 @@ class JobRunner:
             raise JobCancelled(job_id)
         fields = {**fields, **running, "attempts": str(attempts)}
 
+        deadline = time.monotonic() + self._settings.job_time_limit_s
+
         def on_token(field: str, text: str) -> None:
+            if time.monotonic() > deadline:
+                raise JobTimeLimitExceeded(
+                    f"the job ran longer than its time limit of {self._settings.job_time_limit_s} s"
+                )
             if self._updates.emit(job_id, EventType.token, {"field": field, "text": text}) == JOB_FINISHED:
                 raise JobCancelled(job_id)
 
@@ -151,9 +157,14 @@ class JobRunner:
         log.warning("job %s failed after %d attempt(s): %s: %s", job_id, attempts, error.type, error.message)
         self._updates.finish(
             job_id,
-            {**fields, "attempts": str(max(attempts, int(fields.get("attempts", 0) or 0)))},
+            fields,
             EventType.error,
-            {"status": JobStatus.failed.value, "error": error.model_dump_json(), "finished_at": repr(time.time())},
+            {
+                "status": JobStatus.failed.value,
+                "error": error.model_dump_json(),
+                "finished_at": repr(time.time()),
+                "attempts": str(attempts),
+            },
         )
 
 

@@ -3,12 +3,15 @@
 import asyncio
 import logging
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
+import redis.asyncio as aioredis
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from api import job_store
+from api import idempotency, job_store
 from api.deps import CeleryDep, HubDep, RedisDep, SettingsDep
+from api.event_hub import EventHub
+from api.idempotency import IdempotencyKey
 from api.schemas import JobCreate
 from core.jobs import Job, JobLinks, job_from_fields, now_s
 from core.queue import RUN_JOB_TASK
@@ -33,6 +36,7 @@ async def submit_job(
     celery: CeleryDep,
     hub: HubDep,
     settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
     wait: Annotated[
         float | None,
         Query(ge=0, description="Seconds to wait for the result before answering (bounded by the server)."),
@@ -42,6 +46,11 @@ async def submit_job(
     if wait is not None and wait > settings.wait_max_s:
         raise HTTPException(422, f"wait must be at most {settings.wait_max_s} seconds")
     job_id = uuid.uuid4().hex
+    digest = idempotency.body_digest(body.model_dump())
+    original_id = await idempotency.claim(redis, idempotency_key, digest, job_id, settings.idempotency_ttl_s)
+    if original_id is not None:
+        response.headers["Idempotent-Replayed"] = "true"
+        return await _respond(response, redis, hub, original_id, wait, None)
     program = settings.default_program
     fields = await job_store.create_job(
         redis, settings, job_id, program, {"question": body.question}, body.model, body.temperature, now_s()
@@ -55,16 +64,31 @@ async def submit_job(
         # Not enqueued means not accepted: remove the record so no one polls a
         # job that will never run, and let the client retry.
         await job_store.delete_job(redis, job_id)
+        await idempotency.release(redis, idempotency_key)
         log.error("could not enqueue job %s: %s", job_id, e)
         raise HTTPException(503, "the job queue is unavailable; nothing was stored, retry later") from e
-    response.headers["Location"] = f"/jobs/{job_id}"
-    if wait:
-        finished = await job_store.wait_until_finished(redis, hub, job_id, wait)
-        if finished is None:
-            raise HTTPException(503, "the job record vanished right after it was stored; is Redis evicting keys?")
-        fields = finished
     # Without `wait`, the answer is the record as accepted (`queued`), even if
     # a worker has already picked the job up: that is what the client polls from.
+    return await _respond(response, redis, hub, job_id, wait, fields)
+
+
+async def _respond(
+    response: Response,
+    redis: aioredis.Redis,
+    hub: EventHub,
+    job_id: str,
+    wait: float | None,
+    fields: dict[str, str] | None,
+) -> Job:
+    response.headers["Location"] = f"/jobs/{job_id}"
+    if wait:
+        fields = await job_store.wait_until_finished(redis, hub, job_id, wait)
+    elif fields is None:
+        fields = await job_store.read_job(redis, job_id)
+    if fields is None:
+        raise HTTPException(
+            409, "the original request with this Idempotency-Key was not stored (or has expired); retry"
+        )
     job = job_from_fields(fields, JobLinks.for_job(job_id))
     if job.status.is_terminal:
         response.status_code = status.HTTP_200_OK
@@ -78,3 +102,22 @@ async def get_job(job_id: str, redis: RedisDep) -> Job:
     if fields is None:
         raise HTTPException(404, f"no job with id {job_id!r} (never issued, or expired)")
     return job_from_fields(fields, JobLinks.for_job(job_id))
+
+
+_CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No job with this id."},
+    409: {"description": "The job already finished; it is left as it was."},
+}
+
+
+@router.post("/{job_id}/cancel", response_model=Job, responses=_CANCEL_RESPONSES)
+async def cancel_job(job_id: str, redis: RedisDep, settings: SettingsDep) -> Job:
+    """Cancel a job: a queued one never runs, a running one stops at once; a finished one is a 409."""
+    fields = await job_store.cancel_job(redis, settings, job_id)
+    return job_from_fields(fields, JobLinks.for_job(job_id))
+
+
+@router.delete("/{job_id}", response_model=Job, responses=_CANCEL_RESPONSES)
+async def delete_job(job_id: str, redis: RedisDep, settings: SettingsDep) -> Job:
+    """Same as `POST /jobs/{id}/cancel`; the record stays readable until it expires."""
+    return await cancel_job(job_id, redis, settings)

@@ -1,0 +1,54 @@
+"""`Idempotency-Key` on submissions: a retried POST returns the original, never a second job.
+
+The first request with a key claims it (SET NX, with a TTL) for the id it is
+about to create, together with a digest of its body. A repeat with the same
+body gets that id back; the same key with a different body is a client bug
+and gets 422. Keys are stored hashed.
+"""
+
+import hashlib
+import json
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from fastapi import Header, HTTPException
+
+from core import keys
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Repeat a submission safely: the same key and body return the original instead of a new one.",
+    ),
+]
+
+
+def body_digest(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _key(idempotency_key: str) -> str:
+    return keys.idempotency(hashlib.sha256(idempotency_key.encode()).hexdigest())
+
+
+async def claim(redis: aioredis.Redis, idempotency_key: str | None, digest: str, new_id: str, ttl_s: int) -> str | None:
+    """None when this request is new (the key now points at `new_id`); else the original id."""
+    if idempotency_key is None:
+        return None
+    if await redis.set(_key(idempotency_key), f"{new_id} {digest}", nx=True, ex=ttl_s):
+        return None
+    existing = await redis.get(_key(idempotency_key))
+    if existing is None:  # expired in between: this request is new after all
+        return await claim(redis, idempotency_key, digest, new_id, ttl_s)
+    original_id, original_digest = str(existing).split(" ", 1)
+    if original_digest != digest:
+        raise HTTPException(422, "this Idempotency-Key was already used with a different request body")
+    return original_id
+
+
+async def release(redis: aioredis.Redis, idempotency_key: str | None) -> None:
+    """Forget a claim whose request was not accepted after all."""
+    if idempotency_key is not None:
+        await redis.delete(_key(idempotency_key))

@@ -1,0 +1,266 @@
+"""Faults with real processes: LM errors, cancellation, duplicate submissions,
+killed workers and a restarted Redis. No job may be lost or finish twice."""
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, cast
+
+import httpx
+import pytest
+
+from core import keys
+from tests.conftest import Stack
+from tests.sse import read_events
+from tests.support import start_redis, wait_for
+from tests.test_jobs import expected_result, unique, wait_finished
+
+RequestsFor = Callable[[str], list[dict[str, object]]]
+
+
+def post_job(client: httpx.Client, question: str, **params: Any) -> dict[str, Any]:
+    response = client.post("/jobs", params=params, json={"question": question})
+    assert response.status_code in (200, 202), response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def statuses(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    return [e["data"] for e in read_events(client, job_id).events if e["type"] == "status"]
+
+
+# --- LM provider faults --------------------------------------------------------
+
+
+def test_rate_limited_twice_then_succeeds_with_the_attempts_recorded(
+    client: httpx.Client, lm_requests: RequestsFor
+) -> None:
+    question = unique("[lm:fail_times=2,status=429]")
+    job = wait_finished(client, post_job(client, question)["id"])
+
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 3
+    assert job["result"] == expected_result(question)
+    assert len(lm_requests(question)) == 3
+    retrying = [s for s in statuses(client, job["id"]) if s["status"] == "retrying"]
+    assert [r["error"]["code"] for r in retrying] == [429, 429]
+
+
+def test_bad_credentials_fail_at_once_without_retrying(client: httpx.Client, lm_requests: RequestsFor) -> None:
+    question = unique("[lm:status=401]")
+    job = wait_finished(client, post_job(client, question)["id"])
+
+    assert job["status"] == "failed"
+    assert job["attempts"] == 1
+    assert job["error"]["type"] == "LMAuthError"
+    assert job["error"]["retryable"] is False
+    assert len(lm_requests(question)) == 1
+
+
+def test_server_errors_are_retried_then_fail_as_502_with_every_attempt_counted(client: httpx.Client) -> None:
+    job = wait_finished(client, post_job(client, unique("[lm:status=500]"))["id"])
+
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == 502
+    assert job["error"]["retryable"] is True
+    assert job["attempts"] == job["error"]["attempts"] == 5
+
+
+def test_an_lm_that_hangs_fails_the_job_with_a_timeout(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack()
+    stack.extra_env = {"LM_TIMEOUT_S": "1", "JOB_MAX_ATTEMPTS": "2"}
+    stack.start_worker()
+    stack.start_api()
+    with stack.client() as client:
+        started = time.monotonic()
+        job = wait_finished(client, post_job(client, unique("[lm:delay_s=30]"))["id"])
+        elapsed_s = time.monotonic() - started
+
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == 504, job["error"]
+    assert job["attempts"] == 2
+    assert elapsed_s < 15
+
+
+# --- cancellation ----------------------------------------------------------------
+
+
+def test_a_cancelled_queued_job_never_runs(make_stack: Callable[..., Stack], lm_requests: RequestsFor) -> None:
+    stack = make_stack()
+    stack.start_api()  # no worker yet: the job stays queued
+    question = unique("never run me")
+    with stack.client() as client:
+        job_id = post_job(client, question)["id"]
+        cancelled = client.post(f"/jobs/{job_id}/cancel")
+        assert cancelled.status_code == 200
+        assert cancelled.json()["status"] == "cancelled"
+
+        stack.start_worker()
+        wait_for(lambda: stack.redis().llen("interactive") == 0, 20, "the worker to take the message")
+        time.sleep(0.5)
+        assert client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
+        assert lm_requests(question) == []
+        assert read_events(client, job_id).terminal["data"]["status"] == "cancelled"
+
+
+def test_a_cancelled_running_job_stops_streaming_within_a_second(client: httpx.Client, stack: Stack) -> None:
+    job_id = post_job(client, unique("Stream me slowly. [lm:tps=10]"))["id"]
+    first = read_events(client, job_id, stop_after=5)
+    assert first.events[-1]["type"] == "token", "the job should be streaming"
+
+    assert client.delete(f"/jobs/{job_id}").json()["status"] == "cancelled"
+    events_at_cancel = stack.redis().xlen(keys.job_events(job_id))
+    time.sleep(1.5)
+
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "cancelled" and job["result"] is None
+    assert stack.redis().xlen(keys.job_events(job_id)) == events_at_cancel
+    assert read_events(client, job_id).terminal["data"]["status"] == "cancelled"
+
+
+def test_cancelling_a_finished_job_is_409_and_changes_nothing(client: httpx.Client) -> None:
+    job = post_job(client, unique("quick"), wait=20)
+    assert job["status"] == "succeeded"
+
+    response = client.post(f"/jobs/{job['id']}/cancel")
+
+    assert response.status_code == 409
+    assert "already succeeded" in response.json()["detail"]
+    assert client.get(f"/jobs/{job['id']}").json() == job
+
+
+def test_cancelling_an_unknown_job_is_404(client: httpx.Client) -> None:
+    assert client.post(f"/jobs/{uuid.uuid4().hex}/cancel").status_code == 404
+
+
+# --- duplicate submissions -----------------------------------------------------
+
+
+def test_the_same_idempotency_key_twice_creates_one_job(client: httpx.Client, lm_requests: RequestsFor) -> None:
+    question = unique("only once")
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    first = client.post("/jobs", json={"question": question}, headers=headers)
+    second = client.post("/jobs", json={"question": question}, headers=headers)
+
+    assert first.status_code == 202
+    assert second.json()["id"] == first.json()["id"]
+    assert second.headers["idempotent-replayed"] == "true"
+    wait_finished(client, first.json()["id"])
+    assert len(lm_requests(question)) == 1
+
+
+def test_the_same_idempotency_key_with_another_body_is_422(client: httpx.Client) -> None:
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    assert client.post("/jobs", json={"question": unique("one")}, headers=headers).status_code == 202
+
+    response = client.post("/jobs", json={"question": unique("another")}, headers=headers)
+
+    assert response.status_code == 422
+    assert "Idempotency-Key" in response.json()["detail"]
+
+
+# --- killed workers ----------------------------------------------------------------
+
+
+def test_a_worker_killed_mid_stream_is_replaced_and_the_job_completes_exactly_once(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack()
+    worker = stack.start_worker()
+    stack.start_api()
+    question = unique("Survive a crash. [lm:tps=20]")
+    with stack.client() as client:
+        job_id = post_job(client, question)["id"]
+        read_events(client, job_id, stop_after=6)  # streaming has begun
+        worker.kill()
+        stack.start_worker()
+        job = wait_finished(client, job_id, timeout_s=60)
+        received = read_events(client, job_id)
+
+    assert job["status"] == "succeeded"
+    assert job["attempts"] == 2
+    assert job["result"] == expected_result(question)
+    running = [e["data"] for e in received.events if e["type"] == "status" and e["data"]["status"] == "running"]
+    assert [r["attempt"] for r in running] == [1, 2], "the stream marks the restart"
+    assert [e["type"] for e in received.events].count("result") == 1
+    # A reader that resets its text at each `running` event reads one clean attempt.
+    assert received.text()["answer"] == job["result"]["answer"]
+
+
+def test_two_hundred_jobs_survive_three_worker_kills_and_none_finishes_twice(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack()
+    stack.extra_env = {"WORKER_CONCURRENCY": "32"}
+    worker = stack.start_worker(concurrency=32)
+    stack.start_api()
+    with stack.client() as client:
+        ids = [post_job(client, f"job {i} [lm:tps=40]")["id"] for i in range(200)]
+        for _ in range(3):
+            time.sleep(2)
+            worker.kill()
+            worker = stack.start_worker(concurrency=32)
+        jobs = [wait_finished(client, job_id, timeout_s=180) for job_id in ids]
+
+    assert [j["status"] for j in jobs] == ["succeeded"] * 200
+    r = stack.redis()
+    for job_id in ids:
+        entries = cast(list[tuple[str, dict[str, str]]], r.xrange(keys.job_events(job_id)))
+        types = [json.loads(fields["e"])["type"] for _, fields in entries]
+        assert types.count("result") == 1, job_id
+    assert r.zcard(keys.RUNNING) == 0
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_after_the_attempt_limit(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack()
+    stack.extra_env = {"JOB_MAX_ATTEMPTS": "2"}
+    worker = stack.start_worker()
+    stack.start_api()
+    with stack.client() as client:
+        job_id = post_job(client, unique("poison [lm:tps=5]"))["id"]
+        for attempt in (1, 2):
+
+            def started(attempt: int = attempt) -> bool:
+                job = client.get(f"/jobs/{job_id}").json()
+                return bool(job["status"] == "running" and job["attempts"] == attempt)
+
+            wait_for(started, 30, f"attempt {attempt} to start")
+            worker.kill()
+            worker = stack.start_worker()
+        job = wait_finished(client, job_id, timeout_s=60)
+
+    assert job["status"] == "failed"
+    assert job["error"]["type"] == "WorkerLost"
+    assert job["attempts"] == 2
+
+
+# --- Redis outage ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_jobs_accepted_before_a_redis_restart_complete_and_the_api_says_503_meanwhile(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack(appendonly=True)
+    redis_proc = stack.procs[0]
+    stack.start_api()
+    port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
+    with stack.client() as client:
+        ids = [post_job(client, unique(f"durable {i}"))["id"] for i in range(20)]
+
+        redis_proc.stop()  # SIGTERM: Redis flushes its AOF and exits
+        outage = client.post("/jobs", json={"question": "while Redis is down"})
+        assert outage.status_code == 503
+        assert "Redis" in outage.json()["detail"]
+        assert client.get("/ready").status_code == 503
+
+        restarted, _ = start_redis("redis-private", appendonly=True, port=port)
+        assert restarted is not None
+        stack.procs.insert(0, restarted)
+        stack.start_worker()
+        jobs = [wait_finished(client, job_id, timeout_s=60) for job_id in ids]
+
+    assert [j["status"] for j in jobs] == ["succeeded"] * 20

@@ -2,6 +2,8 @@
 killed workers and a restarted Redis. No job may be lost or finish twice."""
 
 import json
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -264,3 +266,51 @@ def test_jobs_accepted_before_a_redis_restart_complete_and_the_api_says_503_mean
         jobs = [wait_finished(client, job_id, timeout_s=60) for job_id in ids]
 
     assert [j["status"] for j in jobs] == ["succeeded"] * 20
+
+
+# --- graceful shutdown -------------------------------------------------------------
+
+
+def test_sigterm_lets_a_worker_finish_the_job_it_is_running(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack()
+    worker = stack.start_worker()
+    stack.start_api()
+    with stack.client() as client:
+        job_id = post_job(client, unique("Finish before you go. [lm:tps=20]"))["id"]
+        read_events(client, job_id, stop_after=5)
+
+        exit_code = worker.stop(signal.SIGTERM, timeout_s=30)
+        job = client.get(f"/jobs/{job_id}").json()
+
+    assert exit_code == 0
+    assert job["status"] == "succeeded"
+    assert job["attempts"] == 1
+
+
+def test_sigterm_to_the_api_closes_open_event_streams_and_exits(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack()
+    stack.start_api()  # no worker: the job's stream stays open, waiting
+    api = stack.procs[-1]
+    with stack.client() as client:
+        job_id = post_job(client, unique("wait for me"))["id"]
+        outcome: dict[str, Any] = {}
+
+        def read() -> None:
+            try:
+                outcome["received"] = read_events(client, job_id)
+            except httpx.HTTPError as e:
+                outcome["error"] = e
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(1)
+        started = time.monotonic()
+        exit_code = api.stop(signal.SIGTERM, timeout_s=15)
+        reader.join(10)
+
+    # uvicorn shuts down gracefully, then re-raises the signal it caught.
+    assert exit_code in (0, -signal.SIGTERM)
+    assert time.monotonic() - started < 10
+    assert not reader.is_alive(), "the stream must end when the API shuts down"
+    assert "error" not in outcome, outcome.get("error")
+    assert [e["type"] for e in outcome["received"].events] == ["status"]

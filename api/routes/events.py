@@ -8,11 +8,13 @@ us back to the Stream. The response ends after the terminal event.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Annotated, Any, cast
 
+import anyio
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, HTTPException, Query
 from redis.exceptions import RedisError
@@ -30,6 +32,18 @@ router = APIRouter(tags=["jobs"])
 _REPLAY_BATCH = 500
 # How long a stream waits on silence before checking that its job still exists.
 _IDLE_CHECK_S = 30.0
+# Put in a stream's queue when the server shuts down.
+_SHUTDOWN: Event = {"shutdown": True}
+
+
+@contextlib.asynccontextmanager
+async def _task(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run `coro` alongside the block; cancel it when the block ends."""
+    task = asyncio.create_task(coro)
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 def _last_event_id(header: str | None, query: str | None) -> int:
@@ -62,9 +76,11 @@ async def _finished_before(redis: aioredis.Redis, job_id: str, seq: int) -> bool
     return status is None or (JobStatus(status).is_terminal and int(last_seq or 0) <= seq)
 
 
-async def _events(redis: aioredis.Redis, hub: EventHub, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+async def _events(
+    redis: aioredis.Redis, hub: EventHub, job_id: str, after: int, shutdown: anyio.Event
+) -> AsyncIterator[ServerSentEvent]:
     try:
-        async for event in _follow(redis, hub, job_id, after):
+        async for event in _follow(redis, hub, job_id, after, shutdown):
             yield event
     except (RedisError, TimeoutError) as e:
         # The response has started, so no status code can say it: end the
@@ -72,8 +88,15 @@ async def _events(redis: aioredis.Redis, hub: EventHub, job_id: str, after: int)
         log.warning("event stream of job %s ended early: %s", job_id, e)
 
 
-async def _follow(redis: aioredis.Redis, hub: EventHub, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
-    async with hub.subscribe(job_id) as live:
+async def _end_on_shutdown(shutdown: anyio.Event, live: "asyncio.Queue[Event]") -> None:
+    await shutdown.wait()
+    live.put_nowait(_SHUTDOWN)
+
+
+async def _follow(
+    redis: aioredis.Redis, hub: EventHub, job_id: str, after: int, shutdown: anyio.Event
+) -> AsyncIterator[ServerSentEvent]:
+    async with hub.subscribe(job_id) as live, _task(_end_on_shutdown(shutdown, live)):
         last = after
         while True:
             # Catch up from the Stream.
@@ -93,6 +116,10 @@ async def _follow(redis: aioredis.Redis, hub: EventHub, job_id: str, after: int)
                     if not await redis.exists(keys.job(job_id)):
                         return
                     continue
+                if live_event is _SHUTDOWN:
+                    # End the response properly so the client reconnects (with
+                    # its Last-Event-ID) to another API process.
+                    return
                 if live_event is RESYNC or live_event["seq"] > last + 1:
                     break
                 if live_event["seq"] <= last:
@@ -126,8 +153,11 @@ async def job_events(
     after = _last_event_id(last_event_id_header, last_event_id)
     if not await redis.exists(keys.job(job_id)):
         raise HTTPException(404, f"no job with id {job_id!r} (never issued, or expired)")
+    shutdown = anyio.Event()
     return EventSourceResponse(
-        _events(redis, hub, job_id, after),
+        _events(redis, hub, job_id, after, shutdown),
+        shutdown_event=shutdown,
+        shutdown_grace_period=1.0,
         ping=settings.sse_ping_s,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
         send_timeout=settings.sse_send_timeout_s,

@@ -35,6 +35,7 @@ typecheck: $(VENV)/.synced
 	$(VENV)/bin/mypy
 
 pytest: $(VENV)/.synced
+	bash tests/browser/install.sh
 	$(VENV)/bin/python -m pytest
 
 ## optimize: rebuild artifacts/qa.json with the configured LM

@@ -6,8 +6,10 @@ both. A machine without them fails this test: it never skips.
 """
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from tests.test_jobs import expected_result, unique
 BROWSER_DIR = ROOT / "tests" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ARTIFACTS / "page.png"
+FLOW_TIMEOUT_S = 240
 INSTALL = "run `bash tests/browser/install.sh` (Debian's chromium via apt-get, playwright-core via npm ci)"
 
 
@@ -66,16 +69,24 @@ def run_page_flow(api_url: str, question: str) -> dict[str, Any]:
     assert node is not None
     SCREENSHOT.parent.mkdir(exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
-    proc = subprocess.run(
+    # Its own process group, so a hung run takes its Chromium down with it.
+    proc = subprocess.Popen(
         [node, str(BROWSER_DIR / "page_flow.mjs"), api_url, str(SCREENSHOT), question],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
+        start_new_session=True,
     )
-    (ARTIFACTS / "page-flow.log").write_text(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    assert proc.returncode == 0, f"page_flow.mjs exited {proc.returncode}:\n{proc.stderr[-3000:]}"
-    report: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        stdout, stderr = proc.communicate(timeout=FLOW_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"page_flow.mjs did not finish in {FLOW_TIMEOUT_S}s:\n{stderr[-3000:]}", pytrace=False)
+    (ARTIFACTS / "page-flow.log").write_text(f"exit {proc.returncode}\n{stdout}\n{stderr}")
+    assert proc.returncode == 0, f"page_flow.mjs exited {proc.returncode}:\n{stderr[-3000:]}"
+    report: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     assert "exception" not in report, report["exception"]
     return report
 

@@ -133,8 +133,12 @@
 
   function showResult(record) {
     const result = record.result || {};
-    // The record is the truth: show exactly what the job produced.
-    for (const [field, value] of Object.entries(result)) panelText(field).textContent = fieldText(value);
+    // The record is the truth: show exactly what the job produced. A list
+    // keeps the text it streamed as, unless nothing streamed.
+    for (const [field, value] of Object.entries(result)) {
+      const panel = panelText(field);
+      if (typeof value === 'string' || !panel.textContent) panel.textContent = fieldText(value);
+    }
     setBadge($('final-status'), record.status);
     $('final-question-type').textContent = result.question_type ?? '—';
     $('final-elapsed').textContent = elapsedText(record);

@@ -5,10 +5,12 @@
 //
 // 1. Asks `question` (it should stream slowly, e.g. with `[lm:tps=30]`) with a
 //    temperature, and samples the reasoning and answer panels every 50 ms
-//    until the result shows; screenshot at <screenshot.png>.
+//    until the result shows; screenshot at <screenshot.png>, and one taken
+//    mid-stream at <screenshot>-streaming.png.
 // 2. Asks a question the scripted LM answers with garbage: the job's error
 //    must show (screenshot <screenshot>-failed.png).
-// 3. Asks a question over the length limit: the 422 message must show.
+// 3. Asks a question over the length limit: the 422 message must show
+//    (screenshot <screenshot>-rejected.png).
 //
 // Exit code 0 whenever it could report; the caller judges the report.
 
@@ -27,6 +29,8 @@ if (!apiUrl || !screenshot) {
   process.exit(2);
 }
 
+// page.png -> page-<name>.png
+const sibling = (path, name) => path.replace(/(\.png)?$/, `-${name}.png`);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // Everything the page shows, read in one round trip.
@@ -88,12 +92,18 @@ function settled(seen) {
 }
 
 // Waits for the page to settle, sampling it as it goes.
-async function follow(page) {
+// `midway`, if given, is called once mid-stream, after the answer (so that
+// the time it takes does not cut the samples of reasoning and answer).
+async function follow(page, midway = null) {
   const started = Date.now();
   const samples = [];
   for (;;) {
     const seen = await page.evaluate(readPage);
     samples.push({ t_ms: Date.now() - started, ...seen });
+    if (midway && seen.state === 'streaming' && seen.key_concepts) {
+      await midway();
+      midway = null;
+    }
     if (settled(seen)) return { samples, timed_out: false };
     if (Date.now() - started > FLOW_TIMEOUT_MS) return { samples, timed_out: true };
     await sleep(POLL_MS);
@@ -169,7 +179,7 @@ try {
 
   // 1. The happy path, token by token.
   await ask(page, question, '0.3');
-  const flow = await follow(page);
+  const flow = await follow(page, () => page.screenshot({ path: sibling(screenshot, 'streaming'), fullPage: true }));
   report.timed_out = flow.timed_out;
   report.stream = summarize(flow.samples);
   report.final = await page.evaluate(readFinal);
@@ -181,14 +191,14 @@ try {
   const failed = await follow(page);
   report.failed = { timed_out: failed.timed_out, ...(await page.evaluate(readProblem)) };
   report.failed.final_shown = await page.evaluate(() => !document.getElementById('final').hidden);
-  await page.screenshot({ path: screenshot.replace(/\.png$/, '') + '-failed.png', fullPage: true });
+  await page.screenshot({ path: sibling(screenshot, 'failed'), fullPage: true });
 
   // 3. A question the API refuses (422): its message shows.
   await ask(page, 'x'.repeat(4001));
   const rejected = await follow(page);
   report.rejected = { timed_out: rejected.timed_out, ...(await page.evaluate(readProblem)) };
   report.submit_enabled_after = await page.isEnabled('#submit');
-  await page.screenshot({ path: screenshot.replace(/\.png$/, '') + '-rejected.png', fullPage: true });
+  await page.screenshot({ path: sibling(screenshot, 'rejected'), fullPage: true });
 } catch (err) {
   report.exception = String(err && err.stack ? err.stack : err);
 } finally {

@@ -16,8 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from api.body_limit import BodyLimitMiddleware
 from api.event_hub import EventHub
-from api.routes import events, health, jobs, page
+from api.routes import batches, events, health, jobs, page
 from core.queue import make_celery
 from core.settings import get_settings
 
@@ -73,10 +74,18 @@ def create_app() -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    settings = get_settings()
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for_path=lambda path: (
+            settings.batch_max_bytes if path.startswith("/batches") else settings.request_max_bytes
+        ),
+    )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RedisError, _redis_unavailable)
     app.include_router(jobs.router)
     app.include_router(events.router)
+    app.include_router(batches.router)
     app.include_router(health.router)
     app.include_router(page.router)
     return app

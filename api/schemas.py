@@ -5,20 +5,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.settings import get_settings
 
 
-class JobCreate(BaseModel):
-    """A question for the `qa` program, with optional LM overrides for this job only."""
+class QAInput(BaseModel):
+    """The `qa` program's input."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"question": "Why is the sky blue?"}]},
-    )
+    model_config = ConfigDict(extra="forbid")
 
     question: str = Field(description="The question to answer. Must not be blank.")
-    model: str | None = Field(
-        None,
-        description="LM for this job only (a DSPy/LiteLLM model string); must be one the server allows.",
-    )
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature for this job only.")
 
     @field_validator("question")
     @classmethod
@@ -30,6 +22,14 @@ class JobCreate(BaseModel):
             raise ValueError(f"question is {len(question)} characters; the limit is {limit}")
         return question
 
+
+class LMOverrides(BaseModel):
+    model: str | None = Field(
+        None,
+        description="LM for this job only (a DSPy/LiteLLM model string); must be one the server allows.",
+    )
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature for this job only.")
+
     @field_validator("model")
     @classmethod
     def _model_allowed(cls, model: str | None) -> str | None:
@@ -37,3 +37,24 @@ class JobCreate(BaseModel):
         if model is not None and model not in allowed:
             raise ValueError(f"model {model!r} is not allowed here; allowed: {allowed}")
         return model
+
+
+class JobCreate(QAInput, LMOverrides):
+    """A question for the `qa` program, with optional LM overrides for this job only."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"question": "Why is the sky blue?"}]})
+
+
+class BatchItem(QAInput):
+    custom_id: str | None = Field(None, max_length=256, description="Your own id for this item, echoed in results.")
+
+
+class BatchCreate(LMOverrides):
+    """Many questions at once; `model` and `temperature` apply to every item."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"items": [{"question": "What is 2+2?", "custom_id": "row-1"}]}]},
+    )
+
+    items: list[BatchItem] = Field(min_length=1, description="The items, each the input of one job.")

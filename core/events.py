@@ -49,8 +49,36 @@ if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
   return -2
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local new_status, usage = nil, nil
+for i = 5, #ARGV - 1, 2 do
+  if ARGV[i] == 'status' then new_status = ARGV[i + 1] end
+  if ARGV[i] == 'usage' then usage = ARGV[i + 1] end
+end
 if #ARGV > 4 then
   redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+end
+-- A batch item moves its batch's counters in the same step (core/batches.py).
+local batch = redis.call('HGET', KEYS[1], 'batch_key')
+if batch and new_status and new_status ~= status then
+  local now = redis.call('TIME')
+  now = now[1] .. '.' .. string.format('%06d', now[2])
+  redis.call('HINCRBY', batch, 'n_' .. status, -1)
+  redis.call('HINCRBY', batch, 'n_' .. new_status, 1)
+  redis.call('HINCRBY', batch, 'version', 1)
+  if usage then
+    local u = cjson.decode(usage)
+    redis.call('HINCRBY', batch, 'prompt_tokens', u['prompt_tokens'] or 0)
+    redis.call('HINCRBY', batch, 'completion_tokens', u['completion_tokens'] or 0)
+  end
+  local b = redis.call('HMGET', batch, 'status', 'total', 'n_succeeded', 'n_failed', 'n_cancelled')
+  if new_status == 'running' and b[1] == 'queued' then
+    redis.call('HSET', batch, 'status', 'running', 'started_at', now)
+  end
+  if tonumber(b[3]) + tonumber(b[4]) + tonumber(b[5]) >= tonumber(b[2]) then
+    local final = 'completed'
+    if b[1] == 'cancelling' then final = 'cancelled' end
+    redis.call('HSET', batch, 'status', final, 'finished_at', now)
+  end
 end
 local payload = '{"seq":' .. seq .. ',"type":"' .. ARGV[1] .. '","data":' .. ARGV[2] .. '}'
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', payload)

@@ -34,6 +34,16 @@ def idempotency(key_digest: str) -> str:
     return f"{PREFIX}:idem:{key_digest}"
 
 
+def batch(batch_id: str) -> str:
+    """Hash: the batch record and its item counters (core/batches.py)."""
+    return f"{PREFIX}:batch:{{{batch_id}}}"
+
+
+def batch_inputs(batch_id: str) -> str:
+    """List: the items' inputs (JSON) until the bulk worker has turned them into jobs."""
+    return f"{PREFIX}:batch:{{{batch_id}}}:inputs"
+
+
 # Sorted set: worker name -> unix time of its last heartbeat.
 WORKERS = f"{PREFIX}:workers"
 

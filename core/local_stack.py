@@ -6,7 +6,7 @@ Starts, with every log line prefixed by its service (honcho):
   saying how to get one.
 - the embedded LM (llama-cpp-python serving Gemma 3 270M) when `LM_MODEL`
   and `LM_API_BASE` are left at their defaults and nothing answers there yet;
-- a worker on both queues, the API, and Flower (basic auth; credentials are
+- a worker on the interactive queue, another on the bulk queue, the API, and Flower (basic auth; credentials are
   generated and printed unless `FLOWER_BASIC_AUTH` is set).
 
 When the API is ready it prints the URLs and a `curl` that works as printed.
@@ -137,13 +137,15 @@ def main() -> int:
         manager.add_process("redis", cmd, env=env, cwd=str(ROOT))
     if (cmd := _lm_command(settings)) is not None:
         manager.add_process("lm", cmd, env=env, cwd=str(ROOT))
-    queues = f"{settings.interactive_queue},{settings.bulk_queue}"
-    manager.add_process(
-        "worker",
-        f"{PY} -m celery -A worker.celery_app worker -Q {queues} --loglevel INFO --without-mingle --without-gossip",
-        env=env,
-        cwd=str(ROOT),
-    )
+    # One worker per queue, so a draining batch never delays an interactive job.
+    for name, queue in (("worker", settings.interactive_queue), ("bulk", settings.bulk_queue)):
+        manager.add_process(
+            name,
+            f"{PY} -m celery -A worker.celery_app worker -Q {queue} -n {name}@%h --loglevel INFO "
+            "--without-mingle --without-gossip",
+            env=env,
+            cwd=str(ROOT),
+        )
     manager.add_process(
         "api",
         f"{PY} -m uvicorn api.main:app --host {settings.api_host} --port {settings.api_port}",

@@ -17,6 +17,7 @@ from kombu.entity import Exchange, Queue
 from core.settings import Settings, get_settings
 
 RUN_JOB_TASK = "dspy_jobs.run_job"
+EXPAND_BATCH_TASK = "dspy_jobs.expand_batch"
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -55,7 +56,11 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_default_queue=settings.interactive_queue,
         task_default_exchange=settings.interactive_queue,
         task_default_routing_key=settings.interactive_queue,
-        task_routes={RUN_JOB_TASK: {"queue": settings.interactive_queue}},
+        # Batch items are sent to the bulk queue explicitly (worker/batches.py).
+        task_routes={
+            RUN_JOB_TASK: {"queue": settings.interactive_queue},
+            EXPAND_BATCH_TASK: {"queue": settings.bulk_queue},
+        },
         # Flower shows tasks from these events.
         worker_send_task_events=True,
         task_send_sent_event=True,

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     question_max_chars: int = 4000
     wait_max_s: float = 60.0
     event_stream_maxlen: int = 10_000
+    # Request bodies: batches get their own, larger limit.
+    request_max_bytes: int = 1024 * 1024
+    batch_max_bytes: int = 64 * 1024 * 1024
+    batch_max_items: int = 100_000
+    batch_progress_interval_s: float = 0.5
+    batch_results_page_max: int = 1000
     sse_ping_s: float = 15.0
     # A client that cannot take an event within this long is disconnected
     # (it can resume with Last-Event-ID); it never slows anyone else.

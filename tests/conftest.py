@@ -77,6 +77,7 @@ def stack(lm_api_base: str) -> Iterator[Stack]:
     redis_proc, url = start_redis()
     stack = Stack(url, lm_api_base, [redis_proc] if redis_proc else [])
     stack.start_worker()
+    stack.start_worker(name="worker-bulk", queues="bulk")
     stack.start_api()
     yield stack
     stack.stop()

@@ -37,10 +37,10 @@ def module_of(command: list[str]) -> str:
 
 
 def test_compose_runs_the_whole_stack() -> None:
-    assert set(SERVICES) == {"redis", "api", "worker", "flower", "lm"}
+    assert set(SERVICES) == {"redis", "api", "worker", "worker-bulk", "flower", "lm"}
 
 
-@pytest.mark.parametrize("service", ["worker", "flower", "lm"])
+@pytest.mark.parametrize("service", ["worker", "worker-bulk", "flower", "lm"])
 def test_every_compose_command_starts_a_module_that_exists(service: str) -> None:
     module = module_of(SERVICES[service]["command"])
     assert importlib.util.find_spec(module) is not None, module
@@ -55,16 +55,18 @@ def test_dockerfile_commands_start_modules_that_exist() -> None:
 
 def test_every_app_environment_name_is_a_setting() -> None:
     fields = {name.upper() for name in Settings.model_fields}
-    for service in ("api", "worker", "flower"):
+    for service in ("api", "worker", "worker-bulk", "flower"):
         names = set(SERVICES[service]["environment"]) - {"FLOWER_BASIC_AUTH"}
         assert names <= fields, (service, names - fields)
     assert "FLOWER_BASIC_AUTH" in SERVICES["flower"]["environment"]
 
 
-def test_worker_consumes_both_queues_and_can_be_scaled() -> None:
-    worker = SERVICES["worker"]
-    queues = worker["command"][worker["command"].index("-Q") + 1].split(",")
-    assert sorted(queues) == sorted([DEFAULTS.interactive_queue, DEFAULTS.bulk_queue])
+@pytest.mark.parametrize(
+    "service,queue", [("worker", DEFAULTS.interactive_queue), ("worker-bulk", DEFAULTS.bulk_queue)]
+)
+def test_each_queue_has_its_own_scalable_worker(service: str, queue: str) -> None:
+    worker = SERVICES[service]
+    assert worker["command"][worker["command"].index("-Q") + 1] == queue
     # --scale needs neither a fixed container name nor a published port.
     assert "container_name" not in worker and "ports" not in worker
 
@@ -92,7 +94,7 @@ def test_embedded_lm_is_an_optional_profile_on_the_port_the_default_setting_name
 
 
 def test_services_that_serve_have_healthchecks_and_published_ports_match() -> None:
-    for service in ("redis", "api", "worker", "lm"):
+    for service in ("redis", "api", "worker", "worker-bulk", "lm"):
         assert SERVICES[service]["healthcheck"]["test"], service
     assert SERVICES["api"]["ports"] == [f"{DEFAULTS.api_port}:8000"]
     assert SERVICES["flower"]["ports"] == [f"{DEFAULTS.flower_port}:5555"]

@@ -17,8 +17,9 @@ from celery.concurrency.prefork import TaskPool as PreforkPool
 
 from core.events import EventType
 from core.jobs import JobStatus
-from core.queue import RUN_JOB_TASK, make_celery
+from core.queue import EXPAND_BATCH_TASK, RUN_JOB_TASK, make_celery
 from core.settings import get_settings
+from worker.batches import BatchExpander
 from worker.execution import JobRunner
 from worker.heartbeat import Heartbeat
 from worker.job_updates import JobUpdates
@@ -69,6 +70,11 @@ def process_state() -> _ProcessState:
 @app.task(name=RUN_JOB_TASK, bind=True)
 def run_job(self: Task, job_id: str) -> None:
     process_state().runner.run(job_id, f"{self.request.hostname}:{os.getpid()}")
+
+
+@app.task(name=EXPAND_BATCH_TASK)
+def expand_batch(batch_id: str) -> None:
+    BatchExpander(process_state().redis, settings, app).expand(batch_id)
 
 
 @signals.worker_process_init.connect

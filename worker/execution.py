@@ -55,6 +55,8 @@ class JobRunner:
         self._requeue = requeue
 
     def run(self, job_id: str, worker_name: str) -> None:
+        if self._batch_cancelled(job_id):
+            return
         attempts, status = self._leases.acquire(job_id, worker_name)
         if attempts == NO_JOB:
             log.warning("job %s: no record (expired or never stored); dropping the message", job_id)
@@ -71,6 +73,17 @@ class JobRunner:
             log.info("job %s: cancelled while running; stopped", job_id)
         finally:
             self._leases.release(job_id)
+
+    def _batch_cancelled(self, job_id: str) -> bool:
+        """A queued item of a cancelled batch is cancelled instead of run."""
+        batch_key = self._redis.hget(keys.job(job_id), "batch_key")
+        if not batch_key or not self._redis.hget(str(batch_key), "cancel_requested"):
+            return False
+        fields: dict[str, str] = self._redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
+        if fields.get("status") == JobStatus.queued.value:
+            updates = {"status": JobStatus.cancelled.value, "finished_at": repr(time.time())}
+            self._updates.finish(job_id, fields, EventType.error, updates)
+        return True
 
     def _attempt(self, job_id: str, attempts: int) -> None:
         fields: dict[str, str] = self._redis.hgetall(keys.job(job_id))  # type: ignore[assignment]

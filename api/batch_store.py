@@ -1,0 +1,92 @@
+"""The API's reads and writes of batches (asyncio Redis)."""
+
+import json
+from collections.abc import Sequence
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from fastapi import HTTPException
+
+from api.schemas import BatchItem
+from core import keys
+from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus, item_id, new_batch_fields
+from core.settings import Settings
+
+_PUSH_CHUNK = 1000
+
+
+async def create_batch(
+    redis: aioredis.Redis,
+    settings: Settings,
+    batch_id: str,
+    program: str,
+    items: Sequence[BatchItem],
+    model: str | None,
+    temperature: float | None,
+    created_at_s: float,
+) -> None:
+    """Store the record and every item's input in one transaction: all or nothing."""
+    fields = new_batch_fields(batch_id, program, len(items), model, temperature, created_at_s)
+    inputs = [item.model_dump_json(exclude_none=True) for item in items]
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]  # redis-py: invariant keys
+        pipe.expire(keys.batch(batch_id), settings.job_ttl_s)
+        for start in range(0, len(inputs), _PUSH_CHUNK):
+            pipe.rpush(keys.batch_inputs(batch_id), *inputs[start : start + _PUSH_CHUNK])
+        pipe.expire(keys.batch_inputs(batch_id), settings.job_ttl_s)
+        await pipe.execute()
+
+
+async def delete_batch(redis: aioredis.Redis, batch_id: str) -> None:
+    await redis.delete(keys.batch(batch_id), keys.batch_inputs(batch_id))
+
+
+async def read_batch(redis: aioredis.Redis, batch_id: str) -> dict[str, str]:
+    fields = cast(dict[str, str], await redis.hgetall(keys.batch(batch_id)))
+    if not fields:
+        raise HTTPException(404, f"no batch with id {batch_id!r} (never issued, or expired)")
+    return fields
+
+
+_ITEM_FIELDS = ["status", "custom_id", "result", "error", "attempts", "usage"]
+
+
+async def read_items(redis: aioredis.Redis, batch_id: str, start: int, stop: int) -> list[dict[str, Any]]:
+    """Items `start..stop-1` in submission order; those not yet enqueued read as queued."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for index in range(start, stop):
+            pipe.hmget(keys.job(item_id(batch_id, index)), _ITEM_FIELDS)
+        pipe.lrange(keys.batch_inputs(batch_id), start, stop - 1)
+        *rows, pending_inputs = await pipe.execute()
+    items = []
+    for offset, row in enumerate(rows):
+        index = start + offset
+        status, custom_id, result, error, attempts, usage = row
+        if status is None:  # not expanded yet: its input is still in the list
+            raw = pending_inputs[offset] if offset < len(pending_inputs) else None
+            custom_id = json.loads(raw).get("custom_id") if raw else None
+            status = "queued"
+        items.append(
+            {
+                "index": index,
+                "id": item_id(batch_id, index),
+                "custom_id": custom_id,
+                "status": status,
+                "attempts": int(attempts or 0),
+                "result": json.loads(result) if result else None,
+                "error": json.loads(error) if error else None,
+                "usage": json.loads(usage) if usage else None,
+            }
+        )
+    return items
+
+
+async def request_cancel(redis: aioredis.Redis, batch_id: str) -> dict[str, str]:
+    fields = await read_batch(redis, batch_id)
+    if BatchStatus(fields["status"]) in TERMINAL_BATCH_STATUSES:
+        raise HTTPException(409, f"batch {batch_id} already {fields['status']}; nothing to cancel")
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.batch(batch_id), mapping={"cancel_requested": "1", "status": BatchStatus.cancelling.value})
+        pipe.hincrby(keys.batch(batch_id), "version", 1)
+        await pipe.execute()
+    return await read_batch(redis, batch_id)

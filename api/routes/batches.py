@@ -1,0 +1,188 @@
+"""`/batches`: submit many questions at once, watch progress, page through results, cancel."""
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api import batch_store, idempotency
+from api.deps import CeleryDep, RedisDep, SettingsDep
+from api.idempotency import IdempotencyKey
+from api.schemas import BatchCreate
+from core.batches import TERMINAL_BATCH_STATUSES, Batch, batch_from_fields
+from core.jobs import now_s
+from core.queue import EXPAND_BATCH_TASK
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/batches", tags=["batches"])
+
+
+class BatchItemResult(BaseModel):
+    index: int = Field(description="Position in the submitted `items`.")
+    id: str = Field(description="The item's job id (`GET /jobs/{id}` works for it).")
+    custom_id: str | None
+    status: str
+    attempts: int
+    result: dict[str, object] | None
+    error: dict[str, object] | None
+    usage: dict[str, int] | None
+
+
+class BatchResultsPage(BaseModel):
+    items: list[BatchItemResult]
+    next_cursor: int | None = Field(description="Pass as `cursor` for the next page; null after the last item.")
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Batch,
+    responses={
+        413: {"description": "Too many items, or the body is too large; nothing was stored."},
+        503: {"description": "Redis or the queue is unavailable; nothing was stored."},
+    },
+)
+async def submit_batch(
+    body: BatchCreate,
+    response: Response,
+    redis: RedisDep,
+    celery: CeleryDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Batch:
+    """Submit a batch; answers 202 once every item is stored, before they are all enqueued."""
+    if len(body.items) > settings.batch_max_items:
+        raise HTTPException(413, f"{len(body.items)} items; a batch may hold at most {settings.batch_max_items}")
+    batch_id = uuid.uuid4().hex
+    digest = idempotency.body_digest(body.model_dump())
+    original_id = await idempotency.claim(redis, idempotency_key, digest, batch_id, settings.idempotency_ttl_s)
+    if original_id is not None:
+        response.headers["Idempotent-Replayed"] = "true"
+        return batch_from_fields(await batch_store.read_batch(redis, original_id))
+    program = settings.default_program
+    await batch_store.create_batch(
+        redis, settings, batch_id, program, body.items, body.model, body.temperature, now_s()
+    )
+    try:
+        await asyncio.wait_for(
+            asyncio.to_thread(celery.send_task, EXPAND_BATCH_TASK, args=[batch_id], task_id=f"batch-{batch_id}"),
+            settings.enqueue_timeout_s,
+        )
+    except Exception as e:
+        await batch_store.delete_batch(redis, batch_id)
+        await idempotency.release(redis, idempotency_key)
+        log.error("could not enqueue batch %s: %s", batch_id, e)
+        raise HTTPException(503, "the job queue is unavailable; nothing was stored, retry later") from e
+    response.headers["Location"] = f"/batches/{batch_id}"
+    return batch_from_fields(await batch_store.read_batch(redis, batch_id))
+
+
+@router.get("/{batch_id}", response_model=Batch, responses={404: {"description": "No batch with this id."}})
+async def get_batch(batch_id: str, redis: RedisDep) -> Batch:
+    """The batch: status, counts by item status, timestamps, total LM usage."""
+    return batch_from_fields(await batch_store.read_batch(redis, batch_id))
+
+
+@router.get("/{batch_id}/results", response_model=BatchResultsPage, responses={404: {"description": "No batch."}})
+async def get_batch_results(
+    batch_id: str,
+    redis: RedisDep,
+    settings: SettingsDep,
+    cursor: Annotated[int, Query(ge=0, description="Index of the first item to return.")] = 0,
+    limit: Annotated[int, Query(ge=1, description="Items per page (at most the server's page limit).")] = 100,
+) -> BatchResultsPage:
+    """Every item's status and result or error, in submission order, a page at a time."""
+    total = int((await batch_store.read_batch(redis, batch_id))["total"])
+    limit = min(limit, settings.batch_results_page_max)
+    stop = min(cursor + limit, total)
+    items = await batch_store.read_items(redis, batch_id, cursor, stop) if cursor < total else []
+    return BatchResultsPage(
+        items=[BatchItemResult(**item) for item in items], next_cursor=stop if stop < total else None
+    )
+
+
+@router.get(
+    "/{batch_id}/results.ndjson",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}}, 404: {"description": "No batch."}},
+)
+async def download_batch_results(batch_id: str, redis: RedisDep, settings: SettingsDep) -> StreamingResponse:
+    """All results as one NDJSON download, one item per line in submission order."""
+    total = int((await batch_store.read_batch(redis, batch_id))["total"])
+    page = settings.batch_results_page_max
+
+    async def lines() -> AsyncIterator[bytes]:
+        for start in range(0, total, page):
+            items = await batch_store.read_items(redis, batch_id, start, min(start + page, total))
+            yield b"".join(json.dumps(item, separators=(",", ":")).encode() + b"\n" for item in items)
+
+    return StreamingResponse(
+        lines(),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="batch-{batch_id}.ndjson"'},
+    )
+
+
+@router.post(
+    "/{batch_id}/cancel",
+    response_model=Batch,
+    responses={404: {"description": "No batch."}, 409: {"description": "The batch already finished."}},
+)
+async def cancel_batch(batch_id: str, redis: RedisDep) -> Batch:
+    """Cancel: items not yet started never run; running ones finish; the batch ends `cancelled`."""
+    return batch_from_fields(await batch_store.request_cancel(redis, batch_id))
+
+
+@router.get(
+    "/{batch_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "No batch."}},
+)
+async def batch_events(
+    batch_id: str,
+    redis: RedisDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    """Progress as server-sent events: `progress` (the batch) when counts change, at most a few per second,
+    then one terminal `done`. The event id is the batch's version, so a reconnecting client is not sent a
+    state it has already seen."""
+    await batch_store.read_batch(redis, batch_id)
+    seen = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    shutdown = anyio.Event()
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        nonlocal seen
+        try:
+            while not shutdown.is_set():
+                fields = await batch_store.read_batch(redis, batch_id)
+                version = int(fields.get("version", 0))
+                batch = batch_from_fields(fields)
+                terminal = batch.status in TERMINAL_BATCH_STATUSES
+                if version > seen or terminal:
+                    seen = version
+                    kind = "done" if terminal else "progress"
+                    yield ServerSentEvent(data=batch.model_dump_json(), event=kind, id=str(version))
+                if terminal:
+                    return
+                with anyio.move_on_after(settings.batch_progress_interval_s):
+                    await shutdown.wait()
+        except (RedisError, HTTPException) as e:
+            log.warning("batch %s event stream ended early: %s", batch_id, e)
+
+    return EventSourceResponse(
+        events(),
+        ping=settings.sse_ping_s,
+        headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
+        shutdown_event=shutdown,
+        shutdown_grace_period=1.0,
+    )

@@ -15,7 +15,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from core.jobs import LMUsage
+from core.jobs import LMUsage, time_or_none
 
 
 class BatchStatus(StrEnum):
@@ -94,10 +94,6 @@ def new_batch_fields(
     return fields
 
 
-def _time(raw: str | None) -> datetime | None:
-    return datetime.fromtimestamp(float(raw), UTC) if raw else None
-
-
 def batch_from_fields(fields: dict[str, str]) -> Batch:
     prompt, completion = int(fields.get("prompt_tokens", 0)), int(fields.get("completion_tokens", 0))
     return Batch(
@@ -110,8 +106,8 @@ def batch_from_fields(fields: dict[str, str]) -> Batch:
         model=fields.get("model"),
         temperature=float(fields["temperature"]) if fields.get("temperature") else None,
         created_at=datetime.fromtimestamp(float(fields["created_at"]), UTC),
-        started_at=_time(fields.get("started_at")),
-        finished_at=_time(fields.get("finished_at")),
+        started_at=time_or_none(fields.get("started_at")),
+        finished_at=time_or_none(fields.get("finished_at")),
         usage=LMUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion),
         error=fields.get("error"),
         links=BatchLinks.for_batch(fields["id"]),

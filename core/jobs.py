@@ -105,7 +105,7 @@ def new_job_fields(
     return fields
 
 
-def _time(raw: str | None) -> datetime | None:
+def time_or_none(raw: str | None) -> datetime | None:
     return datetime.fromtimestamp(float(raw), UTC) if raw else None
 
 
@@ -123,8 +123,8 @@ def job_from_fields(fields: dict[str, str], links: JobLinks) -> Job:
         model=fields.get("model"),
         temperature=float(fields["temperature"]) if fields.get("temperature") else None,
         created_at=datetime.fromtimestamp(float(fields["created_at"]), UTC),
-        started_at=_time(fields.get("started_at")),
-        finished_at=_time(fields.get("finished_at")),
+        started_at=time_or_none(fields.get("started_at")),
+        finished_at=time_or_none(fields.get("finished_at")),
         attempts=int(fields.get("attempts", 0)),
         worker=fields.get("worker"),
         result=_json(fields.get("result")),

@@ -1,6 +1,5 @@
 """`/batches`: submit many questions at once, watch progress, page through results, cancel."""
 
-import asyncio
 import json
 import logging
 import uuid
@@ -16,6 +15,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import batch_store, idempotency
 from api.deps import CeleryDep, RedisDep, SettingsDep
+from api.enqueue import enqueue_or_undo
 from api.idempotency import IdempotencyKey
 from api.schemas import BatchCreate
 from core.batches import TERMINAL_BATCH_STATUSES, Batch, batch_from_fields
@@ -72,16 +72,12 @@ async def submit_batch(
     await batch_store.create_batch(
         redis, settings, batch_id, program, body.items, body.model, body.temperature, now_s()
     )
-    try:
-        await asyncio.wait_for(
-            asyncio.to_thread(celery.send_task, EXPAND_BATCH_TASK, args=[batch_id], task_id=f"batch-{batch_id}"),
-            settings.enqueue_timeout_s,
-        )
-    except Exception as e:
+
+    async def undo() -> None:
         await batch_store.delete_batch(redis, batch_id)
         await idempotency.release(redis, idempotency_key)
-        log.error("could not enqueue batch %s: %s", batch_id, e)
-        raise HTTPException(503, "the job queue is unavailable; nothing was stored, retry later") from e
+
+    await enqueue_or_undo(celery, EXPAND_BATCH_TASK, batch_id, f"batch-{batch_id}", settings.enqueue_timeout_s, undo)
     response.headers["Location"] = f"/batches/{batch_id}"
     return batch_from_fields(await batch_store.read_batch(redis, batch_id))
 

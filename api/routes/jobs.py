@@ -1,6 +1,5 @@
 """`/jobs`: submit a job, poll it."""
 
-import asyncio
 import logging
 import uuid
 from typing import Annotated, Any
@@ -10,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from api import idempotency, job_store
 from api.deps import CeleryDep, HubDep, RedisDep, SettingsDep
+from api.enqueue import enqueue_or_undo
 from api.event_hub import EventHub
 from api.idempotency import IdempotencyKey
 from api.schemas import JobCreate
@@ -55,18 +55,12 @@ async def submit_job(
     fields = await job_store.create_job(
         redis, settings, job_id, program, {"question": body.question}, body.model, body.temperature, now_s()
     )
-    try:
-        await asyncio.wait_for(
-            asyncio.to_thread(celery.send_task, RUN_JOB_TASK, args=[job_id], task_id=job_id),
-            settings.enqueue_timeout_s,
-        )
-    except Exception as e:
-        # Not enqueued means not accepted: remove the record so no one polls a
-        # job that will never run, and let the client retry.
+
+    async def undo() -> None:
         await job_store.delete_job(redis, job_id)
         await idempotency.release(redis, idempotency_key)
-        log.error("could not enqueue job %s: %s", job_id, e)
-        raise HTTPException(503, "the job queue is unavailable; nothing was stored, retry later") from e
+
+    await enqueue_or_undo(celery, RUN_JOB_TASK, job_id, job_id, settings.enqueue_timeout_s, undo)
     # Without `wait`, the answer is the record as accepted (`queued`), even if
     # a worker has already picked the job up: that is what the client polls from.
     return await _respond(response, redis, hub, job_id, wait, fields)

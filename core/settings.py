@@ -45,11 +45,13 @@ class Settings(BaseSettings):
     # backoff that honours Retry-After), not hidden inside one LM call.
     lm_num_retries: int = 0
     lm_cache: bool = True
-    # DSPy's native engine sends `max_completion_tokens`, which llama.cpp's
-    # server ignores (it then generates to the context limit); LiteLLM sends
-    # `max_tokens`, which every OpenAI-compatible server honours. "auto" lets
-    # DSPy pick its native engine for hosted providers.
-    lm_engine: Literal["litellm", "auto", "lm15"] = "litellm"
+    # Which client DSPy uses. "auto": its native engine where it knows the
+    # provider, LiteLLM otherwise; the native engine cost a job 16 ms of
+    # worker CPU against LiteLLM's 41 ms (streaming, bench/lm_simulator.py).
+    # Unset means "auto", except for the embedded LM: llama.cpp's server
+    # reports no token usage when streaming, and LiteLLM counts the tokens
+    # itself, so jobs there still say what they spent.
+    lm_engine: Literal["litellm", "auto", "lm15"] | None = None
     # Models a request may name in `model`. Empty means only `lm_model`: a
     # caller must not be able to spend the operator's key on any model it likes.
     lm_allowed_models: Annotated[list[str], NoDecode] = []
@@ -109,6 +111,47 @@ class Settings(BaseSettings):
     api_redis_max_connections: int = 200
     api_redis_pool_timeout_s: float = 5.0
 
+    # --- Security and operations ------------------------------------------------
+    # API keys, stored hashed: comma-separated sha256 hex digests of the keys,
+    # each optionally named (`name:digest`); `python -m api.auth hash <key>`
+    # prints one. Empty: the API is open, for local use only (`make up` warns).
+    # A secret type even though it holds digests: a plain key pasted here by
+    # mistake must not end up in a log or an error message (api/auth.py
+    # validates it at startup without echoing it).
+    api_keys: SecretStr | None = None
+    # Submissions (`POST /jobs`, `POST /batches`) per key: a token bucket that
+    # refills at this rate and holds at most `key_submit_burst`. 0: unlimited.
+    key_submit_rate_per_s: float = 0.0
+    key_submit_burst: int = 20
+    # Event streams (`/jobs/{id}/events`, `/batches/{id}/events`) open at once per key. 0: unlimited.
+    key_max_sse_streams: int = 0
+    # Items per batch for each key, below `batch_max_items`. 0: `batch_max_items`.
+    key_batch_max_items: int = 0
+    # How long a stream's slot outlives an API process that died holding it.
+    sse_slot_lease_s: float = 60.0
+    # Browser origins allowed to call the API (CORS), comma-separated, exact
+    # (`https://app.example.com`). Empty: none. No wildcard: see api/main.py.
+    cors_allow_origins: Annotated[list[str], NoDecode] = []
+    # `text` (readable, the default) or `json` (one object per line).
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    # Questions, prompts and answers stay out of the logs unless this is true.
+    log_payloads: bool = False
+    # `/ready` asks the LM's `/models` with this timeout; reported, never fatal.
+    ready_lm_timeout_s: float = 2.0
+    # Read by prometheus-client itself too: set it (to an empty directory,
+    # cleared at each start) when the API runs several processes.
+    prometheus_multiproc_dir: str | None = None
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [o.strip() for o in value.split(",") if o.strip()]
+        if isinstance(value, list) and "*" in value:
+            raise ValueError("CORS_ALLOW_ORIGINS takes explicit origins, not '*'")
+        return value
+
     @field_validator("lm_allowed_models", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
@@ -119,6 +162,12 @@ class Settings(BaseSettings):
     @property
     def allowed_models(self) -> list[str]:
         return [self.lm_model, *[m for m in self.lm_allowed_models if m != self.lm_model]]
+
+    @property
+    def effective_lm_engine(self) -> str:
+        if self.lm_engine is not None:
+            return self.lm_engine
+        return "litellm" if self.lm_model == EMBEDDED_LM_MODEL else "auto"
 
     @property
     def uses_embedded_lm(self) -> bool:

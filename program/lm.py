@@ -29,7 +29,7 @@ def build_lm(settings: Settings, model: str | None = None, temperature: float | 
         timeout=settings.lm_timeout_s,
         num_retries=settings.lm_num_retries,
         cache=settings.lm_cache,
-        engine=settings.lm_engine,
+        engine=settings.effective_lm_engine,
     )
 
 

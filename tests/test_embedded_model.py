@@ -47,3 +47,16 @@ def test_a_question_comes_back_succeeded_with_every_field_parsed(
     assert isinstance(result["key_concepts"], list) and all(isinstance(c, str) for c in result["key_concepts"])
     assert result["question_type"] in ("factual", "opinion", "analytical")
     assert job["usage"]["completion_tokens"] > 0
+
+
+def test_the_embedded_server_honours_max_completion_tokens(embedded_lm: str) -> None:
+    """llama.cpp reads only `max_tokens`; without the shim a base model writes to its context limit."""
+    body = {
+        "model": "gemma-3-270m",
+        "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
+        "max_completion_tokens": 7,
+    }
+    response = httpx.post(f"{embedded_lm}/chat/completions", json=body, timeout=120).json()
+
+    assert response["usage"]["completion_tokens"] == 7
+    assert response["choices"][0]["finish_reason"] == "length"

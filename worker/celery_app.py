@@ -17,13 +17,17 @@ from celery.concurrency.prefork import TaskPool as PreforkPool
 
 from core.events import EventType
 from core.jobs import JobStatus
+from core.logging_setup import configure_logging, log_context
 from core.queue import EXPAND_BATCH_TASK, RUN_JOB_TASK, make_celery
 from core.settings import get_settings
 from worker.batches import BatchExpander
+from worker.event_writer import EventWriter
 from worker.execution import JobRunner
 from worker.heartbeat import Heartbeat
 from worker.job_updates import JobUpdates
 from worker.leases import Leases, Reaper
+from worker.log_context import job_log_context
+from worker.metrics import record_job_outcome
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -50,13 +54,22 @@ class _ProcessState:
         )
         self.runtime = Runtime(settings, self.redis)
         self.updates = JobUpdates(self.redis, settings)
-        self.runner = JobRunner(settings, self.redis, self.runtime, self.updates, Leases(self.redis, settings), requeue)
+        self.runner = JobRunner(
+            settings,
+            self.redis,
+            self.runtime,
+            self.updates,
+            Leases(self.redis, settings),
+            requeue,
+            EventWriter(self.redis, settings),
+        )
 
     def warm(self) -> None:
         """Load the default program and the LM client now, not on the first job."""
         self.runtime.program(settings.default_program)
         self.runtime.lm()
-        import litellm  # noqa: F401  (seconds of import; pay them before the first job)
+        if settings.effective_lm_engine == "litellm":
+            import litellm  # noqa: F401  (seconds of import; pay them before the first job)
 
 
 def process_state() -> _ProcessState:
@@ -69,12 +82,25 @@ def process_state() -> _ProcessState:
 
 @app.task(name=RUN_JOB_TASK, bind=True)
 def run_job(self: Task, job_id: str) -> None:
-    process_state().runner.run(job_id, f"{self.request.hostname}:{os.getpid()}")
+    state = process_state()
+    with job_log_context(state.redis, settings, job_id):
+        try:
+            state.runner.run(job_id, f"{self.request.hostname}:{os.getpid()}")
+        finally:
+            # Read from the record, whatever way this run ended (worker/metrics.py).
+            record_job_outcome(state.redis, job_id, settings.lm_model)
 
 
 @app.task(name=EXPAND_BATCH_TASK)
 def expand_batch(batch_id: str) -> None:
-    BatchExpander(process_state().redis, settings, app).expand(batch_id)
+    with log_context(batch_id=batch_id):
+        BatchExpander(process_state().redis, settings, app).expand(batch_id)
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, **_: object) -> None:
+    # Connected, so Celery leaves logging to us: one format (LOG_FORMAT), job ids, secrets masked.
+    configure_logging(settings, level=loglevel or None)
 
 
 @signals.worker_process_init.connect

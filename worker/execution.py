@@ -27,6 +27,7 @@ from core.events import JOB_FINISHED, EventType
 from core.jobs import JobStatus, LMUsage
 from core.settings import Settings
 from worker.error_policy import JobCancelled, JobTimeLimitExceeded, WorkerLost, is_retryable, job_error, retry_delay_s
+from worker.event_writer import EventWriter
 from worker.job_updates import JobUpdates, dumps
 from worker.leases import FINISHED, LEASED, NO_JOB, Leases
 from worker.runtime import Runtime
@@ -46,6 +47,7 @@ class JobRunner:
         updates: JobUpdates,
         leases: Leases,
         requeue: Requeue,
+        tokens: EventWriter,
     ) -> None:
         self._settings = settings
         self._redis = client
@@ -53,6 +55,7 @@ class JobRunner:
         self._updates = updates
         self._leases = leases
         self._requeue = requeue
+        self._tokens = tokens
 
     def run(self, job_id: str, worker_name: str) -> None:
         if self._batch_cancelled(job_id):
@@ -70,6 +73,7 @@ class JobRunner:
         try:
             self._attempt(job_id, attempts)
         except JobCancelled:
+            self._tokens.barrier(job_id)
             log.info("job %s: cancelled while running; stopped", job_id)
         finally:
             self._leases.release(job_id)
@@ -109,19 +113,23 @@ class JobRunner:
                 raise JobTimeLimitExceeded(
                     f"the job ran longer than its time limit of {self._settings.job_time_limit_s} s"
                 )
-            if self._updates.emit(job_id, EventType.token, {"field": field, "text": text}) == JOB_FINISHED:
+            if self._tokens.refused(job_id):
                 raise JobCancelled(job_id)
+            self._tokens.put(job_id, EventType.token, {"field": field, "text": text})
 
         try:
             prediction = self._predict(fields, on_token)
         except JobCancelled:
             raise
         except Exception as e:
+            self._tokens.barrier(job_id)
             if is_retryable(e) and attempts < self._settings.job_max_attempts:
                 self._retry(job_id, e, attempts)
             else:
                 self._fail(job_id, fields, e, attempts)
             return
+        # Every token is written before the result that ends the stream.
+        self._tokens.barrier(job_id)
         self._updates.finish(
             job_id,
             fields,

@@ -38,6 +38,10 @@ pytest: $(VENV)/.synced
 	bash tests/browser/install.sh
 	$(VENV)/bin/python -m pytest
 
+## bench: every benchmark, side by side with the direct-call baseline; writes BENCHMARKS.md
+bench: $(VENV)/.synced
+	$(VENV)/bin/python -m bench
+
 ## optimize: rebuild artifacts/qa.json with the configured LM
 optimize: $(VENV)/.synced
 	$(VENV)/bin/python -m program.optimize qa

@@ -7,6 +7,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from fastapi import HTTPException
 
+from api.auth import Caller
 from api.schemas import BatchItem
 from core import keys
 from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus, item_id, new_batch_fields
@@ -24,9 +25,15 @@ async def create_batch(
     model: str | None,
     temperature: float | None,
     created_at_s: float,
+    owner: str | None = None,
 ) -> None:
-    """Store the record and every item's input in one transaction: all or nothing."""
+    """Store the record and every item's input in one transaction: all or nothing.
+
+    `owner` (the creating key's owner id) is stored in the record; its items inherit it.
+    """
     fields = new_batch_fields(batch_id, program, len(items), model, temperature, created_at_s)
+    if owner is not None:
+        fields["owner"] = owner
     inputs = [item.model_dump_json(exclude_none=True) for item in items]
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]  # redis-py: invariant keys
@@ -34,16 +41,20 @@ async def create_batch(
         for start in range(0, len(inputs), _PUSH_CHUNK):
             pipe.rpush(keys.batch_inputs(batch_id), *inputs[start : start + _PUSH_CHUNK])
         pipe.expire(keys.batch_inputs(batch_id), settings.job_ttl_s)
+        # /metrics reports batches by status from here (api/metrics.py).
+        pipe.zadd(keys.OPEN_BATCHES, {batch_id: created_at_s})
         await pipe.execute()
 
 
 async def delete_batch(redis: aioredis.Redis, batch_id: str) -> None:
     await redis.delete(keys.batch(batch_id), keys.batch_inputs(batch_id))
+    await redis.zrem(keys.OPEN_BATCHES, batch_id)
 
 
-async def read_batch(redis: aioredis.Redis, batch_id: str) -> dict[str, str]:
+async def read_batch(redis: aioredis.Redis, batch_id: str, caller: Caller | None = None) -> dict[str, str]:
+    """The record; 404 when there is none or (given a caller) it is another key's."""
     fields = cast(dict[str, str], await redis.hgetall(keys.batch(batch_id)))
-    if not fields:
+    if not fields or (caller is not None and not caller.can_see(fields.get("owner"))):
         raise HTTPException(404, f"no batch with id {batch_id!r} (never issued, or expired)")
     return fields
 
@@ -81,8 +92,8 @@ async def read_items(redis: aioredis.Redis, batch_id: str, start: int, stop: int
     return items
 
 
-async def request_cancel(redis: aioredis.Redis, batch_id: str) -> dict[str, str]:
-    fields = await read_batch(redis, batch_id)
+async def request_cancel(redis: aioredis.Redis, batch_id: str, caller: Caller) -> dict[str, str]:
+    fields = await read_batch(redis, batch_id, caller)
     if BatchStatus(fields["status"]) in TERMINAL_BATCH_STATUSES:
         raise HTTPException(409, f"batch {batch_id} already {fields['status']}; nothing to cancel")
     async with redis.pipeline(transaction=True) as pipe:

@@ -7,6 +7,7 @@ from celery import Celery
 from fastapi import Depends, Request
 
 from api.event_hub import EventHub
+from api.rate_limit import StreamSlots
 from core.settings import Settings, get_settings
 
 
@@ -25,7 +26,13 @@ def _hub(request: Request) -> EventHub:
     return hub
 
 
+def _streams(request: Request) -> StreamSlots:
+    streams: StreamSlots = request.app.state.streams
+    return streams
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[aioredis.Redis, Depends(_redis)]
 CeleryDep = Annotated[Celery, Depends(_celery)]
 HubDep = Annotated[EventHub, Depends(_hub)]
+StreamsDep = Annotated[StreamSlots, Depends(_streams)]

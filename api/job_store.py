@@ -7,6 +7,7 @@ from typing import cast
 import redis.asyncio as aioredis
 from fastapi import HTTPException
 
+from api.auth import Caller
 from api.event_hub import RESYNC, EventHub
 from core import keys
 from core.events import APPEND_EVENT_LUA, TERMINAL_EVENTS, EventType, append_event_args
@@ -23,9 +24,15 @@ async def create_job(
     model: str | None,
     temperature: float | None,
     created_at_s: float,
+    owner: str | None = None,
 ) -> dict[str, str]:
-    """Write the record and its `queued` event in one transaction; returns the record."""
+    """Write the record and its `queued` event in one transaction; returns the record.
+
+    `owner` (the creating key's owner id) is stored in the record; only that key sees the job.
+    """
     fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s)
+    if owner is not None:
+        fields["owner"] = owner
     script_keys, argv = append_event_args(
         job_id,
         EventType.status,
@@ -45,10 +52,33 @@ async def delete_job(redis: aioredis.Redis, job_id: str) -> None:
     await redis.delete(keys.job(job_id), keys.job_events(job_id))
 
 
-async def read_job(redis: aioredis.Redis, job_id: str) -> dict[str, str] | None:
+async def read_job(redis: aioredis.Redis, job_id: str, caller: Caller | None = None) -> dict[str, str] | None:
+    """The record, or None when there is none or (given a caller) it is another key's."""
     # decode_responses=True: keys and values are str.
     fields = cast(dict[str, str], await redis.hgetall(keys.job(job_id)))
-    return fields or None
+    if not fields:
+        return None
+    if caller is not None and not caller.can_see(await owner_of(redis, fields)):
+        return None
+    return fields
+
+
+async def owner_of(redis: aioredis.Redis, fields: dict[str, str]) -> str | None:
+    """A job's owner; a batch item inherits its batch's (the bulk worker that creates items knows none)."""
+    if "owner" in fields:
+        return fields["owner"]
+    if fields.get("batch"):
+        owner = await redis.hget(keys.batch(fields["batch"]), "owner")
+        return str(owner) if owner is not None else None
+    return None
+
+
+async def visible(redis: aioredis.Redis, job_id: str, caller: Caller) -> bool:
+    """Whether the job exists for this caller: what the event stream checks before it opens."""
+    if caller.owner is None:
+        return bool(await redis.exists(keys.job(job_id)))
+    fields = cast(dict[str, str], await redis.hgetall(keys.job(job_id)))
+    return bool(fields) and caller.can_see(await owner_of(redis, fields))
 
 
 async def wait_until_finished(
@@ -74,14 +104,14 @@ async def wait_until_finished(
                     break
 
 
-async def cancel_job(redis: aioredis.Redis, settings: Settings, job_id: str) -> dict[str, str]:
+async def cancel_job(redis: aioredis.Redis, settings: Settings, job_id: str, caller: Caller) -> dict[str, str]:
     """Move a job that has not finished to `cancelled`, with its terminal event.
 
     The worker running it (if any) learns of it at its next write, which the
     event script refuses for a finished job; a queued job's message finds the
     job finished and is dropped.
     """
-    fields = await read_job(redis, job_id)
+    fields = await read_job(redis, job_id, caller)
     if fields is None:
         raise HTTPException(404, f"no job with id {job_id!r} (never issued, or expired)")
     if not JobStatus(fields["status"]).is_terminal:

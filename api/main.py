@@ -6,19 +6,27 @@ hang or a stack trace.
 """
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from api.auth import AuthMiddleware, parse_api_keys
 from api.body_limit import BodyLimitMiddleware
+from api.errors import document_errors
 from api.event_hub import EventHub
-from api.routes import batches, events, health, jobs, page
+from api.metrics import REQUESTS_REFUSED, on_process_exit
+from api.rate_limit import StreamSlots
+from api.routes import batches, events, health, jobs, metrics, page
+from core.logging_setup import configure_logging
 from core.queue import make_celery
 from core.settings import get_settings
 
@@ -43,23 +51,41 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.redis = redis
     app.state.celery = make_celery(settings)
     app.state.hub = EventHub(redis)
+    app.state.streams = StreamSlots(redis, settings)
     await app.state.hub.start()
+    await app.state.streams.start()
     try:
         yield
     finally:
+        await app.state.streams.stop()
         await app.state.hub.stop()
         await redis.aclose()
+        on_process_exit(settings)
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc if part != "body") or "body"
 
 
+def _json_safe(value: Any) -> Any:
+    """What JSON (and UTF-8) can carry: the errors echo the input, which may hold NaN,
+    Infinity or a lone surrogate that Python's JSON parser accepts but no response can."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
+    errors = _json_safe(jsonable_encoder(exc.errors()))
     message = "; ".join(f"{_field_name(tuple(e['loc']))}: {e['msg']}" for e in errors)
-    return JSONResponse({"detail": jsonable_encoder(errors), "message": message}, status_code=422)
+    return JSONResponse({"detail": errors, "message": message}, status_code=422)
 
 
 async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -75,19 +101,43 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     settings = get_settings()
+    configure_logging(settings)
+    # Parsed now so a malformed API_KEYS stops the API at startup instead of leaving it open.
+    api_keys = parse_api_keys(settings)
+    if not api_keys:
+        log.warning("no API_KEYS configured: the API is open to anyone who can reach it")
+    # Middleware added last runs first: CORS, then the key check, then the body
+    # limit, so a caller without a key is refused before its body is read.
     app.add_middleware(
         BodyLimitMiddleware,
         limit_for_path=lambda path: (
             settings.batch_max_bytes if path.startswith("/batches") else settings.request_max_bytes
         ),
     )
+    app.add_middleware(AuthMiddleware, keys=api_keys, on_reject=lambda reason: REQUESTS_REFUSED.labels(reason).inc())
+    if settings.cors_allow_origins:
+        # Keys travel in headers, never cookies: no credentials, so a page
+        # from an allowed origin must hold its own key to call the API.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
+            max_age=600,
+        )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RedisError, _redis_unavailable)
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(batches.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(page.router)
+    openapi = app.openapi
+    # Errors that middleware and handlers give (401, 413, 503) and their shape, in the document.
+    app.openapi = lambda: document_errors(openapi())  # type: ignore[method-assign]
     return app
 
 

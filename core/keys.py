@@ -55,3 +55,24 @@ def worker(name: str) -> str:
 
 # Hash: program name -> how many times any worker process loaded it.
 PROGRAM_LOADS = f"{PREFIX}:program_loads"
+
+
+# --- Security and operations ---------------------------------------------------
+
+
+def rate_submit(bucket: str) -> str:
+    """Hash: a key's submission token bucket (`tokens`, `ts`), with a TTL (api/rate_limit.py)."""
+    return f"{PREFIX}:rate:submit:{bucket}"
+
+
+def sse_streams(bucket: str) -> str:
+    """Sorted set: a key's open event streams, slot token -> unix time its lease runs out."""
+    return f"{PREFIX}:sse:{bucket}"
+
+
+# Hash: worker-side counters for /metrics, field `[name, labels]` (JSON) -> value (core/metrics.py).
+METRICS_COUNTERS = f"{PREFIX}:metrics:counters"
+# Hash: worker-side histograms for /metrics, field `[name, labels, bucket index | "sum" | "count"]`.
+METRICS_HISTOGRAMS = f"{PREFIX}:metrics:histograms"
+# Sorted set: batch id -> created time, for batches /metrics has not yet seen finish.
+OPEN_BATCHES = f"{PREFIX}:batches:open"

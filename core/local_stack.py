@@ -93,7 +93,11 @@ def _announce_when_ready(settings: Settings, flower_auth: str, generated: bool) 
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
-            api_ready = httpx.get(f"{api}/ready", timeout=2).status_code == 200
+            # With API keys configured /ready wants one, which we do not have (only
+            # digests are configured): a 401 there still means the API is up.
+            api_ready = httpx.get(f"{api}/ready", timeout=2).status_code in (
+                (200, 401) if settings.api_keys else (200,)
+            )
             if api_ready and _lm_answers(str(settings.lm_api_base)):
                 break
         except httpx.HTTPError:
@@ -103,6 +107,7 @@ def _announce_when_ready(settings: Settings, flower_auth: str, generated: bool) 
         print("!! the API did not become ready within 10 minutes; see the logs above", flush=True)
         return
     user, _, password = flower_auth.partition(":")
+    key_header = " -H 'Authorization: Bearer <your key>'" if settings.api_keys else ""
     note = "  (generated for this run; set FLOWER_BASIC_AUTH to choose)" if generated else ""
     print(
         f"""
@@ -113,7 +118,7 @@ def _announce_when_ready(settings: Settings, flower_auth: str, generated: bool) 
    LM         {settings.lm_model} at {settings.lm_api_base}
 
  Try it:
-   curl -s -X POST '{api}/jobs?wait=60' -H 'Content-Type: application/json' \\
+   curl -s -X POST '{api}/jobs?wait=60' -H 'Content-Type: application/json'{key_header} \\
         -d '{{"question": "What is the capital of France?"}}'
 
  Ctrl-C stops everything.
@@ -127,6 +132,14 @@ def main() -> int:
     settings = get_settings()
     RUN_DIR.mkdir(exist_ok=True)
     generated = settings.flower_basic_auth is None
+    if not settings.api_keys:
+        print(
+            "\n" + "!" * 64 + "\n"
+            " WARNING: no API_KEYS configured: the API is OPEN to anyone who can reach\n"
+            f" {settings.api_host}:{settings.api_port}. Fine on this machine; before exposing it, create a key\n"
+            " (python -m api.auth new <name>) and set API_KEYS to its digest.\n" + "!" * 64 + "\n",
+            flush=True,
+        )
     flower_auth = (
         f"admin:{secrets.token_urlsafe(12)}" if generated else settings.flower_basic_auth.get_secret_value()  # type: ignore[union-attr]
     )

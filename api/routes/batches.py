@@ -12,18 +12,23 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
 from api import batch_store, idempotency
-from api.deps import CeleryDep, RedisDep, SettingsDep
+from api.auth import UNAUTHORIZED, CallerDep, SseCallerDep
+from api.deps import CeleryDep, RedisDep, SettingsDep, StreamsDep
 from api.enqueue import enqueue_or_undo
 from api.idempotency import IdempotencyKey
+from api.metrics import BATCHES_SUBMITTED
+from api.rate_limit import check_submission
 from api.schemas import BatchCreate
 from core.batches import TERMINAL_BATCH_STATUSES, Batch, batch_from_fields
 from core.jobs import now_s
+from core.logging_setup import bind
 from core.queue import EXPAND_BATCH_TASK
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/batches", tags=["batches"])
+router = APIRouter(prefix="/batches", tags=["batches"], responses=UNAUTHORIZED)
 
 
 class BatchItemResult(BaseModel):
@@ -48,6 +53,7 @@ class BatchResultsPage(BaseModel):
     response_model=Batch,
     responses={
         413: {"description": "Too many items, or the body is too large; nothing was stored."},
+        429: {"description": "Over this key's submission rate; `Retry-After` says when to retry. Nothing stored."},
         503: {"description": "Redis or the queue is unavailable; nothing was stored."},
     },
 )
@@ -57,20 +63,28 @@ async def submit_batch(
     redis: RedisDep,
     celery: CeleryDep,
     settings: SettingsDep,
+    caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Batch:
     """Submit a batch; answers 202 once every item is stored, before they are all enqueued."""
-    if len(body.items) > settings.batch_max_items:
-        raise HTTPException(413, f"{len(body.items)} items; a batch may hold at most {settings.batch_max_items}")
+    max_items = settings.batch_max_items
+    if caller.owner is not None and settings.key_batch_max_items > 0:
+        max_items = min(max_items, settings.key_batch_max_items)
+    if len(body.items) > max_items:
+        raise HTTPException(413, f"{len(body.items)} items; a batch may hold at most {max_items}")
+    await check_submission(redis, settings, caller)
     batch_id = uuid.uuid4().hex
+    idempotency_key = caller.scoped(idempotency_key)
     digest = idempotency.body_digest(body.model_dump())
     original_id = await idempotency.claim(redis, idempotency_key, digest, batch_id, settings.idempotency_ttl_s)
     if original_id is not None:
+        bind(batch_id=original_id)
         response.headers["Idempotent-Replayed"] = "true"
-        return batch_from_fields(await batch_store.read_batch(redis, original_id))
+        return batch_from_fields(await batch_store.read_batch(redis, original_id, caller))
+    bind(batch_id=batch_id)
     program = settings.default_program
     await batch_store.create_batch(
-        redis, settings, batch_id, program, body.items, body.model, body.temperature, now_s()
+        redis, settings, batch_id, program, body.items, body.model, body.temperature, now_s(), owner=caller.owner
     )
 
     async def undo() -> None:
@@ -78,14 +92,17 @@ async def submit_batch(
         await idempotency.release(redis, idempotency_key)
 
     await enqueue_or_undo(celery, EXPAND_BATCH_TASK, batch_id, f"batch-{batch_id}", settings.enqueue_timeout_s, undo)
+    BATCHES_SUBMITTED.labels(caller.name).inc()
+    log.info("batch of %d items submitted (key %s)", len(body.items), caller.name)
     response.headers["Location"] = f"/batches/{batch_id}"
     return batch_from_fields(await batch_store.read_batch(redis, batch_id))
 
 
 @router.get("/{batch_id}", response_model=Batch, responses={404: {"description": "No batch with this id."}})
-async def get_batch(batch_id: str, redis: RedisDep) -> Batch:
+async def get_batch(batch_id: str, redis: RedisDep, caller: CallerDep) -> Batch:
     """The batch: status, counts by item status, timestamps, total LM usage."""
-    return batch_from_fields(await batch_store.read_batch(redis, batch_id))
+    bind(batch_id=batch_id)
+    return batch_from_fields(await batch_store.read_batch(redis, batch_id, caller))
 
 
 @router.get("/{batch_id}/results", response_model=BatchResultsPage, responses={404: {"description": "No batch."}})
@@ -93,11 +110,13 @@ async def get_batch_results(
     batch_id: str,
     redis: RedisDep,
     settings: SettingsDep,
+    caller: CallerDep,
     cursor: Annotated[int, Query(ge=0, description="Index of the first item to return.")] = 0,
     limit: Annotated[int, Query(ge=1, description="Items per page (at most the server's page limit).")] = 100,
 ) -> BatchResultsPage:
     """Every item's status and result or error, in submission order, a page at a time."""
-    total = int((await batch_store.read_batch(redis, batch_id))["total"])
+    bind(batch_id=batch_id)
+    total = int((await batch_store.read_batch(redis, batch_id, caller))["total"])
     limit = min(limit, settings.batch_results_page_max)
     stop = min(cursor + limit, total)
     items = await batch_store.read_items(redis, batch_id, cursor, stop) if cursor < total else []
@@ -111,9 +130,12 @@ async def get_batch_results(
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-ndjson": {}}}, 404: {"description": "No batch."}},
 )
-async def download_batch_results(batch_id: str, redis: RedisDep, settings: SettingsDep) -> StreamingResponse:
+async def download_batch_results(
+    batch_id: str, redis: RedisDep, settings: SettingsDep, caller: CallerDep
+) -> StreamingResponse:
     """All results as one NDJSON download, one item per line in submission order."""
-    total = int((await batch_store.read_batch(redis, batch_id))["total"])
+    bind(batch_id=batch_id)
+    total = int((await batch_store.read_batch(redis, batch_id, caller))["total"])
     page = settings.batch_results_page_max
 
     async def lines() -> AsyncIterator[bytes]:
@@ -133,26 +155,38 @@ async def download_batch_results(batch_id: str, redis: RedisDep, settings: Setti
     response_model=Batch,
     responses={404: {"description": "No batch."}, 409: {"description": "The batch already finished."}},
 )
-async def cancel_batch(batch_id: str, redis: RedisDep) -> Batch:
+async def cancel_batch(batch_id: str, redis: RedisDep, caller: CallerDep) -> Batch:
     """Cancel: items not yet started never run; running ones finish; the batch ends `cancelled`."""
-    return batch_from_fields(await batch_store.request_cancel(redis, batch_id))
+    bind(batch_id=batch_id)
+    batch = batch_from_fields(await batch_store.request_cancel(redis, batch_id, caller))
+    log.info("batch cancel requested by key %s", caller.name)
+    return batch
 
 
 @router.get(
     "/{batch_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "No batch."}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        404: {"description": "No batch."},
+        429: {"description": "This key has as many event streams open as it may."},
+    },
 )
 async def batch_events(
     batch_id: str,
     redis: RedisDep,
     settings: SettingsDep,
+    caller: SseCallerDep,
+    streams: StreamsDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     """Progress as server-sent events: `progress` (the batch) when counts change, at most a few per second,
     then one terminal `done`. The event id is the batch's version, so a reconnecting client is not sent a
-    state it has already seen."""
-    await batch_store.read_batch(redis, batch_id)
+    state it has already seen. A browser's EventSource, which cannot send headers, may pass the key as
+    `?api_key=`."""
+    bind(batch_id=batch_id)
+    await batch_store.read_batch(redis, batch_id, caller)
+    stream = await streams.open(caller, "batch")
     seen = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     shutdown = anyio.Event()
 
@@ -181,4 +215,6 @@ async def batch_events(
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
         shutdown_event=shutdown,
         shutdown_grace_period=1.0,
+        # Runs once the response has ended, however it ended (client gone included).
+        background=BackgroundTask(streams.close, stream),
     )

@@ -19,15 +19,19 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, HTTPException, Query
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
-from api.deps import HubDep, RedisDep, SettingsDep
+from api import job_store
+from api.auth import UNAUTHORIZED, SseCallerDep
+from api.deps import HubDep, RedisDep, SettingsDep, StreamsDep
 from api.event_hub import RESYNC, Event, EventHub
 from core import keys
 from core.events import TERMINAL_EVENTS, EventType, parse_event
 from core.jobs import JobStatus
+from core.logging_setup import bind
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=UNAUTHORIZED)
 
 _REPLAY_BATCH = 500
 # How long a stream waits on silence before checking that its job still exists.
@@ -137,6 +141,7 @@ async def _follow(
         200: {"content": {"text/event-stream": {}}, "description": "`status`, `token`, then `result` or `error`."},
         404: {"description": "No job with this id."},
         422: {"description": "Malformed Last-Event-ID."},
+        429: {"description": "This key has as many event streams open as it may."},
     },
 )
 async def job_events(
@@ -144,15 +149,20 @@ async def job_events(
     redis: RedisDep,
     hub: HubDep,
     settings: SettingsDep,
+    caller: SseCallerDep,
+    streams: StreamsDep,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: Annotated[
         str | None, Query(description="For clients that cannot set the Last-Event-ID header.")
     ] = None,
 ) -> EventSourceResponse:
-    """Stream the job's events: replays what the client has not seen, follows live, ends after the result."""
+    """Stream the job's events: replays what the client has not seen, follows live, ends after the result.
+    A browser's EventSource, which cannot send headers, may pass the key as `?api_key=`."""
+    bind(job_id=job_id)
     after = _last_event_id(last_event_id_header, last_event_id)
-    if not await redis.exists(keys.job(job_id)):
+    if not await job_store.visible(redis, job_id, caller):
         raise HTTPException(404, f"no job with id {job_id!r} (never issued, or expired)")
+    stream = await streams.open(caller, "job")
     shutdown = anyio.Event()
     return EventSourceResponse(
         _events(redis, hub, job_id, after, shutdown),
@@ -161,4 +171,6 @@ async def job_events(
         ping=settings.sse_ping_s,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
         send_timeout=settings.sse_send_timeout_s,
+        # Runs once the response has ended, however it ended (client gone included).
+        background=BackgroundTask(streams.close, stream),
     )

@@ -1,39 +1,94 @@
-"""`/health` (the process is alive) and `/ready` (it can do useful work)."""
+"""`/health` (the process is alive) and `/ready` (it can do useful work, and what it depends on)."""
 
+import asyncio
 import time
+import urllib.error
+import urllib.request
 from typing import Any, cast
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from api.auth import UNAUTHORIZED, CallerDep
 from api.deps import RedisDep, SettingsDep
 from core import keys
+from core.settings import Settings
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
 async def health() -> dict[str, str]:
-    """Liveness: answers while the process runs, whatever its dependencies do."""
+    """Liveness: answers while the process runs, whatever its dependencies do. Needs no API key."""
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"description": "A dependency is missing; `reason` says which."}})
-async def ready(redis: RedisDep, settings: SettingsDep) -> JSONResponse:
-    """Readiness: Redis answers and at least one worker sent a heartbeat recently."""
+def _get_models(settings: Settings) -> dict[str, Any]:
+    url = f"{str(settings.lm_api_base).rstrip('/')}/models"
+    request = urllib.request.Request(url, method="GET")
+    if settings.lm_api_key is not None:
+        request.add_header("Authorization", f"Bearer {settings.lm_api_key.get_secret_value()}")
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=settings.ready_lm_timeout_s) as response:
+            status = response.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    except urllib.error.URLError as e:
+        return {"status": "down", "url": url, "reason": str(e.reason)}
+    except (OSError, ValueError) as e:  # a timeout while reading, a malformed URL
+        return {"status": "down", "url": url, "reason": str(e) or type(e).__name__}
+    latency_ms = round((time.monotonic() - started) * 1000, 1)
+    if 200 <= status < 300:
+        return {"status": "ok", "url": url, "latency_ms": latency_ms}
+    return {"status": "down", "url": url, "reason": f"HTTP {status}", "latency_ms": latency_ms}
+
+
+async def _check_lm(settings: Settings) -> dict[str, Any]:
+    """Reported, never fatal: jobs queue up and retry while the LM is away, and a hosted
+    provider's default endpoint (`LM_API_BASE` empty) is not ours to probe."""
+    if not settings.lm_api_base:
+        return {"status": "not checked", "reason": f"{settings.lm_model} at the provider's default endpoint"}
+    # urllib in a thread: the API image carries no async HTTP client.
+    return await asyncio.to_thread(_get_models, settings)
+
+
+@router.get(
+    "/ready",
+    responses={503: {"description": "A dependency is missing; `reason` says which."}, **UNAUTHORIZED},
+)
+async def ready(redis: RedisDep, settings: SettingsDep, _caller: CallerDep) -> JSONResponse:
+    """Readiness: Redis answers and at least one worker sent a heartbeat recently. Also reports the
+    workers on each queue and whether the LM endpoint answers (informational: never a 503 by itself)."""
     checks: dict[str, Any] = {}
+    lm = asyncio.create_task(_check_lm(settings))
     try:
         await redis.ping()
         checks["redis"] = "ok"
         since = time.time() - settings.worker_offline_after_s
         workers = cast(list[str], await redis.zrangebyscore(keys.WORKERS, since, "+inf"))
-        checks["workers"] = workers
+        async with redis.pipeline(transaction=False) as pipe:
+            for name in workers:
+                pipe.hget(keys.worker(name), "queues")
+            listed = cast(list[str | None], await pipe.execute())
     except (RedisError, OSError) as e:
+        lm.cancel()
         return JSONResponse(
             {"status": "unavailable", "reason": f"Redis does not answer: {e}", "checks": {"redis": "down"}}, 503
         )
+    checks["workers"] = workers
+    queues: dict[str, list[str]] = {settings.interactive_queue: [], settings.bulk_queue: []}
+    for name, names in zip(workers, listed, strict=True):
+        for queue in (names or "").split(","):
+            if queue:
+                queues.setdefault(queue, []).append(name)
+    checks["queues"] = {queue: {"workers": names} for queue, names in queues.items()}
+    checks["lm"] = await lm
     if not workers:
         reason = f"no worker online (none sent a heartbeat in the last {settings.worker_offline_after_s:g} s)"
         return JSONResponse({"status": "unavailable", "reason": reason, "checks": checks}, 503)
-    return JSONResponse({"status": "ready", "checks": checks})
+    warnings = [f"no worker consumes the {queue} queue" for queue, names in queues.items() if not names]
+    if checks["lm"]["status"] == "down":
+        warnings.append(f"the LM at {checks['lm']['url']} does not answer ({checks['lm']['reason']})")
+    return JSONResponse({"status": "ready", "checks": checks, "warnings": warnings})

@@ -8,16 +8,20 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from api import idempotency, job_store
+from api.auth import UNAUTHORIZED, Caller, CallerDep
 from api.deps import CeleryDep, HubDep, RedisDep, SettingsDep
 from api.enqueue import enqueue_or_undo
 from api.event_hub import EventHub
 from api.idempotency import IdempotencyKey
+from api.metrics import JOBS_SUBMITTED
+from api.rate_limit import check_submission
 from api.schemas import JobCreate
 from core.jobs import Job, JobLinks, job_from_fields, now_s
+from core.logging_setup import bind
 from core.queue import RUN_JOB_TASK
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=UNAUTHORIZED)
 
 
 @router.post(
@@ -26,6 +30,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
     response_model=Job,
     responses={
         200: {"model": Job, "description": "Finished within `wait` seconds: the final record."},
+        429: {"description": "Over this key's submission rate; `Retry-After` says when to retry. Nothing stored."},
         503: {"description": "Redis or the queue is unavailable; nothing was stored."},
     },
 )
@@ -36,6 +41,7 @@ async def submit_job(
     celery: CeleryDep,
     hub: HubDep,
     settings: SettingsDep,
+    caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
     wait: Annotated[
         float | None,
@@ -45,15 +51,27 @@ async def submit_job(
     """Submit a question; answers 202 at once, or the finished job if it completes within `wait` seconds."""
     if wait is not None and wait > settings.wait_max_s:
         raise HTTPException(422, f"wait must be at most {settings.wait_max_s} seconds")
+    await check_submission(redis, settings, caller)
     job_id = uuid.uuid4().hex
+    idempotency_key = caller.scoped(idempotency_key)
     digest = idempotency.body_digest(body.model_dump())
     original_id = await idempotency.claim(redis, idempotency_key, digest, job_id, settings.idempotency_ttl_s)
     if original_id is not None:
+        bind(job_id=original_id)
         response.headers["Idempotent-Replayed"] = "true"
-        return await _respond(response, redis, hub, original_id, wait, None)
+        return await _respond(response, redis, hub, original_id, wait, None, caller)
+    bind(job_id=job_id)
     program = settings.default_program
     fields = await job_store.create_job(
-        redis, settings, job_id, program, {"question": body.question}, body.model, body.temperature, now_s()
+        redis,
+        settings,
+        job_id,
+        program,
+        {"question": body.question},
+        body.model,
+        body.temperature,
+        now_s(),
+        owner=caller.owner,
     )
 
     async def undo() -> None:
@@ -61,9 +79,11 @@ async def submit_job(
         await idempotency.release(redis, idempotency_key)
 
     await enqueue_or_undo(celery, RUN_JOB_TASK, job_id, job_id, settings.enqueue_timeout_s, undo)
+    JOBS_SUBMITTED.labels(program, caller.name).inc()
+    log.info("job submitted (program %s, key %s)", program, caller.name)
     # Without `wait`, the answer is the record as accepted (`queued`), even if
     # a worker has already picked the job up: that is what the client polls from.
-    return await _respond(response, redis, hub, job_id, wait, fields)
+    return await _respond(response, redis, hub, job_id, wait, fields, caller)
 
 
 async def _respond(
@@ -73,12 +93,13 @@ async def _respond(
     job_id: str,
     wait: float | None,
     fields: dict[str, str] | None,
+    caller: Caller,
 ) -> Job:
     response.headers["Location"] = f"/jobs/{job_id}"
     if wait:
         fields = await job_store.wait_until_finished(redis, hub, job_id, wait)
     elif fields is None:
-        fields = await job_store.read_job(redis, job_id)
+        fields = await job_store.read_job(redis, job_id, caller)
     if fields is None:
         raise HTTPException(
             409, "the original request with this Idempotency-Key was not stored (or has expired); retry"
@@ -90,9 +111,10 @@ async def _respond(
 
 
 @router.get("/{job_id}", response_model=Job, responses={404: {"description": "No job with this id."}})
-async def get_job(job_id: str, redis: RedisDep) -> Job:
+async def get_job(job_id: str, redis: RedisDep, caller: CallerDep) -> Job:
     """The job record: status, timestamps, attempts, result or error, LM usage."""
-    fields = await job_store.read_job(redis, job_id)
+    bind(job_id=job_id)
+    fields = await job_store.read_job(redis, job_id, caller)
     if fields is None:
         raise HTTPException(404, f"no job with id {job_id!r} (never issued, or expired)")
     return job_from_fields(fields, JobLinks.for_job(job_id))
@@ -105,13 +127,15 @@ _CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/{job_id}/cancel", response_model=Job, responses=_CANCEL_RESPONSES)
-async def cancel_job(job_id: str, redis: RedisDep, settings: SettingsDep) -> Job:
+async def cancel_job(job_id: str, redis: RedisDep, settings: SettingsDep, caller: CallerDep) -> Job:
     """Cancel a job: a queued one never runs, a running one stops at once; a finished one is a 409."""
-    fields = await job_store.cancel_job(redis, settings, job_id)
+    bind(job_id=job_id)
+    fields = await job_store.cancel_job(redis, settings, job_id, caller)
+    log.info("job cancelled by key %s", caller.name)
     return job_from_fields(fields, JobLinks.for_job(job_id))
 
 
 @router.delete("/{job_id}", response_model=Job, responses=_CANCEL_RESPONSES)
-async def delete_job(job_id: str, redis: RedisDep, settings: SettingsDep) -> Job:
+async def delete_job(job_id: str, redis: RedisDep, settings: SettingsDep, caller: CallerDep) -> Job:
     """Same as `POST /jobs/{id}/cancel`; the record stays readable until it expires."""
-    return await cancel_job(job_id, redis, settings)
+    return await cancel_job(job_id, redis, settings, caller)

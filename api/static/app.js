@@ -8,6 +8,8 @@
   const form = $('ask-form');
   const questionInput = $('question');
   const temperatureInput = $('temperature');
+  const apiKeyInput = $('api-key');
+  const API_KEY_STORAGE = 'dspy-jobs.api-key';
   const submitButton = $('submit');
   const panels = document.querySelector('.panels');
   const BUILT_IN_FIELDS = new Set(['reasoning', 'answer', 'key_concepts', 'question_type']);
@@ -16,6 +18,31 @@
   let clock = null; // interval updating the elapsed time while a job runs
   let jobId = null;
   let texts = {}; // field -> text of the current attempt
+
+  // The API key, if the server wants one, is kept in this browser only
+  // (localStorage) and sent as a header; EventSource cannot send headers, so
+  // the event stream gets it as ?api_key= (the server takes it there only).
+  function loadApiKey() {
+    try {
+      apiKeyInput.value = localStorage.getItem(API_KEY_STORAGE) || '';
+    } catch {
+      // storage disabled: the key lasts as long as the page
+    }
+  }
+
+  function saveApiKey() {
+    try {
+      const key = apiKeyInput.value.trim();
+      if (key) localStorage.setItem(API_KEY_STORAGE, key);
+      else localStorage.removeItem(API_KEY_STORAGE);
+    } catch {
+      // storage disabled: the key lasts as long as the page
+    }
+  }
+
+  function apiKey() {
+    return apiKeyInput.value.trim();
+  }
 
   function setState(state) {
     document.body.dataset.state = state; // idle | submitting | streaming | done | failed
@@ -203,7 +230,9 @@
   }
 
   function follow(job) {
-    source = new EventSource(`/jobs/${encodeURIComponent(job.id)}/events`);
+    const key = apiKey();
+    const query = key ? `?api_key=${encodeURIComponent(key)}` : '';
+    source = new EventSource(`/jobs/${encodeURIComponent(job.id)}/events${query}`);
     const current = source;
 
     current.addEventListener('status', (event) => {
@@ -265,6 +294,7 @@
 
   async function submit() {
     hideProblem();
+    saveApiKey();
     const question = questionInput.value;
     if (!question.trim()) {
       showProblem('Nothing to ask', 'Type a question first.');
@@ -287,12 +317,10 @@
     setState('submitting');
     let response;
     let body = null;
+    const headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
+    if (apiKey()) headers.Authorization = `Bearer ${apiKey()}`;
     try {
-      response = await fetch('/jobs', {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
-        body: JSON.stringify(payload),
-      });
+      response = await fetch('/jobs', { method: 'POST', headers, body: JSON.stringify(payload) });
       body = await response.json().catch(() => null);
     } catch (err) {
       showProblem('Could not reach the server', String((err && err.message) || err));
@@ -300,7 +328,11 @@
       return;
     }
     if (!response.ok || !body || !body.id) {
-      const what = response.status === 503 ? 'The service is unavailable' : 'The job was not accepted';
+      const what = {
+        401: 'This server needs an API key: enter yours above',
+        429: 'Too many requests for this key',
+        503: 'The service is unavailable',
+      }[response.status] || 'The job was not accepted';
       showProblem(`${what} (HTTP ${response.status})`, describeFailure(response, body));
       setState('idle');
       return;
@@ -334,6 +366,8 @@
     }
   });
 
+  apiKeyInput.addEventListener('change', saveApiKey);
   window.addEventListener('beforeunload', closeStream);
+  loadApiKey();
   setState('idle');
 })();

@@ -1,0 +1,114 @@
+"""Worker-side metrics kept in Redis, and how `/metrics` reads them back.
+
+Workers are separate processes (and containers, scaled with `--scale`), so
+instead of each one serving its own Prometheus port, a worker adds what it
+observes to two Redis hashes as it finishes a job, and the API turns them
+into Prometheus counters and histograms at scrape time: one scrape target
+for the whole service, nothing lost when a worker restarts, and the same
+numbers whichever pool (threads or prefork) runs the jobs.
+
+A hash field names one series: JSON `[metric name, {label: value}]` for a
+counter, `[metric name, {label: value}, part]` for a histogram, where part
+is a bucket index (non-cumulative; the reader adds them up) or `"sum"`.
+"""
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+JOBS_FINISHED = "dspy_jobs_finished"
+JOB_RETRIES = "dspy_jobs_retries"
+LM_TOKENS = "dspy_jobs_lm_tokens"
+QUEUE_WAIT = "dspy_jobs_queue_wait_seconds"
+RUN_TIME = "dspy_jobs_run_seconds"
+# Counted by the API when a scrape first sees a batch finished (api/metrics.py).
+BATCHES_FINISHED = "dspy_jobs_batches_finished"
+
+
+@dataclass(frozen=True)
+class Spec:
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+
+COUNTERS: dict[str, Spec] = {
+    JOBS_FINISHED: Spec("Jobs that reached a final status, by program and status.", ("program", "status")),
+    JOB_RETRIES: Spec(
+        "Extra attempts of finished jobs (retried LM errors and lost workers), by program.", ("program",)
+    ),
+    LM_TOKENS: Spec("LM tokens spent by finished jobs, by program, model and kind.", ("program", "model", "kind")),
+    BATCHES_FINISHED: Spec("Batches that reached a final status, by status.", ("status",)),
+}
+
+HISTOGRAMS: dict[str, Spec] = {
+    QUEUE_WAIT: Spec(
+        "From submission to the start of the job's last attempt (created_at to started_at).",
+        ("program",),
+        (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
+    ),
+    RUN_TIME: Spec(
+        "From the start of the job's last attempt to its end (started_at to finished_at).",
+        ("program", "status"),
+        (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+    ),
+}
+
+
+def counter_field(name: str, labels: Mapping[str, str]) -> str:
+    return json.dumps([name, dict(sorted(labels.items()))], separators=(",", ":"))
+
+
+def histogram_field(name: str, labels: Mapping[str, str], part: int | str) -> str:
+    return json.dumps([name, dict(sorted(labels.items())), part], separators=(",", ":"))
+
+
+def bucket_index(buckets: Sequence[float], value: float) -> int:
+    """The first bucket whose upper bound holds `value`; `len(buckets)` is +Inf."""
+    return next((i for i, bound in enumerate(buckets) if value <= bound), len(buckets))
+
+
+@dataclass
+class Series:
+    labels: dict[str, str]
+    value: float = 0.0
+
+
+@dataclass
+class HistogramSeries:
+    labels: dict[str, str]
+    buckets: list[float]  # non-cumulative counts; the last one is +Inf
+    sum: float = 0.0
+
+
+def parse_counters(raw: Mapping[str, str]) -> dict[str, list[Series]]:
+    """`HGETALL METRICS_COUNTERS` to series per metric; fields it does not know are skipped."""
+    found: dict[str, list[Series]] = {name: [] for name in COUNTERS}
+    for field, value in raw.items():
+        try:
+            name, labels = json.loads(field)
+            found[name].append(Series(labels, float(value)))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def parse_histograms(raw: Mapping[str, str]) -> dict[str, list[HistogramSeries]]:
+    """`HGETALL METRICS_HISTOGRAMS` to one series per metric and label set."""
+    by_labels: dict[tuple[str, str], HistogramSeries] = {}
+    for field, value in raw.items():
+        try:
+            name, labels, part = json.loads(field)
+            spec = HISTOGRAMS[name]
+            key = (name, json.dumps(labels, sort_keys=True))
+            series = by_labels.setdefault(key, HistogramSeries(labels, [0.0] * (len(spec.buckets) + 1)))
+            if part == "sum":
+                series.sum = float(value)
+            elif isinstance(part, int) and 0 <= part <= len(spec.buckets):
+                series.buckets[part] = float(value)
+        except (ValueError, KeyError, TypeError):
+            continue
+    found: dict[str, list[HistogramSeries]] = {name: [] for name in HISTOGRAMS}
+    for (name, _), series in by_labels.items():
+        found[name].append(series)
+    return found

@@ -1,7 +1,8 @@
 """Refuse oversized request bodies with 413 before anything parses them.
 
-Pure ASGI: a declared Content-Length over the limit is refused at once; a
-chunked body is counted as it arrives and cut off when it passes the limit.
+Pure ASGI: a declared Content-Length over the limit is refused at once (the
+server never reads more than it declares); a chunked body is read here, up
+to the limit, and refused as soon as it passes it.
 `/batches` gets its own, larger limit.
 """
 
@@ -9,10 +10,6 @@ import json
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class BodyLimitMiddleware:
@@ -29,28 +26,36 @@ class BodyLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _refuse(send, limit)
             return
-        received = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        if declared is not None:
+            await self.app(scope, receive, send)
+            return
+        # No Content-Length: read the body here, up to the limit, then hand it
+        # on. (Raising from `receive` instead would reach FastAPI's body parser,
+        # which turns any error there into a 400.)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
                 await _refuse(send, limit)
+                return
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 async def _refuse(send: Send, limit: int) -> None:

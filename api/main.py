@@ -5,6 +5,7 @@ event logs back. Any Redis failure becomes a 503 with a reason instead of a
 hang or a stack trace.
 """
 
+import gc
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -93,6 +94,15 @@ async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"Redis is unavailable ({type(exc).__name__}); retry shortly"}, status_code=503)
 
 
+def _tune_gc() -> None:
+    """Fewer, cheaper collections: everything imported so far lives forever
+    (freeze it), and event streams allocate many short-lived objects. Measured
+    in bench/results/sse.md: at 1,000 SSE clients GC went from 42% of the
+    API's CPU to 0.3%, and its CPU per delivery from 70 to 43 us."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="DSPy jobs",
@@ -142,3 +152,4 @@ def create_app() -> FastAPI:
 
 
 app = create_app()
+_tune_gc()

@@ -18,6 +18,10 @@ class QAInput(BaseModel):
         limit = get_settings().question_max_chars
         if not question.strip():
             raise ValueError("question must not be empty or blank")
+        try:
+            question.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError("question is not valid Unicode text (it holds a lone surrogate)") from e
         if len(question) > limit:
             raise ValueError(f"question is {len(question)} characters; the limit is {limit}")
         return question

@@ -113,11 +113,6 @@ def test_a_huge_declared_body_is_413(api: httpx.Client) -> None:
     assert_refused(api.post("/jobs", content=HUGE, headers={"content-type": "application/json"}), 413)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: api/body_limit.py raises BodyTooLarge from `receive`, which FastAPI's body parsing "
-    "catches and turns into 400 'There was an error parsing the body'; still refused, nothing stored",
-)
 def test_a_huge_streamed_body_is_413(api: httpx.Client) -> None:
     def chunks() -> Iterator[bytes]:
         for start in range(0, len(HUGE), 64 * 1024):
@@ -167,11 +162,6 @@ def test_malformed_or_odd_json_never_breaks_the_server(api: httpx.Client, body: 
         assert response.json()["status"] == "queued"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: JSON may carry a lone surrogate that Python decodes; the question validator "
-    "(api/schemas.py) accepts it, the job is stored and enqueued, then the response cannot be encoded (500)",
-)
 @pytest.mark.parametrize(
     "body",
     [b'{"question": "\xed\xa0\x80 a lone surrogate"}', b'{"question": "\\ud800 escaped lone surrogate"}'],

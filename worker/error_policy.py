@@ -35,12 +35,25 @@ class WorkerLost(Exception):
     """Every attempt so far ended with its worker gone."""
 
 
+def _timed_out(e: BaseException) -> bool:
+    """A timeout, however the client wrapped it: DSPy's native engine reports a
+    read timeout as an LMTransportError caused by the HTTP client's timeout."""
+    seen: set[int] = set()
+    current: BaseException | None = e
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, LMTimeoutError | TimeoutError) or "Timeout" in type(current).__name__:
+            return True
+        current = current.__cause__ or current.__context__
+    return "timed out" in str(e)
+
+
 def error_code(e: BaseException) -> int:
     if isinstance(e, AdapterParseError):
         return 422
     if isinstance(e, LMRateLimitError):
         return 429
-    if isinstance(e, LMTimeoutError | TimeoutError):
+    if _timed_out(e):
         return 504
     if isinstance(e, ContextWindowExceededError):
         return 413

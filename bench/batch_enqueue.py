@@ -55,7 +55,7 @@ def main() -> None:
         BatchExpander(client_redis, get_settings(), app).expand(batch_id)
         expand_s = time.perf_counter() - started
         queued = client_redis.llen(get_settings().bulk_queue)
-        memory_mb = int(client_redis.info("memory")["used_memory"]) / 1e6  # type: ignore[index]
+        memory_mb = int(client_redis.info("memory")["used_memory"]) / 1e6
     finally:
         api_proc.stop()
         if redis_proc:

@@ -105,9 +105,11 @@ class Settings(BaseSettings):
     enqueue_timeout_s: float = 5.0
     # How long Redis keeps a delivered, unacknowledged message before handing
     # it out again. Leases make a second delivery of a running job harmless
-    # (it is dropped), so this only bounds how long a message lost with its
-    # worker before it started waits; it need not exceed the longest job.
-    broker_visibility_timeout_s: int = 300
+    # (it is dropped), so this need not exceed the longest job; what it bounds
+    # is how long a job waits whose message a worker took and died with before
+    # starting it (no lease yet, so the reaper cannot see it). Kombu checks
+    # about every 10 s, so such a job is redelivered within this plus ~10 s.
+    broker_visibility_timeout_s: int = 60
     api_redis_max_connections: int = 200
     api_redis_pool_timeout_s: float = 5.0
 

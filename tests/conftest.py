@@ -41,6 +41,7 @@ class Stack:
             "RETRY_BASE_S": "0.1",
             "JOB_LEASE_S": "3",
             "REAPER_INTERVAL_S": "0.5",
+            "BROKER_VISIBILITY_TIMEOUT_S": "15",
             **self.extra_env,
         }
 

@@ -126,3 +126,7 @@ def test_api_dependencies_from_the_lock_file_include_no_dspy() -> None:
     packages = {line.split("==")[0] for line in exported.splitlines() if "==" in line}
     assert {"fastapi", "celery", "redis"} <= packages
     assert not packages & {"dspy", "litellm", "llama-cpp-python", "openai"}
+
+
+def test_compose_requires_api_keys_because_it_publishes_the_api() -> None:
+    assert ":?" in SERVICES["api"]["environment"]["API_KEYS"]

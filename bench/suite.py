@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -922,7 +923,10 @@ async def profile_ours(
                 # blocked in a call that released it: those samples are dropped (IDLE_LEAVES).
                 cmd = [py_spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--gil"]
                 cmd += ["--nonblocking", "-o", str(out)]
-                spies[name] = (subprocess.Popen(cmd, stdout=spy_log, stderr=subprocess.STDOUT), out)
+                try:
+                    spies[name] = (subprocess.Popen(cmd, stdout=spy_log, stderr=subprocess.STDOUT), out)
+                except OSError as e:  # py-spy vanished (a `uv sync` removes it from .venv): no profile
+                    log(f"could not start py-spy: {e}")
         else:
             for popen, _ in spies.values():
                 popen.send_signal(signal.SIGINT)
@@ -1543,11 +1547,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _find_py_spy() -> str:
+    """py-spy on PATH, in this venv, or in `.tools/` (where `uv sync` does not remove it)."""
     found = shutil.which("py-spy")
     if found:
         return found
-    local = Path(sys.executable).parent / "py-spy"
-    return str(local) if local.exists() else ""
+    for local in (Path(sys.executable).parent / "py-spy", ROOT / ".tools" / "bin" / "py-spy"):
+        if local.exists():
+            return str(local)
+    return ""
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -1627,7 +1634,7 @@ def main(argv: list[str] | None = None) -> None:
     res = Results(args, started, answer_chunks(), code=git_state())
     try:
         log("starting redis-server and the LM simulator")
-        stack.start(LMTiming(args.ttft_s, args.tokens_per_s))
+        stack.start(LMTiming(args.ttft_s, args.tokens_per_s))  # failing here writes nothing
         assert stack.worker and stack.api and stack.baseline
         res.idle_rss = {
             "worker": stack.worker_rss_started,
@@ -1635,7 +1642,11 @@ def main(argv: list[str] | None = None) -> None:
             "baseline": stack.baseline_rss_started,
         }
         res.idle_cores = idle_cpu(stack)
-        run_loop(run_suite(args, stack, res))
+        try:
+            run_loop(run_suite(args, stack, res))
+        except Exception as e:  # write what was measured, and say where it stopped
+            log(f"the suite stopped early:\n{traceback.format_exc()}")
+            res.notes.append(f"**The suite stopped early** ({type(e).__name__}: {e}); sections not reached say so.")
     finally:
         stack.stop()
     res.duration_s = time.monotonic() - t0

@@ -41,14 +41,10 @@ import bisect
 import contextlib
 import datetime
 import gc
-import importlib.metadata
 import json
 import multiprocessing
 import os
-import platform
 import re
-import resource
-import shlex
 import shutil
 import signal
 import socket
@@ -72,6 +68,13 @@ import redis
 from sse_starlette import ServerSentEvent
 from sse_starlette.event import ensure_bytes
 
+from bench.report import command_line as report_command_line
+from bench.report import machine
+from bench.report import machine_busy_s as _machine_busy_s
+from bench.report import percentile as _percentile
+from bench.report import proc_cpu_s as _proc_cpu_s
+from bench.report import raise_fd_limit as _raise_fd_limit
+from bench.report import versions as report_versions
 from core import keys
 from core.events import TERMINAL_EVENTS, EventType
 from core.queue import make_celery
@@ -331,26 +334,9 @@ def _client_process(conn: Connection) -> None:
         conn.send(_run_loop(_run_swarm(job, conn)))
 
 
-def _raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return target
-
-
 # --------------------------------------------------------------------------------------------
 # Measuring: CPU of processes, pub/sub observer, matching tokens to LM chunks
 # --------------------------------------------------------------------------------------------
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_cpu_s(pid: int) -> float:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(rest[11]) + int(rest[12])) / _CLK_TCK
-    return 0.0
 
 
 def _children(pid: int) -> set[int]:
@@ -368,12 +354,6 @@ def _rss_mb(pid: int) -> float:
         found = re.search(r"^VmRSS:\s*(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
         return int(found.group(1)) / 1024 if found else 0.0
     return 0.0
-
-
-def _machine_busy_s() -> float:
-    cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in cpu[:8])
-    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
 
 
 class CpuSampler(threading.Thread):
@@ -534,13 +514,6 @@ def match_tokens(chunk_texts: list[str], tokens: list[tuple[int, str, str]]) -> 
     return Matching(
         chunk_of, first_chunk_of, len(tokens), len(chunk_texts), merged, unmatched, header_chunks, undelivered
     )
-
-
-def _percentile(sorted_values: list[float], p: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[index]
 
 
 @dataclass
@@ -1266,44 +1239,12 @@ def _pct(fraction: float) -> str:
     return f"{fraction * 100:.1f} %" if fraction == fraction else "-"
 
 
-def machine() -> list[tuple[str, str]]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
-    mem = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
-    os_release = Path("/etc/os-release").read_text() if Path("/etc/os-release").exists() else ""
-    pretty = re.search(r'^PRETTY_NAME="?(.*?)"?$', os_release, re.M)
-    redis_server = shutil.which("redis-server")
-    redis_version = ""
-    if redis_server:
-        out = subprocess.run([redis_server, "--version"], capture_output=True, text=True).stdout
-        found = re.search(r"v=(\S+)", out)
-        redis_version = found.group(1) if found else out.strip()
-    return [
-        ("CPU", model.group(1).strip() if model else platform.processor() or "unknown"),
-        ("Cores", f"{os.cpu_count()} (as seen by the OS)"),
-        ("RAM", f"{int(mem.group(1)) / 1024 / 1024:.1f} GiB" if mem else "unknown"),
-        ("OS", f"{pretty.group(1) if pretty else platform.system()}, kernel {platform.release()}"),
-        ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
-        ("redis-server", redis_version or "not found"),
-        ("fd limit (soft/hard)", "/".join(str(x) for x in resource.getrlimit(resource.RLIMIT_NOFILE))),
-    ]
-
-
 def versions() -> list[tuple[str, str]]:
-    out = []
-    for name in PACKAGES:
-        try:
-            out.append((name, importlib.metadata.version(name)))
-        except importlib.metadata.PackageNotFoundError:
-            out.append((name, "not installed"))
-    return out
+    return report_versions(PACKAGES)
 
 
 def command_line() -> str:
-    python = Path(sys.executable)
-    with contextlib.suppress(ValueError):
-        python = python.relative_to(ROOT)
-    return shlex.join([str(python), "-m", "bench.sse_bench", *sys.argv[1:]])
+    return report_command_line("bench.sse_bench")
 
 
 def _incomplete(run: Run) -> str:

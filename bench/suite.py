@@ -983,6 +983,7 @@ class Results:
     profiles: list[Profile] = field(default_factory=list)
     idle_rss: dict[str, int] = field(default_factory=dict)
     idle_cores: dict[str, float] = field(default_factory=dict)  # CPU of each process with nothing to do
+    worker_log_problems: list[tuple[str, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     code: str = ""
@@ -1148,8 +1149,35 @@ def _breakdown_table(results: list[LoopResult]) -> list[str]:
     )
 
 
+# What the worker's log must not show after a run: (pattern, what it means).
+WORKER_LOG_PROBLEMS = [
+    ("MaxConnectionsError: Too many connections", "`MaxConnectionsError` (the worker's Redis pool ran dry)"),
+    ("raised unexpected", "tasks that raised"),
+    ("lost its worker", "jobs requeued by the reaper"),
+    (
+        "RuntimeError: Attempted to exit cancel scope in a different task",
+        "anyio cancel-scope errors (they follow running jobs being cancelled, as the cleanup after a run does)",
+    ),
+]
+
+
+def worker_log_problems() -> list[tuple[str, int]]:
+    """Counts of known problems in the worker's log of this run (the last section of its log file)."""
+    path = ARTIFACTS / "bench-suite-worker.log"
+    if not path.exists():
+        return []
+    run = path.read_text(errors="replace").split("\n==== ")[-1]
+    return [(what, run.count(pattern)) for pattern, what in WORKER_LOG_PROBLEMS if pattern in run]
+
+
 def _automatic_notes(res: Results) -> list[str]:
     notes = []
+    if res.worker_log_problems:
+        notes.append(
+            "The worker's log for this run (`test-artifacts/bench-suite-worker.log`, last section) shows: "
+            + ", ".join(f"{n} x {what}" for what, n in res.worker_log_problems)
+            + "."
+        )
     for r in res.realistic:
         if r.system == BASE and r.run.clients >= 200 and r.max_lm_in_flight < 0.6 * r.run.clients:
             notes.append(
@@ -1649,6 +1677,7 @@ def main(argv: list[str] | None = None) -> None:
             res.notes.append(f"**The suite stopped early** ({type(e).__name__}: {e}); sections not reached say so.")
     finally:
         stack.stop()
+    res.worker_log_problems = worker_log_problems()
     res.duration_s = time.monotonic() - t0
     text = render(res)
     args.output.write_text(text)

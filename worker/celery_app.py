@@ -49,9 +49,18 @@ class _ProcessState:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.redis = redis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30
+        # Blocking pool sized for every job thread: redis-py's default pool
+        # (100 connections, non-blocking) raised MaxConnectionsError past 100
+        # threads and lost jobs (bench/finish_burst.py).
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.worker_concurrency + 16,
+            timeout=10,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=30,
         )
+        self.redis = redis.Redis(connection_pool=pool)
         self.runtime = Runtime(settings, self.redis)
         self.updates = JobUpdates(self.redis, settings)
         self.runner = JobRunner(

@@ -1,33 +1,61 @@
-"""Request bodies of the API. Responses reuse `core.jobs.Job`."""
+"""Request bodies of the API. Responses reuse `core.jobs.Job` and `core.batches.Batch`.
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+A program's own input model is built from its artifact (api/program_catalog.py)
+on top of `ProgramInput`, which holds the checks every text input gets.
+"""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from core.settings import get_settings
 
+# Names the flat bodies of `/jobs` and `/batches` use besides the default program's inputs.
+OVERRIDE_NAMES = frozenset({"model", "temperature"})
 
-class QAInput(BaseModel):
-    """The `qa` program's input."""
+
+def _check_texts(value: Any, field: str, limit: int) -> None:
+    """Every string anywhere in the value: valid Unicode, at most `limit` characters."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{field} is not valid Unicode text (it holds a lone surrogate)") from e
+        if len(value) > limit:
+            raise ValueError(f"{field} is {len(value)} characters; the limit is {limit}")
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            _check_texts(getattr(value, name), field, limit)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_texts(key, field, limit)
+            _check_texts(item, field, limit)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_texts(item, field, limit)
+
+
+class ProgramInput(BaseModel):
+    """Base of every program's input model."""
 
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(description="The question to answer. Must not be blank.")
-
-    @field_validator("question")
+    @field_validator("*")
     @classmethod
-    def _question_fits(cls, question: str) -> str:
-        limit = get_settings().question_max_chars
-        if not question.strip():
-            raise ValueError("question must not be empty or blank")
-        try:
-            question.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise ValueError("question is not valid Unicode text (it holds a lone surrogate)") from e
-        if len(question) > limit:
-            raise ValueError(f"question is {len(question)} characters; the limit is {limit}")
-        return question
+    def _text_fits(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or "input"
+        # A required text left blank is a mistake the LM would be paid to answer.
+        if isinstance(value, str) and cls.model_fields[name].is_required() and not value.strip():
+            raise ValueError(f"{name} must not be empty or blank")
+        _check_texts(value, name, get_settings().input_max_chars)
+        return value
 
 
 class LMOverrides(BaseModel):
+    """Base of every submission body; bodies refuse fields they do not know."""
+
+    model_config = ConfigDict(extra="forbid")
+
     model: str | None = Field(
         None,
         description="LM for this job only (a DSPy/LiteLLM model string); must be one the server allows.",
@@ -43,22 +71,7 @@ class LMOverrides(BaseModel):
         return model
 
 
-class JobCreate(QAInput, LMOverrides):
-    """A question for the `qa` program, with optional LM overrides for this job only."""
+class CustomId(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"question": "Why is the sky blue?"}]})
-
-
-class BatchItem(QAInput):
     custom_id: str | None = Field(None, max_length=256, description="Your own id for this item, echoed in results.")
-
-
-class BatchCreate(LMOverrides):
-    """Many questions at once; `model` and `temperature` apply to every item."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"items": [{"question": "What is 2+2?", "custom_id": "row-1"}]}]},
-    )
-
-    items: list[BatchItem] = Field(min_length=1, description="The items, each the input of one job.")

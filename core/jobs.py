@@ -34,7 +34,9 @@ class JobError(BaseModel):
     message: str = Field(description="What went wrong, in words a person can act on.")
     retryable: bool = Field(description="Whether the failure was transient (it was retried while attempts lasted).")
     code: int = Field(
-        500, description="HTTP-style code: 422 unparseable output, 429 rate limited, 504 timed out, 502 provider error."
+        500,
+        description="HTTP-style code: 422 unparseable output, 429 rate limited, 504 timed out, 502 provider error, "
+        "400 input the program cannot take, 503 program not loadable by the worker.",
     )
     attempts: int = Field(0, description="Attempts made before giving up.")
 
@@ -59,6 +61,9 @@ class Job(BaseModel):
 
     id: str
     program: str = Field(description="Name of the DSPy program that runs the job.")
+    program_version: str | None = Field(
+        None, description="Version of the program's artifact that served the job (set when it starts)."
+    )
     status: JobStatus
     input: dict[str, Any] = Field(description="The program's input fields, as submitted.")
     model: str | None = Field(None, description="Per-job LM override, if any.")
@@ -69,7 +74,7 @@ class Job(BaseModel):
     attempts: int = Field(0, description="How many times a worker started this job.")
     worker: str | None = Field(None, description="The worker process that ran it last.")
     result: dict[str, Any] | None = Field(
-        None, description="The program's output fields (for qa: reasoning, answer, key_concepts, question_type)."
+        None, description="The program's output fields, typed as its signature says (`GET /programs` has the schema)."
     )
     error: JobError | None = None
     usage: LMUsage | None = Field(None, description="LM tokens spent on the job.")
@@ -118,6 +123,7 @@ def job_from_fields(fields: dict[str, str], links: JobLinks) -> Job:
     return Job(
         id=fields["id"],
         program=fields["program"],
+        program_version=fields.get("program_version"),
         status=JobStatus(fields["status"]),
         input=_json(fields.get("input")) or {},
         model=fields.get("model"),

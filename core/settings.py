@@ -8,8 +8,10 @@ unit (`_s` seconds, `_chars`, `_bytes`).
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.programs import ProgramEntry
 
 # The embedded default: a local llama-cpp-python server (OpenAI-compatible)
 # serving Gemma 3 270M. `make up` starts it when `lm_model` is left at this value.
@@ -56,13 +58,21 @@ class Settings(BaseSettings):
     # caller must not be able to spend the operator's key on any model it likes.
     lm_allowed_models: Annotated[list[str], NoDecode] = []
 
-    # --- Programs -------------------------------------------------------------
+    # --- Programs (core/programs.py) ------------------------------------------
+    # The program `/jobs` and `/batches` run; `/programs/{name}/...` reach every one.
     default_program: str = "qa"
     artifacts_dir: str = "artifacts"
+    # More programs, or other settings for built-in ones: a TOML file with one
+    # table per program, read when it exists ...
+    programs_file: str | None = "programs.toml"
+    # ... and JSON (`{"name": {"module": "pkg.mod:Class"}}`), which wins over the file.
+    programs: dict[str, ProgramEntry] = {}
 
     # --- Jobs -----------------------------------------------------------------
     job_ttl_s: int = 7 * 24 * 3600
-    question_max_chars: int = 4000
+    # Every text in a job's input, anywhere in it. QUESTION_MAX_CHARS, its
+    # name from when `qa` was the only program, still works.
+    input_max_chars: int = Field(4000, validation_alias=AliasChoices("input_max_chars", "question_max_chars"))
     wait_max_s: float = 60.0
     event_stream_maxlen: int = 10_000
     # Request bodies: batches get their own, larger limit.

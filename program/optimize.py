@@ -1,4 +1,8 @@
-"""Rebuild a program's artifact: `python -m program.optimize [name] [--optimizer labeled|bootstrap]`.
+"""Build a program's artifact: `python -m program.optimize NAME [--optimizer labeled|bootstrap|none]`.
+
+Works for any registered program (core/programs.py): `labeled` and
+`bootstrap` need its `trainset` (and `bootstrap` its `metric`); `none`
+packages the module as it is, for programs that run well zero-shot.
 
 `labeled` (the default) puts hand-written demos from the bundled training set
 into the prompt. That is what the embedded Gemma 3 270M needs: it is a base
@@ -6,8 +10,11 @@ model that cannot produce the output format by itself, so bootstrapping
 demos from its own outputs finds nothing. `bootstrap` runs DSPy's
 BootstrapFewShot with the configured LM, for models that can.
 
-Either way the result is scored on the bundled dev set with the configured
-LM, and the artifact records what it was built with, when, and its score.
+The result is scored on the program's `devset` with its `metric` (when it
+has both) on the configured LM. The artifact is the module's JSON state plus
+our `metadata`: the program, a version one above the artifact it replaces,
+when and how it was built, the dev score, the dspy version, and the JSON
+Schemas of the signature's fields, which is all the API reads of it.
 """
 
 import argparse
@@ -24,26 +31,39 @@ import dspy
 
 from core.settings import get_settings
 from program.lm import build_adapter, build_lm
-from program.registry import PROGRAMS, ProgramSpec, get_program_spec
+from program.registry import ProgramSpec, program_specs
+from program.schemas import signature_schemas
 
 log = logging.getLogger(__name__)
 
 
-def optimize(spec: ProgramSpec, optimizer: str, demos: int) -> tuple[dspy.Module, float]:
+def optimize(spec: ProgramSpec, optimizer: str, demos: int) -> tuple[dspy.Module, float | None]:
     settings = get_settings()
     lm = build_lm(settings)
-    trainset = spec.trainset()
     with dspy.context(lm=lm, adapter=build_adapter(), disable_history=True):
-        if optimizer == "labeled":
-            compiled = dspy.LabeledFewShot(k=demos).compile(spec.build(), trainset=trainset, sample=False)
+        if optimizer == "none":
+            compiled = spec.build()
+        elif optimizer == "labeled":
+            compiled = dspy.LabeledFewShot(k=demos).compile(spec.build(), trainset=spec.trainset(), sample=False)
         else:
             teleprompter = dspy.BootstrapFewShot(
-                metric=spec.metric, max_bootstrapped_demos=demos, max_labeled_demos=demos
+                metric=spec.metric(), max_bootstrapped_demos=demos, max_labeled_demos=demos
             )
-            compiled = teleprompter.compile(spec.build(), trainset=trainset)
-        evaluate = dspy.Evaluate(devset=spec.devset(), metric=spec.metric, num_threads=1, display_progress=False)
+            compiled = teleprompter.compile(spec.build(), trainset=spec.trainset())
+        if not (spec.entry.devset and spec.entry.metric):
+            return compiled, None
+        evaluate = dspy.Evaluate(devset=spec.devset(), metric=spec.metric(), num_threads=1, display_progress=False)
         score = float(evaluate(compiled).score)
     return compiled, score
+
+
+def next_version(path: Path) -> int:
+    """One above the version of the artifact being replaced (1 for the first)."""
+    try:
+        previous = json.loads(path.read_text()).get("metadata", {}).get("version")
+    except (OSError, ValueError, AttributeError):
+        return 1
+    return int(previous) + 1 if isinstance(previous, int) else 1
 
 
 def write_artifact(program: dspy.Module, path: Path, metadata: dict[str, Any]) -> None:
@@ -60,35 +80,41 @@ def write_artifact(program: dspy.Module, path: Path, metadata: dict[str, Any]) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    settings = get_settings()
+    specs = program_specs(settings)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", nargs="?", default="qa", choices=sorted(PROGRAMS))
-    parser.add_argument("--optimizer", choices=["labeled", "bootstrap"], default="labeled")
+    parser.add_argument("name", nargs="?", default=settings.default_program, choices=sorted(specs))
+    parser.add_argument("--optimizer", choices=["labeled", "bootstrap", "none"], default="labeled")
     parser.add_argument("--demos", type=int, default=3, help="few-shot demos to keep")
-    parser.add_argument("--out", type=Path, help="artifact path (default: artifacts/<name>.json)")
+    parser.add_argument("--out", type=Path, help="artifact path (default: the program's registered artifact)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    settings = get_settings()
-    spec = get_program_spec(args.name)
-    out = args.out or spec.artifact_path(settings.artifacts_dir)
+    spec = specs[args.name]
+    out = args.out or spec.artifact
     log.info("optimizing %s with %s on %s ...", spec.name, args.optimizer, settings.lm_model)
     compiled, score = optimize(spec, args.optimizer, args.demos)
+    version = next_version(out)
     write_artifact(
         compiled,
         out,
         {
             "program": spec.name,
+            "version": version,
+            "module": spec.entry.module,
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "lm_model": settings.lm_model,
             "optimizer": args.optimizer,
-            "demos": args.demos,
-            "trainset": spec.trainset_file.name,
-            "devset": spec.devset_file.name,
+            "demos": args.demos if args.optimizer != "none" else 0,
+            "trainset": spec.entry.trainset if args.optimizer != "none" else None,
+            "devset": spec.entry.devset,
             "dev_score": score,
             "dspy_version": dspy.__version__,
+            "signature": signature_schemas(spec.name, spec.signature(compiled)),
         },
     )
-    log.info("wrote %s (dev score %.1f%%)", out, score)
+    scored = f"dev score {score:.1f}%" if score is not None else "not scored: no devset and metric"
+    log.info("wrote %s version %d (%s)", out, version, scored)
     return 0
 
 

@@ -4,7 +4,8 @@ Transient provider trouble (rate limits, timeouts, 5xx, dropped connections)
 is retried with exponential backoff and full jitter, or after the provider's
 own Retry-After when it sends one. Everything else fails at once: bad
 credentials, an invalid request, a context window exceeded, output that
-cannot be parsed. The HTTP-style `code` follows the common gateway mapping,
+cannot be parsed, a program this worker cannot load, an input that does
+not fit the program (the API validates it first; this catches the rest). The HTTP-style `code` follows the common gateway mapping,
 so clients can treat a job error like the response it would have been.
 """
 
@@ -21,6 +22,7 @@ from dspy.utils.exceptions import (
 )
 
 from core.jobs import JobError
+from worker.runtime import InvalidInput, ProgramUnavailable
 
 
 class JobCancelled(Exception):
@@ -49,6 +51,10 @@ def _timed_out(e: BaseException) -> bool:
 
 
 def error_code(e: BaseException) -> int:
+    if isinstance(e, ProgramUnavailable):
+        return 503
+    if isinstance(e, InvalidInput):
+        return 400
     if isinstance(e, AdapterParseError):
         return 422
     if isinstance(e, LMRateLimitError):

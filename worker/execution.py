@@ -30,7 +30,7 @@ from worker.error_policy import JobCancelled, JobTimeLimitExceeded, WorkerLost, 
 from worker.event_writer import EventWriter
 from worker.job_updates import JobUpdates, dumps
 from worker.leases import FINISHED, LEASED, NO_JOB, Leases
-from worker.runtime import Runtime
+from worker.runtime import LoadedProgram, ProgramUnavailable, Runtime
 from worker.streaming import OnToken, stream_prediction
 
 log = logging.getLogger(__name__)
@@ -98,10 +98,16 @@ class JobRunner:
             )
             self._fail(job_id, fields, lost, attempts - 1)
             return
+        try:
+            program = self._runtime.program(fields["program"])
+        except ProgramUnavailable as e:
+            self._fail(job_id, fields, e, attempts)
+            return
         # Every attempt starts with this event; a reader drops the token text of
-        # any earlier attempt when it sees it (see core/events.py).
-        started = {"status": JobStatus.running.value, "attempt": attempts}
-        running = {"status": JobStatus.running.value}
+        # any earlier attempt when it sees it (see core/events.py). The record
+        # names the artifact version that serves this attempt.
+        started = {"status": JobStatus.running.value, "attempt": attempts, "program_version": program.version}
+        running = {"status": JobStatus.running.value, "program_version": program.version}
         if self._updates.emit(job_id, EventType.status, started, running) == JOB_FINISHED:
             raise JobCancelled(job_id)
         fields = {**fields, **running, "attempts": str(attempts)}
@@ -118,7 +124,7 @@ class JobRunner:
             self._tokens.put(job_id, EventType.token, {"field": field, "text": text})
 
         try:
-            prediction = self._predict(fields, on_token)
+            prediction = self._predict(program, fields, on_token)
         except JobCancelled:
             raise
         except Exception as e:
@@ -142,8 +148,8 @@ class JobRunner:
             },
         )
 
-    def _predict(self, fields: dict[str, str], on_token: OnToken) -> dspy.Prediction:
-        program = self._runtime.program(fields["program"])
+    def _predict(self, program: LoadedProgram, fields: dict[str, str], on_token: OnToken) -> dspy.Prediction:
+        inputs = program.inputs(json.loads(fields["input"]))
         temperature = float(fields["temperature"]) if fields.get("temperature") else None
         lm = self._runtime.lm(fields.get("model"), temperature)
         # History and trace off: a long-lived process would otherwise keep every
@@ -156,7 +162,7 @@ class JobRunner:
             track_usage=True,
             async_max_workers=self._runtime.max_concurrent_jobs,
         ):
-            return stream_prediction(program, json.loads(fields["input"]), on_token)
+            return stream_prediction(program.module, inputs, on_token)
 
     def _retry(self, job_id: str, e: Exception, attempts: int) -> None:
         delay_s = retry_delay_s(e, attempts, self._settings.retry_base_s, self._settings.retry_max_s)

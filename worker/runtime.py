@@ -8,24 +8,65 @@ provider shares pooled sockets with its children, and never with
 billiard forks replacement children from another thread). Jobs get their
 LM and flags through `dspy.context` instead.
 
-Each program load is counted in Redis (`keys.PROGRAM_LOADS`) so tests and
-operators can see that loading happens once per process, not per job.
+A process serves every registered program (core/programs.py), each loaded
+once. New artifact versions are picked up without a restart: before each
+job, and at every heartbeat, the artifact file is `stat`ed (microseconds);
+when it changed and its version differs, the new version is loaded and
+serves the jobs that start from then on, while jobs already running finish
+on the version they started with (they hold their own reference). An
+artifact built for other fields than the code's signature is refused with
+the difference spelt out, and the version already loaded keeps serving.
+
+Each load is counted in Redis (`keys.PROGRAM_LOADS`) so tests and operators
+can see that loading happens once per process and version, not per job.
 """
 
+import json
 import logging
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
 
 import dspy
 import redis
+from pydantic import BaseModel, ValidationError
 
 from core import keys
+from core.programs import ArtifactError, RegistryError, artifact_version
 from core.settings import Settings
 from program.lm import build_adapter, build_lm
-from program.registry import get_program_spec
+from program.registry import ProgramSpec, program_specs
+from program.schemas import input_model, interface_mismatch, signature_schemas
 
 log = logging.getLogger(__name__)
+
+
+class ProgramUnavailable(RuntimeError):
+    """The job's program cannot be loaded here (unknown, no artifact, artifact for other fields)."""
+
+
+class InvalidInput(ValueError):
+    """The job's input does not fit the program's signature."""
+
+
+@dataclass(frozen=True)
+class LoadedProgram:
+    name: str
+    module: dspy.Module
+    version: str
+    input_model: type[BaseModel]
+    # (mtime_ns, size) of the artifact file this was loaded from.
+    file_state: tuple[int, int]
+
+    def inputs(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """The input as the program takes it: validated, typed (nested models as models)."""
+        try:
+            model = self.input_model.model_validate(raw)
+        except ValidationError as e:
+            raise InvalidInput(f"the input does not fit program {self.name!r}: {e}") from e
+        return {name: getattr(model, name) for name in type(model).model_fields}
 
 
 class Runtime:
@@ -40,7 +81,9 @@ class Runtime:
         self._pid = os.getpid()
         self._lm: dspy.LM | None = None
         self._override_lms: OrderedDict[tuple[str | None, float | None], dspy.LM] = OrderedDict()
-        self._programs: dict[str, dspy.Module] = {}
+        # A broken registry stops the worker at start, with the reason.
+        self._specs = program_specs(settings)
+        self._programs: dict[str, LoadedProgram] = {}
         self.adapter = build_adapter()
         # DSPy's asyncify limiter must admit every concurrent streaming job.
         self.max_concurrent_jobs = max(settings.worker_concurrency, 8)
@@ -67,22 +110,84 @@ class Runtime:
                 self._override_lms.move_to_end(key)
             return lm
 
-    def program(self, name: str) -> dspy.Module:
-        self._check_pid()
-        with self._lock:
-            program = self._programs.get(name)
-            if program is None:
-                program = self._programs[name] = self._load(name)
-            return program
+    @property
+    def program_names(self) -> list[str]:
+        return list(self._specs)
 
-    def _load(self, name: str) -> dspy.Module:
-        spec = get_program_spec(name)
-        path = spec.artifact_path(self._settings.artifacts_dir)
-        program = spec.build()
-        program.load(str(path))
+    def program(self, name: str) -> LoadedProgram:
+        """The program's current version, loading it (again) if its artifact changed."""
+        self._check_pid()
+        spec = self._specs.get(name)
+        if spec is None:
+            raise ProgramUnavailable(f"no program named {name!r} is registered here; known: {sorted(self._specs)}")
+        with self._lock:
+            loaded = self._programs.get(name)
+            try:
+                stat = os.stat(spec.artifact)
+            except OSError as e:
+                if loaded is not None:
+                    return loaded  # the file is being replaced, or was removed: keep serving what we have
+                raise ProgramUnavailable(
+                    f"program {name!r} has no artifact at {spec.artifact}; build it with "
+                    f"`python -m program.optimize {name}`"
+                ) from e
+            file_state = (stat.st_mtime_ns, stat.st_size)
+            if loaded is not None and loaded.file_state == file_state:
+                return loaded
+            try:
+                fresh = self._load(spec, file_state, loaded)
+            except (ArtifactError, RegistryError, ValueError, OSError) as e:
+                if loaded is not None:
+                    log.error("program %s: not switching from version %s: %s", name, loaded.version, e)
+                    # Remember the file so a broken artifact is not re-read before every job.
+                    self._programs[name] = LoadedProgram(
+                        name, loaded.module, loaded.version, loaded.input_model, file_state
+                    )
+                    return loaded
+                raise ProgramUnavailable(str(e)) from e
+            self._programs[name] = fresh
+            return fresh
+
+    def refresh(self) -> None:
+        """Load every program now (and any new artifact version): called at start and at each heartbeat."""
+        for name in self._specs:
+            try:
+                self.program(name)
+            except ProgramUnavailable as e:
+                log.warning("program %s unavailable: %s", name, e)
+
+    def versions(self) -> dict[str, str]:
+        """Program name -> the version this process serves now."""
+        with self._lock:
+            return {name: loaded.version for name, loaded in self._programs.items()}
+
+    def _load(self, spec: ProgramSpec, file_state: tuple[int, int], previous: LoadedProgram | None) -> LoadedProgram:
+        raw = spec.artifact.read_bytes()
+        state = json.loads(raw)
+        metadata = state.get("metadata") or {}
+        version = artifact_version(metadata, raw)
+        if previous is not None and previous.version == version:
+            return LoadedProgram(spec.name, previous.module, version, previous.input_model, file_state)
+        if not isinstance(metadata.get("signature"), dict):
+            raise ArtifactError(
+                f"program {spec.name!r}: {spec.artifact} carries no signature metadata (it was not written by "
+                f"`python -m program.optimize`); rebuild it with `python -m program.optimize {spec.name}`"
+            )
+        module = spec.build()
+        signature = spec.signature(module)
+        code_schemas = signature_schemas(spec.name, signature)
+        mismatch = interface_mismatch(metadata["signature"], code_schemas)
+        if mismatch:
+            raise ArtifactError(
+                f"program {spec.name!r}: {spec.artifact} (version {version}) was built for other fields than the "
+                f"code's signature ({mismatch}); rebuild it with `python -m program.optimize {spec.name}`"
+            )
+        # From the parsed bytes, not `module.load(path)`: the file may be
+        # replaced again between two reads, and the version must name what loaded.
+        module.load_state(state)
         # Saved state may carry the LM it was optimized with; the job's LM
         # (from dspy.context) must win.
-        program.set_lm(None)
-        self._redis.hincrby(keys.PROGRAM_LOADS, name, 1)
-        log.info("loaded program %s from %s (pid %s)", name, path, os.getpid())
-        return program
+        module.set_lm(None)
+        self._redis.hincrby(keys.PROGRAM_LOADS, spec.name, 1)
+        log.info("loaded program %s version %s from %s (pid %s)", spec.name, version, spec.artifact, os.getpid())
+        return LoadedProgram(spec.name, module, version, input_model(spec.name, signature), file_state)

@@ -1,0 +1,139 @@
+"""The programs this API serves, with request and response models built from their artifacts.
+
+Read once, when the app is created: the models become routes and OpenAPI
+components, which FastAPI fixes at startup. So a new artifact *version* is
+picked up by the workers alone (and shown by `GET /programs`, which reads
+the files again), while a change of a program's fields, which comes with new
+code anyway, needs the API restarted too.
+
+A program whose artifact is missing or unreadable is still listed, with the
+reason, and its submissions are refused with 503 and that reason; the
+default program must be servable, or the API does not start (its `/jobs`
+and `/batches` bodies are its input fields).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from pydantic import BaseModel, Field, create_model
+
+from api.program_models import model_from_schema
+from api.schemas import OVERRIDE_NAMES, CustomId, LMOverrides, ProgramInput
+from core.jobs import Job
+from core.programs import ArtifactError, ArtifactInfo, ProgramEntry, artifact_path, read_artifact_info, registered_programs
+from core.settings import Settings
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
+
+
+@dataclass(frozen=True)
+class ProgramModels:
+    input: type[ProgramInput]
+    output: type[BaseModel]
+    job: type[Job]  # the job record, with `result` typed as the program's output
+    job_create: type[LMOverrides]  # {"input": {...}, "model"?, "temperature"?}
+    batch_create: type[LMOverrides]  # {"items": [{"input": {...}, "custom_id"?}], ...}
+
+    @property
+    def input_fields(self) -> list[str]:
+        return list(self.input.model_fields)
+
+
+def _models(name: str, info: ArtifactInfo) -> ProgramModels:
+    if not info.input_schema or not info.output_schema:
+        raise ArtifactError(
+            f"program {name!r}: {info.path} carries no signature schemas (it was not written by "
+            f"`python -m program.optimize`); rebuild it with `python -m program.optimize {name}`"
+        )
+    camel = _camel(name)
+    input_model = model_from_schema(f"{camel}Input", info.input_schema, prefix=camel, base=ProgramInput)
+    # Every output field optional in the response: a record written by a
+    # worker on another artifact version must still be answerable.
+    output_schema = {**info.output_schema, "required": []}
+    output_model = model_from_schema(f"{camel}Output", output_schema, prefix=camel, extra="allow")
+    job = create_model(
+        f"{camel}Job",
+        __base__=Job,
+        result=(output_model | None, Field(None, description=f"The {name} program's output fields.")),
+    )
+    item = create_model(
+        f"{camel}BatchItem",
+        __base__=CustomId,
+        input=(input_model, Field(description=f"The {name} program's input fields.")),
+    )
+    job_create = create_model(
+        f"{camel}JobCreate",
+        __base__=LMOverrides,
+        input=(input_model, Field(description=f"The {name} program's input fields.")),
+    )
+    batch_create = create_model(
+        f"{camel}BatchCreate",
+        __base__=LMOverrides,
+        items=(list[item], Field(min_length=1, description="The items, each the input of one job.")),  # type: ignore[valid-type]
+    )
+    return ProgramModels(input_model, output_model, job, job_create, batch_create)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    entry: ProgramEntry
+    artifact: Path
+    models: ProgramModels | None
+    # Why the program cannot be served, when it cannot.
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class DefaultBodies:
+    """The flat bodies of `/jobs` and `/batches`: the default program's input fields at the top level."""
+
+    job_create: type[BaseModel]
+    batch_create: type[BaseModel]
+
+
+class Catalog:
+    def __init__(self, settings: Settings) -> None:
+        self.default = settings.default_program
+        self.programs: dict[str, CatalogEntry] = {}
+        for name, entry in registered_programs(settings).items():
+            path = artifact_path(settings, name, entry)
+            try:
+                models: ProgramModels | None = _models(name, read_artifact_info(name, path))
+                problem = None
+            except ArtifactError as e:
+                models, problem = None, str(e)
+            self.programs[name] = CatalogEntry(name, entry, path, models, problem)
+        default = self.programs[self.default]
+        if default.models is None:
+            raise ArtifactError(f"the default program cannot be served: {default.problem}")
+        self.default_bodies = _default_bodies(default.models)
+
+    @property
+    def default_models(self) -> ProgramModels:
+        models = self.programs[self.default].models
+        assert models is not None  # checked in __init__
+        return models
+
+
+def _default_bodies(models: ProgramModels) -> DefaultBodies:
+    clash = OVERRIDE_NAMES & set(models.input_fields)
+    if clash:
+        raise ArtifactError(
+            f"the default program has input field(s) {sorted(clash)}, which `/jobs` uses for LM overrides; "
+            "rename them, or make another program the default"
+        )
+    job_create = create_model(
+        "JobCreate",
+        __base__=(models.input, LMOverrides),
+        __doc__="The default program's input fields, with optional LM overrides for this job only.",
+    )
+    item = create_model("BatchItem", __base__=(models.input, CustomId))
+    batch_create = create_model(
+        "BatchCreate",
+        __base__=LMOverrides,
+        __doc__="Many inputs of the default program at once; `model` and `temperature` apply to every item.",
+        items=(list[item], Field(min_length=1, description="The items, each the input of one job.")),  # type: ignore[valid-type]
+    )
+    return DefaultBodies(job_create, batch_create)

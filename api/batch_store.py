@@ -8,7 +8,6 @@ import redis.asyncio as aioredis
 from fastapi import HTTPException
 
 from api.auth import Caller
-from api.schemas import BatchItem
 from core import keys
 from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus, item_id, new_batch_fields
 from core.settings import Settings
@@ -21,7 +20,7 @@ async def create_batch(
     settings: Settings,
     batch_id: str,
     program: str,
-    items: Sequence[BatchItem],
+    items: Sequence[dict[str, Any]],
     model: str | None,
     temperature: float | None,
     created_at_s: float,
@@ -29,12 +28,13 @@ async def create_batch(
 ) -> None:
     """Store the record and every item's input in one transaction: all or nothing.
 
+    Each item is the program's input fields plus `custom_id` when it has one.
     `owner` (the creating key's owner id) is stored in the record; its items inherit it.
     """
     fields = new_batch_fields(batch_id, program, len(items), model, temperature, created_at_s)
     if owner is not None:
         fields["owner"] = owner
-    inputs = [item.model_dump_json(exclude_none=True) for item in items]
+    inputs = [json.dumps(item, separators=(",", ":")) for item in items]
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]  # redis-py: invariant keys
         pipe.expire(keys.batch(batch_id), settings.job_ttl_s)

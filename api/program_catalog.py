@@ -14,12 +14,20 @@ and `/batches` bodies are its input fields).
 
 from dataclasses import dataclass
 from pathlib import Path
+
 from pydantic import BaseModel, Field, create_model
 
 from api.program_models import model_from_schema
 from api.schemas import OVERRIDE_NAMES, CustomId, LMOverrides, ProgramInput
 from core.jobs import Job
-from core.programs import ArtifactError, ArtifactInfo, ProgramEntry, artifact_path, read_artifact_info, registered_programs
+from core.programs import (
+    ArtifactError,
+    ArtifactInfo,
+    ProgramEntry,
+    artifact_path,
+    read_artifact_info,
+    registered_programs,
+)
 from core.settings import Settings
 
 
@@ -55,7 +63,7 @@ def _models(name: str, info: ArtifactInfo) -> ProgramModels:
     job = create_model(
         f"{camel}Job",
         __base__=Job,
-        result=(output_model | None, Field(None, description=f"The {name} program's output fields.")),
+        result=(output_model | None, Field(None, description=f"The {name} program's output fields.")),  # type: ignore[arg-type]
     )
     item = create_model(
         f"{camel}BatchItem",
@@ -70,7 +78,7 @@ def _models(name: str, info: ArtifactInfo) -> ProgramModels:
     batch_create = create_model(
         f"{camel}BatchCreate",
         __base__=LMOverrides,
-        items=(list[item], Field(min_length=1, description="The items, each the input of one job.")),  # type: ignore[valid-type]
+        items=(list[item], Field(min_length=1, description="The items, each the input of one job.")),
     )
     return ProgramModels(input_model, output_model, job, job_create, batch_create)  # type: ignore[arg-type]
 
@@ -134,6 +142,6 @@ def _default_bodies(models: ProgramModels) -> DefaultBodies:
         "BatchCreate",
         __base__=LMOverrides,
         __doc__="Many inputs of the default program at once; `model` and `temperature` apply to every item.",
-        items=(list[item], Field(min_length=1, description="The items, each the input of one job.")),  # type: ignore[valid-type]
+        items=(list[item], Field(min_length=1, description="The items, each the input of one job.")),
     )
     return DefaultBodies(job_create, batch_create)

@@ -56,7 +56,11 @@ class _Builder:
         return _SCALARS.get(str(kind), Any)
 
     def model(
-        self, name: str, schema: dict[str, Any], extra: Literal["forbid", "ignore", "allow"], base: type[BaseModel] | None = None
+        self,
+        name: str,
+        schema: dict[str, Any],
+        extra: Literal["forbid", "ignore", "allow"],
+        base: type[BaseModel] | None = None,
     ) -> type[BaseModel]:
         required = set(schema.get("required", []))
         fields: dict[str, Any] = {}
@@ -69,7 +73,11 @@ class _Builder:
 
 
 def model_from_schema(
-    name: str, schema: dict[str, Any], *, prefix: str, extra: Literal["forbid", "ignore", "allow"] = "forbid",
+    name: str,
+    schema: dict[str, Any],
+    *,
+    prefix: str,
+    extra: Literal["forbid", "ignore", "allow"] = "forbid",
     base: type[BaseModel] | None = None,
 ) -> type[BaseModel]:
     """A model named `name` for an object schema; nested models are named `prefix` + their title."""

@@ -26,9 +26,9 @@ from program.lm import build_adapter, build_lm  # noqa: E402
 from program.registry import get_program_spec  # noqa: E402
 
 settings = get_settings()
-spec = get_program_spec(settings.default_program)
+spec = get_program_spec(settings, settings.default_program)
 qa = spec.build()
-qa.load(str(spec.artifact_path(settings.artifacts_dir)))
+qa.load(str(spec.artifact))
 qa.set_lm(None)
 lm = build_lm(settings)
 adapter = build_adapter()

@@ -69,17 +69,58 @@ def _question(user: str) -> str:
     return user.strip()
 
 
-def scripted_answer(question: str, fields: list[str]) -> str:
-    """The exact completion for a question: tests compute it the same way."""
+_NOTE = re.compile(r"^\[\[ ## (\w+) ## \]\]\n\{\1\}\s+# note: the value you produce (.*)$", re.M)
+
+
+def _field_notes(system: str) -> dict[str, str]:
+    """What the adapter says each typed output field must be (`must be a single int value`, ...)."""
+    return {name: note for name, note in _NOTE.findall(system)}
+
+
+def _instance(schema: dict[str, Any]) -> Any:
+    """A small value that fits a JSON Schema (what DSPy asks of list, dict and pydantic fields)."""
+    kind = schema.get("type")
+    if "enum" in schema:
+        return schema["enum"][0]
+    if kind == "object":
+        return {name: _instance(prop) for name, prop in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [_instance(schema.get("items", {"type": "string"}))]
+    return {"integer": 1, "number": 0.5, "boolean": True}.get(str(kind), "scripted")
+
+
+def typed_value(name: str, note: str, question: str) -> str:
+    """The scripted value of a typed field, from the adapter's note on it."""
+    if note.startswith("must exactly match (no extra characters) one of: "):
+        return note.rsplit(": ", 1)[1].split("; ")[0]
+    if note == "must be a single int value":
+        return "3"
+    if note == "must be a single float value":
+        return "0.5"
+    if note == "must be True or False":
+        return "True"
+    if note.startswith("must adhere to the JSON schema: "):
+        return json.dumps(_instance(json.loads(note.split(": ", 1)[1])))
+    return f"{name} for {question}"
+
+
+def scripted_answer(question: str, fields: list[str], notes: dict[str, str] | None = None) -> str:
+    """The exact completion for a question: tests compute it the same way.
+
+    Fields of the qa program get fixed texts; other typed fields a value of
+    their type (`typed_value`); other text fields `<name> for <question>`.
+    """
     values = {
         "reasoning": f"Thinking step by step about: {question}",
         "answer": f"The answer to '{question}' is 42.",
         "key_concepts": json.dumps(["scripting", "determinism"]),
         "question_type": "factual",
     }
+    notes = notes or {}
     lines = []
     for name in fields:
-        lines += [f"[[ ## {name} ## ]]", values.get(name, f"{name} for {question}"), ""]
+        value = values.get(name) or typed_value(name, notes.get(name, ""), question)
+        lines += [f"[[ ## {name} ## ]]", value, ""]
     lines.append(COMPLETED)
     return "\n".join(lines)
 
@@ -156,7 +197,7 @@ class Simulator:
         if "garbage" in directives:
             text = "I am not going to follow the format at all."
         else:
-            text = scripted_answer(question, _output_fields(system))
+            text = scripted_answer(question, _output_fields(system), _field_notes(system))
         text = _apply_stop(text, body.get("stop"))
         tokens = _tokens(text)
         finish = "stop"

@@ -103,7 +103,9 @@ def registered_programs(settings: "Settings") -> dict[str, ProgramEntry]:
         except ValidationError as e:
             raise RegistryError(f"program {name!r}: {e}") from e
     if settings.default_program not in programs:
-        raise RegistryError(f"DEFAULT_PROGRAM {settings.default_program!r} is not registered; known: {sorted(programs)}")
+        raise RegistryError(
+            f"DEFAULT_PROGRAM {settings.default_program!r} is not registered; known: {sorted(programs)}"
+        )
     return programs
 
 
@@ -145,9 +147,11 @@ def read_artifact_info(name: str, path: Path) -> ArtifactInfo:
         state = json.loads(raw)
     except ValueError as e:
         raise ArtifactError(f"program {name!r}: {path} is not JSON ({e})") from e
-    metadata = state.get("metadata") if isinstance(state, dict) else None
-    metadata = metadata if isinstance(metadata, dict) else {}
-    signature = metadata.get("signature") if isinstance(metadata.get("signature"), dict) else {}
+    found = state.get("metadata") if isinstance(state, dict) else None
+    metadata: dict[str, Any] = found if isinstance(found, dict) else {}
+    signature = metadata.get("signature")
+    if not isinstance(signature, dict):
+        signature = {}
     return ArtifactInfo(
         path=str(path),
         version=artifact_version(metadata, raw),

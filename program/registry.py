@@ -63,7 +63,7 @@ class ProgramSpec:
         if len(predictors) != 1:
             raise RegistryError(
                 f"program {self.name!r} has {len(predictors)} predictors; name the signature callers see "
-                "with `signature = \"package.module:Signature\"` in its registry entry"
+                'with `signature = "package.module:Signature"` in its registry entry'
             )
         signature = predictors[0].signature
         assert isinstance(signature, type)

@@ -67,9 +67,9 @@ def interface_mismatch(artifact_schemas: dict[str, Any], code_schemas: dict[str,
     for side in ("input", "output"):
         built = artifact_schemas.get(side) or {}
         now = code_schemas[side]
-        if set(built.get("properties", {})) != set(now.get("properties", {})) or set(
-            built.get("required", [])
-        ) != set(now.get("required", [])):
+        if set(built.get("properties", {})) != set(now.get("properties", {})) or set(built.get("required", [])) != set(
+            now.get("required", [])
+        ):
             problems.append(
                 f"{side} fields {sorted(built.get('properties', {}))} in the artifact, "
                 f"{sorted(now.get('properties', {}))} in the code"

@@ -7,6 +7,7 @@ jobs at a time and hold two copies of everything. Prefork still works (each
 child loads once in `worker_process_init`) for CPU-heavy programs.
 """
 
+import json
 import logging
 import os
 import threading
@@ -74,8 +75,8 @@ class _ProcessState:
         )
 
     def warm(self) -> None:
-        """Load the default program and the LM client now, not on the first job."""
-        self.runtime.program(settings.default_program)
+        """Load every program and the LM client now, not on the first job."""
+        self.runtime.refresh()
         self.runtime.lm()
         if settings.effective_lm_engine == "litellm":
             import litellm  # noqa: F401  (seconds of import; pay them before the first job)
@@ -127,7 +128,21 @@ def _on_ready(sender: object, **_: object) -> None:
     hostname = str(getattr(sender, "hostname", "worker"))
     queues = ",".join(sorted(q.name for q in app.amqp.queues.consume_from.values()))
     client = process_state().redis if not prefork else redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    _heartbeat = Heartbeat(client, settings, hostname, {"queues": queues, "pool": type(pool).__module__})
+    live_info = None
+    if not prefork:
+        runtime = process_state().runtime
+
+        def live_info() -> dict[str, str]:
+            # Each beat also picks up new artifact versions, so a worker with
+            # no jobs still switches, and reports the version it serves.
+            runtime.refresh()
+            return {"programs": json.dumps(runtime.versions())}
+
+    # A prefork pool's programs live in its children, which send no heartbeat:
+    # such a worker reports no versions (`GET /programs` shows null).
+    _heartbeat = Heartbeat(
+        client, settings, hostname, {"queues": queues, "pool": type(pool).__module__}, live_info=live_info
+    )
     _heartbeat.start()
     updates = JobUpdates(client, settings)
 

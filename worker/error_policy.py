@@ -5,8 +5,9 @@ is retried with exponential backoff and full jitter, or after the provider's
 own Retry-After when it sends one. Everything else fails at once: bad
 credentials, an invalid request, a context window exceeded, output that
 cannot be parsed, a program this worker cannot load, an input that does
-not fit the program (the API validates it first; this catches the rest). The HTTP-style `code` follows the common gateway mapping,
-so clients can treat a job error like the response it would have been.
+not fit the program (the API validates it first; this catches the rest).
+The HTTP-style `code` follows the common gateway mapping, so clients can
+treat a job error like the response it would have been.
 """
 
 import random

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -20,11 +21,20 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, redis_client: redis.Redis, settings: Settings, name: str, info: dict[str, str]) -> None:
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        settings: Settings,
+        name: str,
+        info: dict[str, str],
+        live_info: Callable[[], dict[str, str]] | None = None,
+    ) -> None:
         self._redis = redis_client
         self._settings = settings
         self._name = name
         self._info = {**info, "pid": str(os.getpid())}
+        # Asked at every beat: what may change while the worker runs (the program versions it serves).
+        self._live_info = live_info
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -56,6 +66,7 @@ class Heartbeat:
             pipe.zadd(keys.WORKERS, {self._name: now})
             # Forget workers that have been gone for a day.
             pipe.zremrangebyscore(keys.WORKERS, "-inf", now - 86400)
-            pipe.hset(keys.worker(self._name), mapping=self._info)  # type: ignore[arg-type]  # redis-py: invariant keys
+            info = {**self._info, **(self._live_info() if self._live_info else {})}
+            pipe.hset(keys.worker(self._name), mapping=info)  # type: ignore[arg-type]  # redis-py: invariant keys
             pipe.expire(keys.worker(self._name), ttl_s)
             pipe.execute()

@@ -1,12 +1,19 @@
-"""`/batches`: submit many questions at once, watch progress, page through results, cancel."""
+"""`/batches`: submit many inputs at once, watch progress, page through results, cancel.
+
+Submitting is shared by `POST /batches` (the default program, flat items)
+and `POST /programs/{name}/batches` (any program, each item's input under
+`input`); both routes are added by `add_submit_route` (api/main.py).
+"""
 
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 
 import anyio
+import redis.asyncio as aioredis
+from celery import Celery
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
@@ -15,17 +22,18 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
 from api import batch_store, idempotency
-from api.auth import UNAUTHORIZED, CallerDep, SseCallerDep
+from api.auth import UNAUTHORIZED, Caller, CallerDep, SseCallerDep
 from api.deps import CeleryDep, RedisDep, SettingsDep, StreamsDep
 from api.enqueue import enqueue_or_undo
 from api.idempotency import IdempotencyKey
 from api.metrics import BATCHES_SUBMITTED
 from api.rate_limit import check_submission
-from api.schemas import BatchCreate
+from api.schemas import LMOverrides
 from core.batches import TERMINAL_BATCH_STATUSES, Batch, batch_from_fields
 from core.jobs import now_s
 from core.logging_setup import bind
 from core.queue import EXPAND_BATCH_TASK
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/batches", tags=["batches"], responses=UNAUTHORIZED)
@@ -47,44 +55,83 @@ class BatchResultsPage(BaseModel):
     next_cursor: int | None = Field(description="Pass as `cursor` for the next page; null after the last item.")
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=Batch,
-    responses={
-        413: {"description": "Too many items, or the body is too large; nothing was stored."},
-        429: {"description": "Over this key's submission rate; `Retry-After` says when to retry. Nothing stored."},
-        503: {"description": "Redis or the queue is unavailable; nothing was stored."},
-    },
-)
-async def submit_batch(
-    body: BatchCreate,
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"description": "Too many items, or the body is too large; nothing was stored."},
+    429: {"description": "Over this key's submission rate; `Retry-After` says when to retry. Nothing stored."},
+    503: {"description": "Redis or the queue is unavailable; nothing was stored."},
+}
+
+# One batch item as the bulk worker reads it (worker/batches.py): the input fields, plus `custom_id`.
+StoredItem = dict[str, Any]
+
+
+def add_submit_route(
+    router: APIRouter,
+    path: str,
+    program: str,
+    body_model: type[LMOverrides],
+    items_of: Callable[[Any], list[StoredItem]],
+    doc: str,
+) -> None:
+    """`POST <path>`: submit a batch of `program` jobs, items taken from a `body_model` body."""
+
+    async def submit_batch(
+        body: body_model,  # type: ignore[valid-type]
+        response: Response,
+        redis: RedisDep,
+        celery: CeleryDep,
+        settings: SettingsDep,
+        caller: CallerDep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Batch:
+        overrides: LMOverrides = body
+        return await submit(
+            program, items_of(body), overrides, response, redis, celery, settings, caller, idempotency_key
+        )
+
+    submit_batch.__doc__ = doc
+    router.add_api_route(
+        path,
+        submit_batch,
+        methods=["POST"],
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=Batch,
+        summary=f"Submit a {program} batch",
+        responses=SUBMIT_RESPONSES,
+    )
+
+
+async def submit(
+    program: str,
+    items: list[StoredItem],
+    overrides: LMOverrides,
     response: Response,
-    redis: RedisDep,
-    celery: CeleryDep,
-    settings: SettingsDep,
-    caller: CallerDep,
-    idempotency_key: IdempotencyKey = None,
+    redis: aioredis.Redis,
+    celery: Celery,
+    settings: Settings,
+    caller: Caller,
+    idempotency_key: str | None,
 ) -> Batch:
-    """Submit a batch; answers 202 once every item is stored, before they are all enqueued."""
+    """Store the batch and answer once every item is stored, before they are all enqueued."""
     max_items = settings.batch_max_items
     if caller.owner is not None and settings.key_batch_max_items > 0:
         max_items = min(max_items, settings.key_batch_max_items)
-    if len(body.items) > max_items:
-        raise HTTPException(413, f"{len(body.items)} items; a batch may hold at most {max_items}")
+    if len(items) > max_items:
+        raise HTTPException(413, f"{len(items)} items; a batch may hold at most {max_items}")
     await check_submission(redis, settings, caller)
     batch_id = uuid.uuid4().hex
     idempotency_key = caller.scoped(idempotency_key)
-    digest = idempotency.body_digest(body.model_dump())
+    digest = idempotency.body_digest(
+        {"program": program, "items": items, "model": overrides.model, "temperature": overrides.temperature}
+    )
     original_id = await idempotency.claim(redis, idempotency_key, digest, batch_id, settings.idempotency_ttl_s)
     if original_id is not None:
         bind(batch_id=original_id)
         response.headers["Idempotent-Replayed"] = "true"
         return batch_from_fields(await batch_store.read_batch(redis, original_id, caller))
     bind(batch_id=batch_id)
-    program = settings.default_program
     await batch_store.create_batch(
-        redis, settings, batch_id, program, body.items, body.model, body.temperature, now_s(), owner=caller.owner
+        redis, settings, batch_id, program, items, overrides.model, overrides.temperature, now_s(), owner=caller.owner
     )
 
     async def undo() -> None:
@@ -93,7 +140,7 @@ async def submit_batch(
 
     await enqueue_or_undo(celery, EXPAND_BATCH_TASK, batch_id, f"batch-{batch_id}", settings.enqueue_timeout_s, undo)
     BATCHES_SUBMITTED.labels(caller.name).inc()
-    log.info("batch of %d items submitted (key %s)", len(body.items), caller.name)
+    log.info("batch of %d items submitted (program %s, key %s)", len(items), program, caller.name)
     response.headers["Location"] = f"/batches/{batch_id}"
     return batch_from_fields(await batch_store.read_batch(redis, batch_id))
 

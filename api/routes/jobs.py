@@ -1,10 +1,18 @@
-"""`/jobs`: submit a job, poll it."""
+"""`/jobs`: submit a job, poll it, cancel it.
+
+Submitting is shared by `POST /jobs` (the default program, its input fields
+at the top level of the body) and `POST /programs/{name}/jobs` (any program,
+its input under `input`); both routes are added by `add_submit_route` once
+the program catalog is known (api/main.py).
+"""
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
+from celery import Celery
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from api import idempotency, job_store
@@ -15,61 +23,103 @@ from api.event_hub import EventHub
 from api.idempotency import IdempotencyKey
 from api.metrics import JOBS_SUBMITTED
 from api.rate_limit import check_submission
-from api.schemas import JobCreate
+from api.schemas import LMOverrides
 from core.jobs import Job, JobLinks, job_from_fields, now_s
 from core.logging_setup import bind
 from core.queue import RUN_JOB_TASK
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=UNAUTHORIZED)
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=Job,
-    responses={
-        200: {"model": Job, "description": "Finished within `wait` seconds: the final record."},
-        429: {"description": "Over this key's submission rate; `Retry-After` says when to retry. Nothing stored."},
-        503: {"description": "Redis or the queue is unavailable; nothing was stored."},
-    },
-)
-async def submit_job(
-    body: JobCreate,
+WaitQuery = Annotated[
+    float | None,
+    Query(ge=0, description="Seconds to wait for the result before answering (bounded by the server)."),
+]
+
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Finished within `wait` seconds: the final record."},
+    429: {"description": "Over this key's submission rate; `Retry-After` says when to retry. Nothing stored."},
+    503: {"description": "Redis or the queue is unavailable; nothing was stored."},
+}
+
+
+def add_submit_route(
+    router: APIRouter,
+    path: str,
+    program: str,
+    body_model: type[LMOverrides],
+    job_model: type[Job],
+    inputs_of: Callable[[Any], dict[str, Any]],
+    doc: str,
+) -> None:
+    """`POST <path>`: submit one job of `program`, its input taken from a `body_model` body."""
+
+    async def submit_job(
+        body: body_model,  # type: ignore[valid-type]
+        response: Response,
+        redis: RedisDep,
+        celery: CeleryDep,
+        hub: HubDep,
+        settings: SettingsDep,
+        caller: CallerDep,
+        idempotency_key: IdempotencyKey = None,
+        wait: WaitQuery = None,
+    ) -> Job:
+        overrides: LMOverrides = body
+        return await submit(
+            program, inputs_of(body), overrides, response, redis, celery, hub, settings, caller, idempotency_key, wait
+        )
+
+    submit_job.__doc__ = doc
+    router.add_api_route(
+        path,
+        submit_job,
+        methods=["POST"],
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=job_model,
+        summary=f"Submit a {program} job",
+        responses={**SUBMIT_RESPONSES, 200: {"model": job_model, **SUBMIT_RESPONSES[200]}},
+    )
+
+
+async def submit(
+    program: str,
+    inputs: dict[str, Any],
+    overrides: LMOverrides,
     response: Response,
-    redis: RedisDep,
-    celery: CeleryDep,
-    hub: HubDep,
-    settings: SettingsDep,
-    caller: CallerDep,
-    idempotency_key: IdempotencyKey = None,
-    wait: Annotated[
-        float | None,
-        Query(ge=0, description="Seconds to wait for the result before answering (bounded by the server)."),
-    ] = None,
+    redis: aioredis.Redis,
+    celery: Celery,
+    hub: EventHub,
+    settings: Settings,
+    caller: Caller,
+    idempotency_key: str | None,
+    wait: float | None,
 ) -> Job:
-    """Submit a question; answers 202 at once, or the finished job if it completes within `wait` seconds."""
+    """Store the job, enqueue it, answer with the record (or the finished job, given `wait`)."""
     if wait is not None and wait > settings.wait_max_s:
         raise HTTPException(422, f"wait must be at most {settings.wait_max_s} seconds")
     await check_submission(redis, settings, caller)
     job_id = uuid.uuid4().hex
     idempotency_key = caller.scoped(idempotency_key)
-    digest = idempotency.body_digest(body.model_dump())
+    digest = idempotency.body_digest(
+        {"program": program, "input": inputs, "model": overrides.model, "temperature": overrides.temperature}
+    )
     original_id = await idempotency.claim(redis, idempotency_key, digest, job_id, settings.idempotency_ttl_s)
     if original_id is not None:
         bind(job_id=original_id)
         response.headers["Idempotent-Replayed"] = "true"
         return await _respond(response, redis, hub, original_id, wait, None, caller)
     bind(job_id=job_id)
-    program = settings.default_program
     fields = await job_store.create_job(
         redis,
         settings,
         job_id,
         program,
-        {"question": body.question},
-        body.model,
-        body.temperature,
+        inputs,
+        overrides.model,
+        overrides.temperature,
         now_s(),
         owner=caller.owner,
     )

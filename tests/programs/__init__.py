@@ -1,0 +1,1 @@
+"""Programs that exist only in the test suite, registered through settings like a user's own."""

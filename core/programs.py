@@ -5,7 +5,8 @@ class, or a function that builds one), its artifact (the optimized state as
 JSON, plus our metadata) and, for `python -m program.optimize`, its training
 data and metric. Entries come from three places, later ones winning per name:
 the built-in programs (`qa`, `triage`), the TOML file `PROGRAMS_FILE`
-(`programs.toml` when present) and the `PROGRAMS` setting (JSON). Serving
+(`programs.toml` when present; relative paths in it are relative to it) and
+the `PROGRAMS` setting (JSON; relative to the working directory). Serving
 your own program therefore touches none of our code.
 
 The API never imports a program: that would import dspy. Everything it knows
@@ -81,10 +82,18 @@ class RegistryError(ValueError):
 
 
 def _from_file(path: Path) -> dict[str, Any]:
+    """The file's tables; their relative paths are relative to the file, wherever the process runs."""
     try:
-        return tomllib.loads(path.read_text())
+        tables = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise RegistryError(f"PROGRAMS_FILE {path}: {e}") from e
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise RegistryError(f"PROGRAMS_FILE {path}: {name!r} must be a table ([{name}])")
+        for key in ("artifact", "trainset", "devset"):
+            if isinstance(table.get(key), str):
+                table[key] = str(path.parent / table[key])
+    return tables
 
 
 def registered_programs(settings: "Settings") -> dict[str, ProgramEntry]:

@@ -102,15 +102,25 @@ def test_services_that_serve_have_healthchecks_and_published_ports_match() -> No
     assert '"--port", "8000"' in dockerfile("Dockerfile.api")
 
 
-def test_api_image_copies_only_the_api_and_the_shared_core() -> None:
+def test_api_image_copies_the_api_the_shared_core_and_the_program_registry_only() -> None:
     copied = re.findall(r"^COPY (\S+)", dockerfile("Dockerfile.api"), re.M)
-    assert copied == ["pyproject.toml", "core", "api"]
+    assert copied == ["pyproject.toml", "core", "api", "artifacts", DEFAULTS.programs_file]
     assert "--extra" not in dockerfile("Dockerfile.api")
 
 
 def test_worker_image_carries_the_program_and_its_artifacts() -> None:
     copied = set(re.findall(r"^COPY (\S+)", dockerfile("Dockerfile.worker"), re.M))
-    assert {"core", "program", "worker", "artifacts"} <= copied
+    assert {"core", "program", "worker", "artifacts", DEFAULTS.programs_file} <= copied
+
+
+@pytest.mark.parametrize("service", ["api", "worker", "worker-bulk"])
+def test_api_and_workers_see_the_hosts_artifacts_and_registry_where_the_settings_look(service: str) -> None:
+    workdir = re.findall(r"^WORKDIR (\S+)", dockerfile("Dockerfile.worker"), re.M)
+    assert workdir == re.findall(r"^WORKDIR (\S+)", dockerfile("Dockerfile.api"), re.M) == ["/app"]
+    mounts = SERVICES[service]["volumes"]
+    assert f"./{DEFAULTS.artifacts_dir}:/app/{DEFAULTS.artifacts_dir}:ro" in mounts
+    assert f"./{DEFAULTS.programs_file}:/app/{DEFAULTS.programs_file}:ro" in mounts
+    assert (ROOT / str(DEFAULTS.programs_file)).exists()
 
 
 def uv() -> str:

@@ -287,6 +287,38 @@ def test_an_artifact_built_for_other_fields_is_refused_and_the_loaded_version_ke
         path.write_text(original)
 
 
+def test_optimize_builds_any_registered_program_with_data_and_metric_into_a_scored_versioned_artifact(
+    programs_stack: Stack, tmp_path: Path
+) -> None:
+    entry = {
+        "module": "tests.programs.extractor:Extractor",
+        "trainset": "tests/programs/extractor_train.json",
+        "devset": "tests/programs/extractor_dev.json",
+        "metric": "tests.programs.extractor:colour_metric",
+        "artifact": str(tmp_path / "extractor.json"),
+    }
+    env = {**os.environ, **programs_stack.env, "PROGRAMS": json.dumps({"extractor": entry})}
+
+    for _ in range(2):
+        subprocess.run(
+            [sys.executable, "-m", "program.optimize", "extractor", "--demos", "2"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+
+    state = json.loads((tmp_path / "extractor.json").read_text())
+    metadata = state["metadata"]
+    assert metadata["version"] == 2, "each build is one version above the artifact it replaces"
+    assert metadata["optimizer"] == "labeled" and metadata["demos"] == 2
+    # The scripted LM always answers the first colour, "red": right on half the dev set.
+    assert metadata["dev_score"] == 50.0
+    assert metadata["devset"] == "tests/programs/extractor_dev.json"
+    assert metadata["signature"]["input"]["required"] == ["note", "priority", "labels"]
+    assert [demo["colour"] for demo in state["extract"]["demos"]] == ["green", "red"]
+
+
 def test_the_default_programs_routes_keep_their_flat_bodies(api: httpx.Client) -> None:
     question = unique_note("Still flat?")
     flat = api.post("/jobs", params={"wait": 20}, json={"question": question})

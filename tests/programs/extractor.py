@@ -35,3 +35,7 @@ class Extractor(dspy.Module):
 
     async def aforward(self, note: str, priority: int, labels: list[str]) -> dspy.Prediction:
         return await self.extract.acall(note=note, priority=priority, labels=labels)
+
+
+def colour_metric(example: dspy.Example, prediction: dspy.Prediction, trace: object = None) -> float:
+    return 1.0 if getattr(prediction, "colour", None) == example.colour else 0.0

@@ -61,9 +61,23 @@ class Stack:
         self.procs.append(proc)
         return self.api_url
 
+    def start_services(self) -> None:
+        """What serves jobs: an interactive worker, a bulk worker and the API."""
+        self.start_worker()
+        self.start_worker(name="worker-bulk", queues="bulk")
+        self.start_api()
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
+
+
+def private_stack(lm_api_base: str, redis_name: str = "redis-private", appendonly: bool = False) -> Stack:
+    """A stack on a redis-server of its own (or on a flushed `REDIS_URL`), nothing else running yet."""
+    redis_proc, url = start_redis(redis_name, appendonly=appendonly)
+    if redis_proc is None:
+        redis.Redis.from_url(url).flushdb()
+    return Stack(url, lm_api_base, [redis_proc] if redis_proc else [])
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +91,7 @@ def lm_api_base() -> Iterator[str]:
 def stack(lm_api_base: str) -> Iterator[Stack]:
     redis_proc, url = start_redis()
     stack = Stack(url, lm_api_base, [redis_proc] if redis_proc else [])
-    stack.start_worker()
-    stack.start_worker(name="worker-bulk", queues="bulk")
-    stack.start_api()
+    stack.start_services()
     yield stack
     stack.stop()
 
@@ -96,10 +108,7 @@ def make_stack(lm_api_base: str) -> Iterator[Callable[..., Stack]]:
     made: list[Stack] = []
 
     def make(appendonly: bool = False) -> Stack:
-        redis_proc, url = start_redis("redis-private", appendonly=appendonly)
-        if redis_proc is None:
-            redis.Redis.from_url(url).flushdb()
-        made.append(Stack(url, lm_api_base, [redis_proc] if redis_proc else []))
+        made.append(private_stack(lm_api_base, appendonly=appendonly))
         return made[-1]
 
     yield make

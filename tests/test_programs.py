@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import Stack, private_stack
 from tests.sse import read_events
-from tests.support import ROOT, start_redis, wait_for
+from tests.support import ROOT, wait_for
 from tests.test_jobs import wait_finished
 
 NOTE_INPUT = {"priority": 2, "labels": ["billing", "urgent"]}
@@ -59,17 +59,10 @@ def expected_result(note: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def programs_stack(lm_api_base: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     artifacts = tmp_path_factory.mktemp("artifacts")
-    redis_proc, url = start_redis("redis-programs")
-    if redis_proc is None:
-        import redis
-
-        redis.Redis.from_url(url).flushdb()
-    stack = Stack(url, lm_api_base, [redis_proc] if redis_proc else [])
+    stack = private_stack(lm_api_base, "redis-programs")
     stack.extra_env = {"PROGRAMS": json.dumps(registry(artifacts))}
     build_artifact(stack)
-    stack.start_worker()
-    stack.start_worker(name="worker-bulk", queues="bulk")
-    stack.start_api()
+    stack.start_services()
     yield stack
     stack.stop()
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack
-from tests.support import ROOT, start_redis
+from tests.conftest import private_stack
+from tests.support import ROOT
 
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```\n", re.M | re.S)
 
@@ -66,8 +66,7 @@ def test_serving_your_own_program_as_the_readme_says(lm_api_base: str, tmp_path:
     for shipped in ("qa.json", "triage.json"):
         shutil.copy(ROOT / "artifacts" / shipped, artifacts)
 
-    redis_proc, url = start_redis("redis-readme")
-    stack = Stack(url, lm_api_base, [redis_proc] if redis_proc else [])
+    stack = private_stack(lm_api_base, "redis-readme")
     stack.extra_env = {
         "PYTHONPATH": str(tmp_path),
         "PROGRAMS_FILE": str(tmp_path / "programs.toml"),

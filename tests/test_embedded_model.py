@@ -60,3 +60,28 @@ def test_the_embedded_server_honours_max_completion_tokens(embedded_lm: str) -> 
 
     assert response["usage"]["completion_tokens"] == 7
     assert response["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_triage_ticket_comes_back_typed_from_the_shipped_artifact(
+    make_stack: Callable[[], Stack], embedded_lm: str
+) -> None:
+    stack = make_stack()
+    stack.lm_api_base = embedded_lm
+    stack.model = EMBEDDED_LM_MODEL
+    stack.start_worker()
+    stack.start_api()
+    ticket = "The mobile app freezes on the login screen for all our staff; we cannot work."
+    with stack.client() as client:
+        response = client.post(
+            "/programs/triage/jobs", params={"wait": 60}, json={"input": {"ticket": ticket}}, timeout=90
+        )
+        version = client.get("/programs/triage").json()["version"]
+
+    job = response.json()
+    assert response.status_code == 200, job
+    assert job["status"] == "succeeded", job["error"]
+    assert job["program_version"] == version
+    result = job["result"]
+    assert result["category"] in ("billing", "bug", "account", "feature_request", "other")
+    assert isinstance(result["urgency"], int)
+    assert isinstance(result["summary"], str) and result["summary"].strip()

@@ -27,6 +27,7 @@ import redis
 from honcho.manager import Manager
 from honcho.printer import Printer
 
+from core.programs import registered_programs
 from core.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +110,9 @@ def _announce_when_ready(settings: Settings, flower_auth: str, generated: bool) 
     user, _, password = flower_auth.partition(":")
     key_header = " -H 'Authorization: Bearer <your key>'" if settings.api_keys else ""
     note = "  (generated for this run; set FLOWER_BASIC_AUTH to choose)" if generated else ""
+    programs = ", ".join(
+        f"{name} (default)" if name == settings.default_program else name for name in registered_programs(settings)
+    )
     print(
         f"""
 ================================================================
@@ -116,6 +120,7 @@ def _announce_when_ready(settings: Settings, flower_auth: str, generated: bool) 
    API        {api}      (docs: {api}/docs)
    Flower     http://127.0.0.1:{settings.flower_port}   user {user} / password {password}{note}
    LM         {settings.lm_model} at {settings.lm_api_base}
+   Programs   {programs}   ({api}/programs)
 
  Try it:
    curl -s -X POST '{api}/jobs?wait=60' -H 'Content-Type: application/json'{key_header} \\

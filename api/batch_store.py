@@ -26,12 +26,13 @@ async def create_batch(
     temperature: float | None,
     created_at_s: float,
     owner: str | None = None,
+    stream: bool = False,
 ) -> None:
     """Store the record and every item's input in one transaction: all or nothing.
 
     `owner` (the creating key's owner id) is stored in the record; its items inherit it.
     """
-    fields = new_batch_fields(batch_id, program, len(items), model, temperature, created_at_s)
+    fields = new_batch_fields(batch_id, program, len(items), model, temperature, created_at_s, stream)
     if owner is not None:
         fields["owner"] = owner
     inputs = [item.model_dump_json(exclude_none=True) for item in items]

@@ -25,12 +25,13 @@ async def create_job(
     temperature: float | None,
     created_at_s: float,
     owner: str | None = None,
+    stream: bool = True,
 ) -> dict[str, str]:
     """Write the record and its `queued` event in one transaction; returns the record.
 
     `owner` (the creating key's owner id) is stored in the record; only that key sees the job.
     """
-    fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s)
+    fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s, stream)
     if owner is not None:
         fields["owner"] = owner
     script_keys, argv = append_event_args(

@@ -48,6 +48,12 @@ class JobCreate(QAInput, LMOverrides):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"question": "Why is the sky blue?"}]})
 
+    stream: bool = Field(
+        True,
+        description="Stream output fields token by token (`GET /jobs/{id}/events`). With false the LM is called "
+        "without streaming (cheaper); each field then arrives whole, as one `token` event, before the `result`.",
+    )
+
 
 class BatchItem(QAInput):
     custom_id: str | None = Field(None, max_length=256, description="Your own id for this item, echoed in results.")
@@ -62,3 +68,10 @@ class BatchCreate(LMOverrides):
     )
 
     items: list[BatchItem] = Field(min_length=1, description="The items, each the input of one job.")
+    # Off by default: nobody watches a hundred thousand token streams, and an
+    # item that does not stream costs the worker a fraction of the CPU.
+    stream: bool = Field(
+        False,
+        description="Whether items stream their output token by token (see `POST /jobs`); off by default, so "
+        "each item's fields arrive whole, as one `token` event each.",
+    )

@@ -63,6 +63,10 @@ class Job(BaseModel):
     input: dict[str, Any] = Field(description="The program's input fields, as submitted.")
     model: str | None = Field(None, description="Per-job LM override, if any.")
     temperature: float | None = Field(None, description="Per-job temperature override, if any.")
+    stream: bool = Field(
+        True,
+        description="Whether output fields stream token by token; if not, each arrives as one whole `token` event.",
+    )
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -87,6 +91,7 @@ def new_job_fields(
     model: str | None,
     temperature: float | None,
     created_at_s: float,
+    stream: bool = True,
 ) -> dict[str, str]:
     """The hash written at submit time."""
     fields = {
@@ -97,12 +102,18 @@ def new_job_fields(
         "created_at": repr(created_at_s),
         "attempts": "0",
         "seq": "0",
+        "stream": "1" if stream else "0",
     }
     if model is not None:
         fields["model"] = model
     if temperature is not None:
         fields["temperature"] = repr(temperature)
     return fields
+
+
+def streams(fields: dict[str, str]) -> bool:
+    """Whether a job streams its tokens; records from before the option existed did."""
+    return fields.get("stream", "1") != "0"
 
 
 def time_or_none(raw: str | None) -> datetime | None:
@@ -122,6 +133,7 @@ def job_from_fields(fields: dict[str, str], links: JobLinks) -> Job:
         input=_json(fields.get("input")) or {},
         model=fields.get("model"),
         temperature=float(fields["temperature"]) if fields.get("temperature") else None,
+        stream=streams(fields),
         created_at=datetime.fromtimestamp(float(fields["created_at"]), UTC),
         started_at=time_or_none(fields.get("started_at")),
         finished_at=time_or_none(fields.get("finished_at")),

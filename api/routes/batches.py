@@ -84,7 +84,16 @@ async def submit_batch(
     bind(batch_id=batch_id)
     program = settings.default_program
     await batch_store.create_batch(
-        redis, settings, batch_id, program, body.items, body.model, body.temperature, now_s(), owner=caller.owner
+        redis,
+        settings,
+        batch_id,
+        program,
+        body.items,
+        body.model,
+        body.temperature,
+        now_s(),
+        owner=caller.owner,
+        stream=body.stream,
     )
 
     async def undo() -> None:

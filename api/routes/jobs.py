@@ -72,6 +72,7 @@ async def submit_job(
         body.temperature,
         now_s(),
         owner=caller.owner,
+        stream=body.stream,
     )
 
     async def undo() -> None:

@@ -1,16 +1,18 @@
 """`/jobs`: submit a job, poll it."""
 
+import contextlib
 import logging
 import uuid
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, HTTPException, Query, Response, status
+from redis.exceptions import RedisError
 
 from api import idempotency, job_store
 from api.auth import UNAUTHORIZED, Caller, CallerDep
 from api.deps import CeleryDep, HubDep, RedisDep, SettingsDep
-from api.enqueue import enqueue_or_undo
+from api.enqueue import task_messages
 from api.event_hub import EventHub
 from api.idempotency import IdempotencyKey
 from api.metrics import JOBS_SUBMITTED
@@ -62,24 +64,29 @@ async def submit_job(
         return await _respond(response, redis, hub, original_id, wait, None, caller)
     bind(job_id=job_id)
     program = settings.default_program
-    fields = await job_store.create_job(
-        redis,
-        settings,
-        job_id,
-        program,
-        {"question": body.question},
-        body.model,
-        body.temperature,
-        now_s(),
-        owner=caller.owner,
-        stream=body.stream,
-    )
-
-    async def undo() -> None:
-        await job_store.delete_job(redis, job_id)
-        await idempotency.release(redis, idempotency_key)
-
-    await enqueue_or_undo(celery, RUN_JOB_TASK, job_id, job_id, settings.enqueue_timeout_s, undo)
+    message = task_messages(celery).build(RUN_JOB_TASK, job_id, [job_id], settings.interactive_queue)
+    try:
+        fields = await job_store.create_job(
+            redis,
+            settings,
+            job_id,
+            program,
+            {"question": body.question},
+            body.model,
+            body.temperature,
+            now_s(),
+            message,
+            owner=caller.owner,
+            stream=body.stream,
+        )
+    except RedisError:
+        # Answered 503 (api/main.py). The transaction may have reached Redis
+        # before the error: undo, so no one polls a job its client was told
+        # was not accepted.
+        with contextlib.suppress(RedisError):
+            await job_store.delete_job(redis, job_id)
+            await idempotency.release(redis, idempotency_key)
+        raise
     JOBS_SUBMITTED.labels(program, caller.name).inc()
     log.info("job submitted (program %s, key %s)", program, caller.name)
     # Without `wait`, the answer is the record as accepted (`queued`), even if

@@ -213,7 +213,8 @@ def _caller(request: Request) -> Caller:
     return caller
 
 
-def _documented_caller(
+# `async def`: a plain `def` dependency runs in FastAPI's thread pool (api/deps.py).
+async def _documented_caller(
     request: Request,
     _bearer_key: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     _header_key: Annotated[str | None, Security(_header)],
@@ -221,7 +222,7 @@ def _documented_caller(
     return _caller(request)
 
 
-def _documented_sse_caller(
+async def _documented_sse_caller(
     request: Request,
     _bearer_key: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     _header_key: Annotated[str | None, Security(_header)],

@@ -25,13 +25,14 @@ async def create_batch(
     temperature: float | None,
     created_at_s: float,
     owner: str | None = None,
+    stream: bool = False,
 ) -> None:
     """Store the record and every item's input in one transaction: all or nothing.
 
     Each item is the program's input fields plus `custom_id` when it has one.
     `owner` (the creating key's owner id) is stored in the record; its items inherit it.
     """
-    fields = new_batch_fields(batch_id, program, len(items), model, temperature, created_at_s)
+    fields = new_batch_fields(batch_id, program, len(items), model, temperature, created_at_s, stream)
     if owner is not None:
         fields["owner"] = owner
     inputs = [json.dumps(item, separators=(",", ":")) for item in items]

@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 from fastapi import HTTPException
 
 from api.auth import Caller
+from api.enqueue import TaskMessage
 from api.event_hub import RESYNC, EventHub
 from core import keys
 from core.events import APPEND_EVENT_LUA, TERMINAL_EVENTS, EventType, append_event_args
@@ -24,13 +25,15 @@ async def create_job(
     model: str | None,
     temperature: float | None,
     created_at_s: float,
+    message: TaskMessage,
     owner: str | None = None,
+    stream: bool = True,
 ) -> dict[str, str]:
-    """Write the record and its `queued` event in one transaction; returns the record.
+    """Write the record, its `queued` event and its task `message` in one transaction; returns the record.
 
     `owner` (the creating key's owner id) is stored in the record; only that key sees the job.
     """
-    fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s)
+    fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s, stream)
     if owner is not None:
         fields["owner"] = owner
     script_keys, argv = append_event_args(
@@ -44,6 +47,9 @@ async def create_job(
         pipe.hset(keys.job(job_id), mapping=fields)  # type: ignore[arg-type]  # redis-py: invariant keys
         pipe.expire(keys.job(job_id), settings.job_ttl_s)
         pipe.eval(APPEND_EVENT_LUA, len(script_keys), *script_keys, *argv)
+        pipe.lpush(message.queue, message.message)
+        if message.event_channel:
+            pipe.publish(message.event_channel, message.event)
         await pipe.execute()
     return fields
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, create_model
 
 from api.program_models import model_from_schema
-from api.schemas import OVERRIDE_NAMES, CustomId, LMOverrides, ProgramInput
+from api.schemas import OVERRIDE_NAMES, BatchOptions, CustomId, JobOptions, ProgramInput
 from core.jobs import Job
 from core.programs import (
     ArtifactError,
@@ -40,8 +40,8 @@ class ProgramModels:
     input: type[ProgramInput]
     output: type[BaseModel]
     job: type[Job]  # the job record, with `result` typed as the program's output
-    job_create: type[LMOverrides]  # {"input": {...}, "model"?, "temperature"?}
-    batch_create: type[LMOverrides]  # {"items": [{"input": {...}, "custom_id"?}], ...}
+    job_create: type[JobOptions]  # {"input": {...}, "model"?, "temperature"?, "stream"?}
+    batch_create: type[BatchOptions]  # {"items": [{"input": {...}, "custom_id"?}], ...}
 
     @property
     def input_fields(self) -> list[str]:
@@ -72,12 +72,12 @@ def _models(name: str, info: ArtifactInfo) -> ProgramModels:
     )
     job_create = create_model(
         f"{camel}JobCreate",
-        __base__=LMOverrides,
+        __base__=JobOptions,
         input=(input_model, Field(description=f"The {name} program's input fields.")),
     )
     batch_create = create_model(
         f"{camel}BatchCreate",
-        __base__=LMOverrides,
+        __base__=BatchOptions,
         items=(list[item], Field(min_length=1, description="The items, each the input of one job.")),
     )
     return ProgramModels(input_model, output_model, job, job_create, batch_create)  # type: ignore[arg-type]
@@ -129,18 +129,18 @@ def _default_bodies(models: ProgramModels) -> DefaultBodies:
     clash = OVERRIDE_NAMES & set(models.input_fields)
     if clash:
         raise ArtifactError(
-            f"the default program has input field(s) {sorted(clash)}, which `/jobs` uses for LM overrides; "
+            f"the default program has input field(s) {sorted(clash)}, which `/jobs` uses for job options; "
             "rename them, or make another program the default"
         )
     job_create = create_model(
         "JobCreate",
-        __base__=(models.input, LMOverrides),
+        __base__=(models.input, JobOptions),
         __doc__="The default program's input fields, with optional LM overrides for this job only.",
     )
     item = create_model("BatchItem", __base__=(models.input, CustomId))
     batch_create = create_model(
         "BatchCreate",
-        __base__=LMOverrides,
+        __base__=BatchOptions,
         __doc__="Many inputs of the default program at once; `model` and `temperature` apply to every item.",
         items=(list[item], Field(min_length=1, description="The items, each the input of one job.")),
     )

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from core.settings import get_settings
 
 # Names the flat bodies of `/jobs` and `/batches` use besides the default program's inputs.
-OVERRIDE_NAMES = frozenset({"model", "temperature"})
+OVERRIDE_NAMES = frozenset({"model", "temperature", "stream"})
 
 
 def _check_texts(value: Any, field: str, limit: int) -> None:
@@ -69,6 +69,28 @@ class LMOverrides(BaseModel):
         if model is not None and model not in allowed:
             raise ValueError(f"model {model!r} is not allowed here; allowed: {allowed}")
         return model
+
+
+class JobOptions(LMOverrides):
+    """Base of every job submission body."""
+
+    stream: bool = Field(
+        True,
+        description="Stream output fields token by token (`GET /jobs/{id}/events`). With false the LM is called "
+        "without streaming (cheaper); each field then arrives whole, as one `token` event, before the `result`.",
+    )
+
+
+class BatchOptions(LMOverrides):
+    """Base of every batch submission body."""
+
+    # Off by default: nobody watches a hundred thousand token streams, and an
+    # item that does not stream costs the worker a fraction of the CPU.
+    stream: bool = Field(
+        False,
+        description="Whether items stream their output token by token (see `POST /jobs`); off by default, so "
+        "each item's fields arrive whole, as one `token` event each.",
+    )
 
 
 class CustomId(BaseModel):

@@ -184,6 +184,7 @@ async def closed_loop(
     drain_s: float,
     ramp_s: float = 1.0,
     on_mark: Callable[[str], None] | None = None,
+    body_extra: dict[str, Any] | None = None,
 ) -> LoadRun:
     """`clients` users submit, wait for the answer, and submit again, for warm-up + duration.
 
@@ -191,7 +192,8 @@ async def closed_loop(
     requests still open are given `drain_s` to finish (kept, outside the
     window), then abandoned (counted in `unfinished`). `on_mark("start")` and
     `on_mark("end")` are called when the window opens and closes (to read
-    CPU counters of the system under test).
+    CPU counters of the system under test). `body_extra` is merged into every
+    request's JSON body (`{"stream": false}`).
     """
     run = LoadRun(name, clients, warmup_s, duration_s)
     t_start = time.time()
@@ -216,7 +218,7 @@ async def closed_loop(
         try:
             while time.time() < w1:
                 question = new_question()
-                body = json.dumps({"question": question}).encode()
+                body = json.dumps({"question": question, **(body_extra or {})}).encode()
                 start = time.time()
                 try:
                     status, raw = await asyncio.wait_for(conn.request("POST", path, body), request_timeout_s)

@@ -62,6 +62,7 @@ class Batch(BaseModel):
     counts: BatchCounts = Field(description="Items by status; they always add up to `total`.")
     model: str | None = None
     temperature: float | None = None
+    stream: bool = Field(False, description="Whether items stream their output token by token.")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -71,7 +72,13 @@ class Batch(BaseModel):
 
 
 def new_batch_fields(
-    batch_id: str, program: str, total: int, model: str | None, temperature: float | None, created_at_s: float
+    batch_id: str,
+    program: str,
+    total: int,
+    model: str | None,
+    temperature: float | None,
+    created_at_s: float,
+    stream: bool = False,
 ) -> dict[str, str]:
     fields = {
         "id": batch_id,
@@ -84,6 +91,8 @@ def new_batch_fields(
         "n_queued": str(total),
         "prompt_tokens": "0",
         "completion_tokens": "0",
+        # Copied into every item's record (worker/batches.py).
+        "stream": "1" if stream else "0",
     }
     for name in ITEM_COUNTERS[1:]:
         fields[f"n_{name}"] = "0"
@@ -105,6 +114,7 @@ def batch_from_fields(fields: dict[str, str]) -> Batch:
         ),
         model=fields.get("model"),
         temperature=float(fields["temperature"]) if fields.get("temperature") else None,
+        stream=fields.get("stream") == "1",
         created_at=datetime.fromtimestamp(float(fields["created_at"]), UTC),
         started_at=time_or_none(fields.get("started_at")),
         finished_at=time_or_none(fields.get("finished_at")),

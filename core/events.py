@@ -32,60 +32,73 @@ class EventType(StrEnum):
 
 TERMINAL_EVENTS = frozenset({EventType.result, EventType.error})
 
-# KEYS: job hash, event stream, channel (a channel is not a key, but passing it
-# here keeps the script free of key-name logic).
-# ARGV: event type, event data JSON, stream maxlen, ttl_s, then field/value
-# pairs to HSET on the job hash.
+# A Lua function, for scripts that append events (this module's, the worker's
+# in worker/job_updates.py): job hash, event stream, channel (not a key, but
+# passed like one so the script holds no key-name logic), event type, event
+# data JSON, stream maxlen, ttl_s, and a table of field/value pairs to HSET
+# on the job hash with the event.
 # Returns the event's sequence number; -1 if the job no longer exists; -2 if
 # it is already finished (succeeded, failed, cancelled): a finished job takes
 # no more events, so a cancelled job's worker is told to stop by its next
 # write, and can never overwrite the cancellation with a late result.
-APPEND_EVENT_LUA = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
-  return -1
-end
-if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
-  return -2
-end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local new_status, usage = nil, nil
-for i = 5, #ARGV - 1, 2 do
-  if ARGV[i] == 'status' then new_status = ARGV[i + 1] end
-  if ARGV[i] == 'usage' then usage = ARGV[i + 1] end
-end
-if #ARGV > 4 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-end
--- A batch item moves its batch's counters in the same step (core/batches.py).
-local batch = redis.call('HGET', KEYS[1], 'batch_key')
-if batch and new_status and new_status ~= status then
-  local now = redis.call('TIME')
-  now = now[1] .. '.' .. string.format('%06d', now[2])
-  redis.call('HINCRBY', batch, 'n_' .. status, -1)
-  redis.call('HINCRBY', batch, 'n_' .. new_status, 1)
-  redis.call('HINCRBY', batch, 'version', 1)
-  if usage then
-    local u = cjson.decode(usage)
-    redis.call('HINCRBY', batch, 'prompt_tokens', u['prompt_tokens'] or 0)
-    redis.call('HINCRBY', batch, 'completion_tokens', u['completion_tokens'] or 0)
+APPEND_EVENT_FUNCTION = """
+local function append_event(job, events, channel, event_type, data, maxlen, ttl_s, updates)
+  local status = redis.call('HGET', job, 'status')
+  if not status then
+    return -1
   end
-  local b = redis.call('HMGET', batch, 'status', 'total', 'n_succeeded', 'n_failed', 'n_cancelled')
-  if new_status == 'running' and b[1] == 'queued' then
-    redis.call('HSET', batch, 'status', 'running', 'started_at', now)
+  if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
+    return -2
   end
-  if tonumber(b[3]) + tonumber(b[4]) + tonumber(b[5]) >= tonumber(b[2]) then
-    local final = 'completed'
-    if b[1] == 'cancelling' then final = 'cancelled' end
-    redis.call('HSET', batch, 'status', final, 'finished_at', now)
+  local seq = redis.call('HINCRBY', job, 'seq', 1)
+  local new_status, usage = nil, nil
+  for i = 1, #updates - 1, 2 do
+    if updates[i] == 'status' then new_status = updates[i + 1] end
+    if updates[i] == 'usage' then usage = updates[i + 1] end
   end
+  if #updates > 0 then
+    redis.call('HSET', job, unpack(updates))
+  end
+  -- A batch item moves its batch's counters in the same step (core/batches.py).
+  local batch = redis.call('HGET', job, 'batch_key')
+  if batch and new_status and new_status ~= status then
+    local now = redis.call('TIME')
+    now = now[1] .. '.' .. string.format('%06d', now[2])
+    redis.call('HINCRBY', batch, 'n_' .. status, -1)
+    redis.call('HINCRBY', batch, 'n_' .. new_status, 1)
+    redis.call('HINCRBY', batch, 'version', 1)
+    if usage then
+      local u = cjson.decode(usage)
+      redis.call('HINCRBY', batch, 'prompt_tokens', u['prompt_tokens'] or 0)
+      redis.call('HINCRBY', batch, 'completion_tokens', u['completion_tokens'] or 0)
+    end
+    local b = redis.call('HMGET', batch, 'status', 'total', 'n_succeeded', 'n_failed', 'n_cancelled')
+    if new_status == 'running' and b[1] == 'queued' then
+      redis.call('HSET', batch, 'status', 'running', 'started_at', now)
+    end
+    if tonumber(b[3]) + tonumber(b[4]) + tonumber(b[5]) >= tonumber(b[2]) then
+      local final = 'completed'
+      if b[1] == 'cancelling' then final = 'cancelled' end
+      redis.call('HSET', batch, 'status', final, 'finished_at', now)
+    end
+  end
+  local payload = '{"seq":' .. seq .. ',"type":"' .. event_type .. '","data":' .. data .. '}'
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, seq .. '-0', 'e', payload)
+  redis.call('EXPIRE', events, ttl_s)
+  redis.call('PUBLISH', channel, payload)
+  return seq
 end
-local payload = '{"seq":' .. seq .. ',"type":"' .. ARGV[1] .. '","data":' .. ARGV[2] .. '}'
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', payload)
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', KEYS[3], payload)
-return seq
 """
+
+# One event. KEYS: job hash, event stream, channel. ARGV: event type, event
+# data JSON, stream maxlen, ttl_s, then field/value pairs to HSET on the job
+# hash. Returns what `append_event` returns.
+APPEND_EVENT_LUA = (
+    APPEND_EVENT_FUNCTION
+    + """
+return append_event(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], {unpack(ARGV, 5)})
+"""
+)
 
 
 JOB_MISSING = -1

@@ -62,12 +62,16 @@ class Job(BaseModel):
     id: str
     program: str = Field(description="Name of the DSPy program that runs the job.")
     program_version: str | None = Field(
-        None, description="Version of the program's artifact that served the job (set when it starts)."
+        None, description="Version of the program's artifact that served the job (set when it finishes)."
     )
     status: JobStatus
     input: dict[str, Any] = Field(description="The program's input fields, as submitted.")
     model: str | None = Field(None, description="Per-job LM override, if any.")
     temperature: float | None = Field(None, description="Per-job temperature override, if any.")
+    stream: bool = Field(
+        True,
+        description="Whether output fields stream token by token; if not, each arrives as one whole `token` event.",
+    )
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -92,6 +96,7 @@ def new_job_fields(
     model: str | None,
     temperature: float | None,
     created_at_s: float,
+    stream: bool = True,
 ) -> dict[str, str]:
     """The hash written at submit time."""
     fields = {
@@ -102,12 +107,18 @@ def new_job_fields(
         "created_at": repr(created_at_s),
         "attempts": "0",
         "seq": "0",
+        "stream": "1" if stream else "0",
     }
     if model is not None:
         fields["model"] = model
     if temperature is not None:
         fields["temperature"] = repr(temperature)
     return fields
+
+
+def streams(fields: dict[str, str]) -> bool:
+    """Whether a job streams its tokens; records from before the option existed did."""
+    return fields.get("stream", "1") != "0"
 
 
 def time_or_none(raw: str | None) -> datetime | None:
@@ -128,6 +139,7 @@ def job_from_fields(fields: dict[str, str], links: JobLinks) -> Job:
         input=_json(fields.get("input")) or {},
         model=fields.get("model"),
         temperature=float(fields["temperature"]) if fields.get("temperature") else None,
+        stream=streams(fields),
         created_at=datetime.fromtimestamp(float(fields["created_at"]), UTC),
         started_at=time_or_none(fields.get("started_at")),
         finished_at=time_or_none(fields.get("finished_at")),

@@ -90,6 +90,8 @@ class BatchExpander:
         now = time.time()
         ttl_s = self._settings.job_ttl_s
         temperature = float(batch["temperature"]) if batch.get("temperature") else None
+        # Absent in batches stored before the option existed: not streamed, the batch default.
+        stream = batch.get("stream") == "1"
         ids: list[str] = []
         with self._redis.pipeline(transaction=False) as pipe:
             for offset, raw in enumerate(raw_items):
@@ -97,7 +99,7 @@ class BatchExpander:
                 item: dict[str, Any] = json.loads(raw)
                 job_id = item_id(batch_id, index)
                 custom_id = item.pop("custom_id", None)
-                fields = new_job_fields(job_id, batch["program"], item, batch.get("model"), temperature, now)
+                fields = new_job_fields(job_id, batch["program"], item, batch.get("model"), temperature, now, stream)
                 fields |= {"batch": batch_id, "batch_key": keys.batch(batch_id), "index": str(index)}
                 if custom_id is not None:
                     fields["custom_id"] = custom_id

@@ -22,16 +22,17 @@ from core.logging_setup import configure_logging, log_context
 from core.queue import EXPAND_BATCH_TASK, RUN_JOB_TASK, make_celery
 from core.settings import get_settings
 from worker.batches import BatchExpander
+from worker.dspy_speedups import install as install_dspy_speedups
 from worker.event_writer import EventWriter
 from worker.execution import JobRunner
 from worker.heartbeat import Heartbeat
 from worker.job_updates import JobUpdates
 from worker.leases import Leases, Reaper
-from worker.log_context import job_log_context
 from worker.metrics import record_job_outcome
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
+install_dspy_speedups()
 
 settings = get_settings()
 app = make_celery(settings)
@@ -66,7 +67,6 @@ class _ProcessState:
         self.updates = JobUpdates(self.redis, settings)
         self.runner = JobRunner(
             settings,
-            self.redis,
             self.runtime,
             self.updates,
             Leases(self.redis, settings),
@@ -93,12 +93,14 @@ def process_state() -> _ProcessState:
 @app.task(name=RUN_JOB_TASK, bind=True)
 def run_job(self: Task, job_id: str) -> None:
     state = process_state()
-    with job_log_context(state.redis, settings, job_id):
+    counted = False
+    with log_context(job_id=job_id):
         try:
-            state.runner.run(job_id, f"{self.request.hostname}:{os.getpid()}")
+            counted = state.runner.run(job_id, f"{self.request.hostname}:{os.getpid()}")
         finally:
-            # Read from the record, whatever way this run ended (worker/metrics.py).
-            record_job_outcome(state.redis, job_id, settings.lm_model)
+            if not counted:
+                # Read from the record, whatever other way this run ended (worker/metrics.py).
+                record_job_outcome(state.redis, job_id, settings.lm_model)
 
 
 @app.task(name=EXPAND_BATCH_TASK)

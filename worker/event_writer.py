@@ -44,7 +44,9 @@ class EventWriter:
     def __init__(self, client: redis.Redis, settings: Settings, max_batch: int = 500) -> None:
         self._redis = client
         self._settings = settings
-        self._append = client.register_script(APPEND_EVENT_LUA)
+        # EVALSHA straight into the pipeline: a registered script in a pipeline
+        # makes redis-py ask SCRIPT EXISTS first, a round trip per batch.
+        self._append_sha = client.register_script(APPEND_EVENT_LUA).sha
         self._queue: queue.SimpleQueue[_Event | _Barrier] = queue.SimpleQueue()
         self._max_batch = max_batch
         self._finished: set[str] = set()
@@ -90,10 +92,14 @@ class EventWriter:
 
     def _write(self, events: list[_Event]) -> None:
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for event in events:
-                    self._append(keys=event.keys, args=event.args, client=pipe)
-                results = pipe.execute(raise_on_error=False)
+            results = self._send(events)
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+                # Redis restarted (or its scripts were flushed): load it again; the
+                # refused events were not written, so sending them again repeats nothing.
+                self._redis.script_load(APPEND_EVENT_LUA)
+                retry = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+                for i, result in zip(retry, self._send([events[i] for i in retry]), strict=True):
+                    results[i] = result
         except redis.RedisError as e:
             # Tokens are lost from the live stream only; the job's result
             # still carries every field in full.
@@ -102,3 +108,10 @@ class EventWriter:
         for event, result in zip(events, results, strict=True):
             if result == JOB_FINISHED:
                 self._finished.add(event.job_id)
+
+    def _send(self, events: list[_Event]) -> list[Any]:
+        with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.evalsha(self._append_sha, len(event.keys), *event.keys, *event.args)
+            results: list[Any] = pipe.execute(raise_on_error=False)
+        return results

@@ -20,18 +20,17 @@ from collections.abc import Callable
 from typing import Any
 
 import dspy
-import redis
 
-from core import keys
 from core.events import JOB_FINISHED, EventType
-from core.jobs import JobStatus, LMUsage
+from core.jobs import JobStatus, LMUsage, streams
 from core.settings import Settings
 from worker.error_policy import JobCancelled, JobTimeLimitExceeded, WorkerLost, is_retryable, job_error, retry_delay_s
 from worker.event_writer import EventWriter
-from worker.job_updates import JobUpdates, dumps
-from worker.leases import FINISHED, LEASED, NO_JOB, Leases
+from worker.job_updates import BATCH_CANCELLED, FINISHED, LEASED, NO_JOB, JobUpdates, dumps
+from worker.leases import Leases
+from worker.log_context import job_log_context
 from worker.runtime import LoadedProgram, ProgramUnavailable, Runtime
-from worker.streaming import OnToken, stream_prediction
+from worker.streaming import OnToken, run_prediction
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,6 @@ class JobRunner:
     def __init__(
         self,
         settings: Settings,
-        client: redis.Redis,
         runtime: Runtime,
         updates: JobUpdates,
         leases: Leases,
@@ -50,71 +48,67 @@ class JobRunner:
         tokens: EventWriter,
     ) -> None:
         self._settings = settings
-        self._redis = client
         self._runtime = runtime
         self._updates = updates
         self._leases = leases
         self._requeue = requeue
         self._tokens = tokens
 
-    def run(self, job_id: str, worker_name: str) -> None:
-        if self._batch_cancelled(job_id):
-            return
-        attempts, status = self._leases.acquire(job_id, worker_name)
-        if attempts == NO_JOB:
+    def run(self, job_id: str, worker_name: str) -> bool:
+        """Run the job if it is this worker's to run; True when its outcome is already in the metrics."""
+        started = self._updates.start(job_id, worker_name, time.time())
+        if started.attempts == NO_JOB:
             log.warning("job %s: no record (expired or never stored); dropping the message", job_id)
-            return
-        if attempts == FINISHED:
-            log.info("job %s: already %s; not running it again", job_id, status)
-            return
-        if attempts == LEASED:
+            return False
+        if started.attempts == FINISHED:
+            log.info("job %s: already %s; not running it again", job_id, started.status)
+            return False
+        if started.attempts == LEASED:
             log.info("job %s: another worker is running it; dropping this delivery", job_id)
-            return
+            return False
+        fields = started.fields or {}
+        if started.attempts == BATCH_CANCELLED:
+            # A queued item of a cancelled batch is cancelled instead of run.
+            if fields.get("status") != JobStatus.queued.value:
+                return False
+            updates = {"status": JobStatus.cancelled.value, "finished_at": repr(time.time())}
+            return self._updates.finish(job_id, fields, EventType.error, updates) > 0
+        self._leases.track(job_id)
         try:
-            self._attempt(job_id, attempts)
+            with job_log_context(self._settings, job_id, fields):
+                return self._attempt(job_id, started.attempts, fields)
         except JobCancelled:
             self._tokens.barrier(job_id)
-            log.info("job %s: cancelled while running; stopped", job_id)
-        finally:
             self._leases.release(job_id)
-
-    def _batch_cancelled(self, job_id: str) -> bool:
-        """A queued item of a cancelled batch is cancelled instead of run."""
-        batch_key = self._redis.hget(keys.job(job_id), "batch_key")
-        if not batch_key or not self._redis.hget(str(batch_key), "cancel_requested"):
+            log.info("job %s: cancelled while running; stopped", job_id)
             return False
-        fields: dict[str, str] = self._redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
-        if fields.get("status") == JobStatus.queued.value:
-            updates = {"status": JobStatus.cancelled.value, "finished_at": repr(time.time())}
-            self._updates.finish(job_id, fields, EventType.error, updates)
-        return True
+        finally:
+            # Released by the finish script, or explicitly above. Anything else
+            # (Redis lost, a bug) leaves the lease to run out: unknown whether
+            # the final write happened, so the reaper requeues the job if it is
+            # still running rather than it staying `running` forever.
+            self._leases.forget(job_id)
 
-    def _attempt(self, job_id: str, attempts: int) -> None:
-        fields: dict[str, str] = self._redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
+    def _attempt(self, job_id: str, attempts: int, fields: dict[str, str]) -> bool:
         if attempts > self._settings.job_max_attempts:
             lost = WorkerLost(
                 f"gave up after {attempts - 1} attempts: the worker running this job stopped every time "
                 "(killed, out of memory, or crashed)"
             )
-            self._fail(job_id, fields, lost, attempts - 1)
-            return
+            return self._fail(job_id, fields, lost, attempts - 1)
         try:
             program = self._runtime.program(fields["program"])
         except ProgramUnavailable as e:
-            self._fail(job_id, fields, e, attempts)
-            return
-        # Every attempt starts with this event; a reader drops the token text of
-        # any earlier attempt when it sees it (see core/events.py). The record
-        # names the artifact version that serves this attempt.
-        started = {"status": JobStatus.running.value, "attempt": attempts, "program_version": program.version}
-        running = {"status": JobStatus.running.value, "program_version": program.version}
-        if self._updates.emit(job_id, EventType.status, started, running) == JOB_FINISHED:
-            raise JobCancelled(job_id)
-        fields = {**fields, **running, "attempts": str(attempts)}
-
+            return self._fail(job_id, fields, e, attempts)
+        stream = streams(fields)
         deadline = time.monotonic() + self._settings.job_time_limit_s
+        # Not streamed: the fields, whole, written with the result in one step.
+        whole: list[tuple[str, str]] = []
 
         def on_token(field: str, text: str) -> None:
+            if not stream:
+                whole.append((field, text))
+                return
             if time.monotonic() > deadline:
                 raise JobTimeLimitExceeded(
                     f"the job ran longer than its time limit of {self._settings.job_time_limit_s} s"
@@ -124,19 +118,18 @@ class JobRunner:
             self._tokens.put(job_id, EventType.token, {"field": field, "text": text})
 
         try:
-            prediction = self._predict(program, fields, on_token)
+            prediction = self._predict(program, fields, on_token, stream)
         except JobCancelled:
             raise
         except Exception as e:
             self._tokens.barrier(job_id)
             if is_retryable(e) and attempts < self._settings.job_max_attempts:
                 self._retry(job_id, e, attempts)
-            else:
-                self._fail(job_id, fields, e, attempts)
-            return
+                return False
+            return self._fail(job_id, fields, e, attempts, program.version)
         # Every token is written before the result that ends the stream.
         self._tokens.barrier(job_id)
-        self._updates.finish(
+        seq = self._updates.finish(
             job_id,
             fields,
             EventType.result,
@@ -145,10 +138,18 @@ class JobRunner:
                 "result": dumps(dict(prediction.items())),
                 "usage": _usage(prediction).model_dump_json(),
                 "finished_at": repr(time.time()),
+                # The record names the artifact version that served it.
+                "program_version": program.version,
             },
+            tokens=whole,
         )
+        if seq == JOB_FINISHED:
+            log.info("job %s: cancelled while running; its result is dropped", job_id)
+        return seq > 0
 
-    def _predict(self, program: LoadedProgram, fields: dict[str, str], on_token: OnToken) -> dspy.Prediction:
+    def _predict(
+        self, program: LoadedProgram, fields: dict[str, str], on_token: OnToken, stream: bool
+    ) -> dspy.Prediction:
         inputs = program.inputs(json.loads(fields["input"]))
         temperature = float(fields["temperature"]) if fields.get("temperature") else None
         lm = self._runtime.lm(fields.get("model"), temperature)
@@ -162,7 +163,7 @@ class JobRunner:
             track_usage=True,
             async_max_workers=self._runtime.max_concurrent_jobs,
         ):
-            return stream_prediction(program.module, inputs, on_token)
+            return run_prediction(program.module, inputs, on_token, stream)
 
     def _retry(self, job_id: str, e: Exception, attempts: int) -> None:
         delay_s = retry_delay_s(e, attempts, self._settings.retry_base_s, self._settings.retry_max_s)
@@ -174,25 +175,27 @@ class JobRunner:
             "delay_s": round(delay_s, 3),
             "error": error.model_dump(),
         }
-        if self._updates.emit(job_id, EventType.status, retrying, {"status": JobStatus.queued.value}) > 0:
-            # Release first: the next attempt may start before this thread returns.
-            self._leases.release(job_id)
+        seq = self._updates.emit(job_id, EventType.status, retrying, {"status": JobStatus.queued.value})
+        # Released before the requeue: the next attempt may start before this thread returns.
+        self._leases.release(job_id)
+        if seq > 0:
             self._requeue(job_id, delay_s)
 
-    def _fail(self, job_id: str, fields: dict[str, str], e: Exception, attempts: int) -> None:
+    def _fail(
+        self, job_id: str, fields: dict[str, str], e: Exception, attempts: int, program_version: str | None = None
+    ) -> bool:
         error = job_error(e, attempts)
         log.warning("job %s failed after %d attempt(s): %s: %s", job_id, attempts, error.type, error.message)
-        self._updates.finish(
-            job_id,
-            fields,
-            EventType.error,
-            {
-                "status": JobStatus.failed.value,
-                "error": error.model_dump_json(),
-                "finished_at": repr(time.time()),
-                "attempts": str(attempts),
-            },
-        )
+        updates = {
+            "status": JobStatus.failed.value,
+            "error": error.model_dump_json(),
+            "finished_at": repr(time.time()),
+            "attempts": str(attempts),
+        }
+        if program_version is not None:
+            updates["program_version"] = program_version
+        seq = self._updates.finish(job_id, fields, EventType.error, updates)
+        return seq > 0
 
 
 def _usage(prediction: dspy.Prediction) -> LMUsage:

@@ -3,10 +3,17 @@
 Celery on Redis only redelivers a dead worker's message after the broker's
 visibility timeout (longer than the longest job, so tens of minutes). We do
 not wait for it. A worker that starts a job takes a lease on it (its id in
-`keys.RUNNING`, scored by the lease's expiry) and renews the leases of all its
-jobs every `job_lease_s / 3`. Any worker's reaper requeues a job whose lease
-ran out, because its worker is gone. When the broker later redelivers the
-original message too, the lease or the job's finished status turns it away.
+`keys.RUNNING`, scored by the lease's expiry; taken by the start script in
+worker/job_updates.py, released by its finish script) and renews the leases
+of all its jobs every `job_lease_s / 3`. Any worker's reaper requeues a job
+whose lease ran out, because its worker is gone. When the broker later
+redelivers the original message too, the lease or the job's finished status
+turns it away.
+
+A job whose worker lost Redis halfway (its final write may or may not have
+happened) is `forget`-ten, not released: its lease then runs out and the
+reaper requeues it if it is still `running`, instead of it staying
+`running` forever.
 
 Scripts here touch the job hash and the global `RUNNING` set, so unlike the
 event script they assume a single Redis, not a cluster.
@@ -24,21 +31,6 @@ from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# KEYS: job hash, running set. ARGV: job id, now, lease expiry, worker name.
-# Returns {attempts, status}: attempts is -1 (no such job), -2 (finished;
-# status says how) or -3 (another worker holds a live lease).
-START_LUA = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {-1, ''} end
-if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {-2, status} end
-local held = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if held and tonumber(held) > tonumber(ARGV[2]) then return {-3, status} end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[1], 'worker', ARGV[4], 'started_at', ARGV[2])
-return {attempts, status}
-"""
-
 # KEYS: job hash, running set. ARGV: job id, now.
 # Returns 1 when this caller took the expired lease away and the job still
 # needs running (only one reaper can win); 0 otherwise.
@@ -50,8 +42,6 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 return 1
 """
 
-NO_JOB, FINISHED, LEASED = -1, -2, -3
-
 
 class Leases:
     """This process's leases, renewed by one background thread."""
@@ -59,27 +49,23 @@ class Leases:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._redis = client
         self._settings = settings
-        self._start = client.register_script(START_LUA)
         self._held: set[str] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._renew_forever, name="lease-renewal", daemon=True)
         self._thread.start()
 
-    def acquire(self, job_id: str, worker_name: str) -> tuple[int, str]:
-        """Take the job's lease: (attempts, previous status), or (NO_JOB | FINISHED | LEASED, status)."""
-        now = time.time()
-        attempts, status = self._start(
-            keys=[keys.job(job_id), keys.RUNNING],
-            args=[job_id, repr(now), repr(now + self._settings.job_lease_s), worker_name],
-        )
-        if int(attempts) > 0:
-            with self._lock:
-                self._held.add(job_id)
-        return int(attempts), str(status)
+    def track(self, job_id: str) -> None:
+        """Renew the lease the start script took, until the job is released or forgotten."""
+        with self._lock:
+            self._held.add(job_id)
 
-    def release(self, job_id: str) -> None:
+    def forget(self, job_id: str) -> None:
+        """Stop renewing (the finish script released the lease, or it is left to run out)."""
         with self._lock:
             self._held.discard(job_id)
+
+    def release(self, job_id: str) -> None:
+        self.forget(job_id)
         self._redis.zrem(keys.RUNNING, job_id)
 
     def _renew_forever(self) -> None:

@@ -1,18 +1,21 @@
 """What a worker adds to the metrics when a job ends (read back by `GET /metrics`).
 
-Called after every run of the job task. It reads the record (the one source
-of truth) rather than hooking into the runner: whatever way the job ended
-(succeeded, failed, cancelled while queued or while running, or a batch item
-cancelled before it started), the record says so. A job is counted once:
-the first worker to see it finished marks the record (`HSETNX`), so a
-redelivered message or a second look never counts it again. A job still
-retrying is counted when it finally ends, its extra attempts with it.
+A job that succeeds or fails in a worker is counted by the worker's finish
+script, in the same step as its terminal event (worker/job_updates.py).
+Every other run of the job task ends with `record_job_outcome`, which reads
+the record (the one source of truth): whatever other way the job ended
+(cancelled while queued or while running, a batch item cancelled before it
+started, a redelivered message), the record says so. A job is counted once:
+the first to see it finished marks the record (`HSETNX`), so a redelivered
+message or a second look never counts it again. A job still retrying is
+counted when it finally ends, its extra attempts with it.
 
 Metrics never fail a job: a Redis error here is logged and dropped.
 """
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import cast
 
 import redis
@@ -38,6 +41,11 @@ COUNTED_FIELD = "metrics_counted"
 _FIELDS = ["status", "program", "model", "created_at", "started_at", "finished_at", "attempts", "usage"]
 
 
+# One increment of a metrics hash: (hash key, field, amount). An int amount
+# is an HINCRBY, a float one an HINCRBYFLOAT (histogram sums).
+Increment = tuple[str, str, int | float]
+
+
 def record_job_outcome(client: redis.Redis, job_id: str, default_model: str) -> None:
     try:
         _record(client, job_id, default_model)
@@ -53,33 +61,53 @@ def _record(client: redis.Redis, job_id: str, default_model: str) -> None:
         return
     if not client.hsetnx(keys.job(job_id), COUNTED_FIELD, "1"):
         return
-    program = row["program"] or "unknown"
     with client.pipeline(transaction=False) as pipe:
-        pipe.hincrby(keys.METRICS_COUNTERS, counter_field(JOBS_FINISHED, {"program": program, "status": status}), 1)
-        retries = int(row["attempts"] or 0) - 1
-        if retries > 0:
-            pipe.hincrby(keys.METRICS_COUNTERS, counter_field(JOB_RETRIES, {"program": program}), retries)
-        if row["usage"]:
-            usage = json.loads(row["usage"])
-            model = row["model"] or default_model
-            for kind in ("prompt", "completion"):
-                tokens = int(usage.get(f"{kind}_tokens") or 0)
-                labels = {"program": program, "model": model, "kind": kind}
-                pipe.hincrby(keys.METRICS_COUNTERS, counter_field(LM_TOKENS, labels), tokens)
-        created, started, finished = (_time(row[f]) for f in ("created_at", "started_at", "finished_at"))
-        if created is not None and started is not None:
-            _observe(pipe, QUEUE_WAIT, {"program": program}, started - created)
-        if started is not None and finished is not None:
-            _observe(pipe, RUN_TIME, {"program": program, "status": status}, finished - started)
+        for key, field, amount in outcome_increments(row, default_model):
+            if isinstance(amount, float):
+                pipe.hincrbyfloat(key, field, amount)
+            else:
+                pipe.hincrby(key, field, amount)
         pipe.execute()
+
+
+def outcome_increments(row: Mapping[str, str | None], default_model: str) -> list[Increment]:
+    """What a finished job adds to the metrics, from its record's fields (`_FIELDS`).
+
+    Also what the worker's finish script applies when the job ends the
+    ordinary way (worker/job_updates.py), saving the three round trips above.
+    """
+    status = str(row["status"])
+    program = row.get("program") or "unknown"
+    found: list[Increment] = [
+        (keys.METRICS_COUNTERS, counter_field(JOBS_FINISHED, {"program": program, "status": status}), 1)
+    ]
+    retries = int(row.get("attempts") or 0) - 1
+    if retries > 0:
+        found.append((keys.METRICS_COUNTERS, counter_field(JOB_RETRIES, {"program": program}), retries))
+    usage_json = row.get("usage")
+    if usage_json:
+        usage = json.loads(usage_json)
+        model = row.get("model") or default_model
+        for kind in ("prompt", "completion"):
+            tokens = int(usage.get(f"{kind}_tokens") or 0)
+            labels = {"program": program, "model": model, "kind": kind}
+            found.append((keys.METRICS_COUNTERS, counter_field(LM_TOKENS, labels), tokens))
+    created, started, finished = (_time(row.get(f)) for f in ("created_at", "started_at", "finished_at"))
+    if created is not None and started is not None:
+        found += _observe(QUEUE_WAIT, {"program": program}, started - created)
+    if started is not None and finished is not None:
+        found += _observe(RUN_TIME, {"program": program, "status": status}, finished - started)
+    return found
 
 
 def _time(raw: str | None) -> float | None:
     return float(raw) if raw else None
 
 
-def _observe(pipe: "redis.client.Pipeline", name: str, labels: dict[str, str], value: float) -> None:
+def _observe(name: str, labels: dict[str, str], value: float) -> list[Increment]:
     value = max(value, 0.0)  # clocks of different machines: never a negative duration
     index = bucket_index(HISTOGRAMS[name].buckets, value)
-    pipe.hincrby(keys.METRICS_HISTOGRAMS, histogram_field(name, labels, index), 1)
-    pipe.hincrbyfloat(keys.METRICS_HISTOGRAMS, histogram_field(name, labels, "sum"), value)
+    return [
+        (keys.METRICS_HISTOGRAMS, histogram_field(name, labels, index), 1),
+        (keys.METRICS_HISTOGRAMS, histogram_field(name, labels, "sum"), value),
+    ]

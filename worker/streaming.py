@@ -1,4 +1,4 @@
-"""Run a program while streaming every output field, chunk by chunk.
+"""Run a program, streaming every output field chunk by chunk, or not at all.
 
 `dspy.streamify` with listeners created fresh for every job: a listener that
 has finished drops later chunks (dspy#8425), so one shared across jobs would
@@ -8,12 +8,19 @@ sync mode, which runs it in DSPy's `asyncify` threads, sharing one
 process-wide limiter of `async_max_workers`; the caller raises it to the
 worker's concurrency, or the ninth concurrent stream would wait forever.
 
-When nothing streams (DSPy answered from its cache, or the LM does not
-stream) every field is still reported, whole, through `on_token`, so a
-client never needs a special case.
+A job submitted with `stream: false` skips all of that: a plain call, a
+non-streaming LM request, no listeners. Streaming is most of a job's CPU in
+the worker (the LM client decodes every chunk, every listener looks at every
+chunk, every chunk is an event), so a job nobody watches token by token
+should not pay for it.
+
+When nothing streams (not asked to, DSPy answered from its cache, or the LM
+does not stream) every field is still reported, whole, through `on_token`,
+so a client never needs a special case.
 """
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import Callable
@@ -56,10 +63,26 @@ def has_async_forward(program: dspy.Module) -> bool:
     return callable(getattr(program, "aforward", None))
 
 
-def stream_prediction(program: dspy.Module, inputs: dict[str, Any], on_token: OnToken) -> dspy.Prediction:
+def run_prediction(program: dspy.Module, inputs: dict[str, Any], on_token: OnToken, stream: bool) -> dspy.Prediction:
+    """The program's prediction; every output field goes through `on_token`, streamed or whole."""
     fields = output_fields(program)
-    listeners = [StreamListener(signature_field_name=name) for name in fields]
     streamed: set[str] = set()
+    if stream:
+        prediction = _streamed_prediction(program, fields, inputs, on_token, streamed)
+    elif has_async_forward(program):
+        prediction = _thread_loop().run_until_complete(program.acall(**inputs))
+    else:
+        prediction = program(**inputs)
+    for name in fields:
+        if name not in streamed and name in prediction:
+            on_token(name, field_text(prediction[name]))
+    return prediction
+
+
+def _streamed_prediction(
+    program: dspy.Module, fields: list[str], inputs: dict[str, Any], on_token: OnToken, streamed: set[str]
+) -> dspy.Prediction:
+    listeners = [StreamListener(signature_field_name=name) for name in fields]
 
     def handle(value: object) -> dspy.Prediction | None:
         if isinstance(value, StreamResponse):
@@ -73,8 +96,11 @@ def stream_prediction(program: dspy.Module, inputs: dict[str, Any], on_token: On
     async def consume() -> dspy.Prediction | None:
         found = None
         streaming = dspy.streamify(program, stream_listeners=listeners, is_async_program=True)
-        async for value in streaming(**inputs):
-            found = handle(value) or found
+        # Closed here even when on_token raises (a cancelled job): left open, the
+        # generator would be finalized later from another task, which anyio refuses.
+        async with contextlib.aclosing(streaming(**inputs)) as values:
+            async for value in values:
+                found = handle(value) or found
         return found
 
     prediction: dspy.Prediction | None = None
@@ -84,11 +110,10 @@ def stream_prediction(program: dspy.Module, inputs: dict[str, Any], on_token: On
         # the largest CPU cost of a job.
         prediction = _thread_loop().run_until_complete(consume())
     else:
-        for value in dspy.streamify(program, stream_listeners=listeners, async_streaming=False)(**inputs):
-            prediction = handle(value) or prediction
+        sync_stream = dspy.streamify(program, stream_listeners=listeners, async_streaming=False)
+        with contextlib.closing(sync_stream(**inputs)) as values:
+            for value in values:
+                prediction = handle(value) or prediction
     if prediction is None:
         raise RuntimeError("the program's stream ended without a prediction")
-    for name in fields:
-        if name not in streamed and name in prediction:
-            on_token(name, field_text(prediction[name]))
     return prediction

@@ -28,7 +28,7 @@ from api.enqueue import enqueue_or_undo
 from api.idempotency import IdempotencyKey
 from api.metrics import BATCHES_SUBMITTED
 from api.rate_limit import check_submission
-from api.schemas import LMOverrides
+from api.schemas import BatchOptions
 from core.batches import TERMINAL_BATCH_STATUSES, Batch, batch_from_fields
 from core.jobs import now_s
 from core.logging_setup import bind
@@ -69,7 +69,7 @@ def add_submit_route(
     router: APIRouter,
     path: str,
     program: str,
-    body_model: type[LMOverrides],
+    body_model: type[BatchOptions],
     items_of: Callable[[Any], list[StoredItem]],
     doc: str,
 ) -> None:
@@ -84,9 +84,9 @@ def add_submit_route(
         caller: CallerDep,
         idempotency_key: IdempotencyKey = None,
     ) -> Batch:
-        overrides: LMOverrides = body
+        options: BatchOptions = body
         return await submit(
-            program, items_of(body), overrides, response, redis, celery, settings, caller, idempotency_key
+            program, items_of(body), options, response, redis, celery, settings, caller, idempotency_key
         )
 
     submit_batch.__doc__ = doc
@@ -104,7 +104,7 @@ def add_submit_route(
 async def submit(
     program: str,
     items: list[StoredItem],
-    overrides: LMOverrides,
+    options: BatchOptions,
     response: Response,
     redis: aioredis.Redis,
     celery: Celery,
@@ -121,9 +121,7 @@ async def submit(
     await check_submission(redis, settings, caller)
     batch_id = uuid.uuid4().hex
     idempotency_key = caller.scoped(idempotency_key)
-    digest = idempotency.body_digest(
-        {"program": program, "items": items, "model": overrides.model, "temperature": overrides.temperature}
-    )
+    digest = idempotency.body_digest({"program": program, "items": items, **options.model_dump()})
     original_id = await idempotency.claim(redis, idempotency_key, digest, batch_id, settings.idempotency_ttl_s)
     if original_id is not None:
         bind(batch_id=original_id)
@@ -131,7 +129,16 @@ async def submit(
         return batch_from_fields(await batch_store.read_batch(redis, original_id, caller))
     bind(batch_id=batch_id)
     await batch_store.create_batch(
-        redis, settings, batch_id, program, items, overrides.model, overrides.temperature, now_s(), owner=caller.owner
+        redis,
+        settings,
+        batch_id,
+        program,
+        items,
+        options.model,
+        options.temperature,
+        now_s(),
+        owner=caller.owner,
+        stream=options.stream,
     )
 
     async def undo() -> None:

@@ -6,6 +6,7 @@ its input under `input`); both routes are added by `add_submit_route` once
 the program catalog is known (api/main.py).
 """
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -14,16 +15,17 @@ from typing import Annotated, Any
 import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import APIRouter, HTTPException, Query, Response, status
+from redis.exceptions import RedisError
 
 from api import idempotency, job_store
 from api.auth import UNAUTHORIZED, Caller, CallerDep
 from api.deps import CeleryDep, HubDep, RedisDep, SettingsDep
-from api.enqueue import enqueue_or_undo
+from api.enqueue import task_messages
 from api.event_hub import EventHub
 from api.idempotency import IdempotencyKey
 from api.metrics import JOBS_SUBMITTED
 from api.rate_limit import check_submission
-from api.schemas import LMOverrides
+from api.schemas import JobOptions
 from core.jobs import Job, JobLinks, job_from_fields, now_s
 from core.logging_setup import bind
 from core.queue import RUN_JOB_TASK
@@ -49,7 +51,7 @@ def add_submit_route(
     router: APIRouter,
     path: str,
     program: str,
-    body_model: type[LMOverrides],
+    body_model: type[JobOptions],
     job_model: type[Job],
     inputs_of: Callable[[Any], dict[str, Any]],
     doc: str,
@@ -67,9 +69,9 @@ def add_submit_route(
         idempotency_key: IdempotencyKey = None,
         wait: WaitQuery = None,
     ) -> Job:
-        overrides: LMOverrides = body
+        options: JobOptions = body
         return await submit(
-            program, inputs_of(body), overrides, response, redis, celery, hub, settings, caller, idempotency_key, wait
+            program, inputs_of(body), options, response, redis, celery, hub, settings, caller, idempotency_key, wait
         )
 
     submit_job.__doc__ = doc
@@ -87,7 +89,7 @@ def add_submit_route(
 async def submit(
     program: str,
     inputs: dict[str, Any],
-    overrides: LMOverrides,
+    options: JobOptions,
     response: Response,
     redis: aioredis.Redis,
     celery: Celery,
@@ -103,32 +105,36 @@ async def submit(
     await check_submission(redis, settings, caller)
     job_id = uuid.uuid4().hex
     idempotency_key = caller.scoped(idempotency_key)
-    digest = idempotency.body_digest(
-        {"program": program, "input": inputs, "model": overrides.model, "temperature": overrides.temperature}
-    )
+    digest = idempotency.body_digest({"program": program, "input": inputs, **options.model_dump()})
     original_id = await idempotency.claim(redis, idempotency_key, digest, job_id, settings.idempotency_ttl_s)
     if original_id is not None:
         bind(job_id=original_id)
         response.headers["Idempotent-Replayed"] = "true"
         return await _respond(response, redis, hub, original_id, wait, None, caller)
     bind(job_id=job_id)
-    fields = await job_store.create_job(
-        redis,
-        settings,
-        job_id,
-        program,
-        inputs,
-        overrides.model,
-        overrides.temperature,
-        now_s(),
-        owner=caller.owner,
-    )
-
-    async def undo() -> None:
-        await job_store.delete_job(redis, job_id)
-        await idempotency.release(redis, idempotency_key)
-
-    await enqueue_or_undo(celery, RUN_JOB_TASK, job_id, job_id, settings.enqueue_timeout_s, undo)
+    message = task_messages(celery).build(RUN_JOB_TASK, job_id, [job_id], settings.interactive_queue)
+    try:
+        fields = await job_store.create_job(
+            redis,
+            settings,
+            job_id,
+            program,
+            inputs,
+            options.model,
+            options.temperature,
+            now_s(),
+            message,
+            owner=caller.owner,
+            stream=options.stream,
+        )
+    except RedisError:
+        # Answered 503 (api/main.py). The transaction may have reached Redis
+        # before the error: undo, so no one polls a job its client was told
+        # was not accepted.
+        with contextlib.suppress(RedisError):
+            await job_store.delete_job(redis, job_id)
+            await idempotency.release(redis, idempotency_key)
+        raise
     JOBS_SUBMITTED.labels(program, caller.name).inc()
     log.info("job submitted (program %s, key %s)", program, caller.name)
     # Without `wait`, the answer is the record as accepted (`queued`), even if

@@ -1,0 +1,89 @@
+"""Two per-call costs of dspy 3.4 that only need paying once per process.
+
+Both were found with py-spy in a worker running jobs that do not stream
+(scenario 2 of `python -m bench`), where together they were a third of the
+worker's CPU per job.
+
+- Model metadata (`dspy.clients.model_metadata.model_info`): every LM call
+  looks its model up in LiteLLM's price table three times (capabilities for
+  the adapter, twice to estimate the cost). For a model the table does not
+  list (any local or self-hosted model, the embedded default included) each
+  lookup scans every entry: 3.5 ms a lookup on the benchmark machine. The
+  table is loaded once per process and never changes afterwards, so the
+  answer for a (provider, model, namespaces) cannot change either: computed
+  once, and each caller gets its own deep copy, as from the original.
+- Pydantic `TypeAdapter`s in the adapter's helpers (`dspy.adapters.utils`):
+  one is built for every input and demo value formatted and every output
+  parsed (about 90 us each, two dozen per job of the `qa` program). A
+  `TypeAdapter` depends only on its type and is safe to reuse, so they are
+  kept per type.
+
+dspy imports these names into the modules that use them, so those module
+attributes are what gets replaced. `install()` first checks they are what it
+expects and does nothing on a dspy laid out differently (the calls then stay
+as they were: correct, slower), which a test notices.
+
+The benchmark's baseline (`bench/baseline_app.py`) installs them too, so a
+comparison with it measures the queue, not these.
+"""
+
+import copy
+import functools
+import logging
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import dspy.adapters.utils as adapter_utils
+import dspy.clients.capabilities as capabilities
+import dspy.clients.costs as costs
+import dspy.clients.model_metadata as model_metadata
+from pydantic import TypeAdapter
+
+log = logging.getLogger(__name__)
+
+_METADATA_USERS = (model_metadata, capabilities, costs)
+_model_info: Callable[..., dict[str, Any]] = model_metadata.model_info
+
+
+@functools.lru_cache(maxsize=1024)
+def _lookup(provider: str | None, model: str, namespaces: tuple[Hashable, ...] | None) -> dict[str, Any]:
+    return _model_info(provider, model, namespaces=namespaces)
+
+
+def model_info(provider: str | None, model: str, *, namespaces: Any = None) -> dict[str, Any]:
+    """`dspy.clients.model_metadata.model_info`, memoized."""
+    try:
+        found = _lookup(provider, model, tuple(namespaces) if namespaces is not None else None)
+    except TypeError:  # something unhashable: ask the original
+        return _model_info(provider, model, namespaces=namespaces)
+    return copy.deepcopy(found)
+
+
+@functools.lru_cache(maxsize=512)
+def _type_adapter(annotation: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(annotation)
+
+
+def type_adapter(annotation: Any) -> TypeAdapter[Any]:
+    """`pydantic.TypeAdapter(annotation)`, one per type."""
+    try:
+        return _type_adapter(annotation)
+    except TypeError:  # an unhashable annotation
+        return TypeAdapter(annotation)
+
+
+def install() -> bool:
+    """Route dspy's calls through the caches; False (and a warning) when dspy is not laid out as expected."""
+    expected = all(getattr(m, "model_info", None) in (_model_info, model_info) for m in _METADATA_USERS)
+    expected = expected and getattr(adapter_utils, "TypeAdapter", None) in (TypeAdapter, type_adapter)
+    if not expected:
+        log.warning("dspy is not laid out as worker/dspy_speedups.py expects; its per-call costs stay as they are")
+        return False
+    for module in _METADATA_USERS:
+        module.model_info = model_info
+    adapter_utils.TypeAdapter = type_adapter
+    return True
+
+
+def installed() -> bool:
+    return adapter_utils.TypeAdapter is type_adapter and all(m.model_info is model_info for m in _METADATA_USERS)

@@ -25,14 +25,11 @@ from core.programs import (
     ArtifactInfo,
     ProgramEntry,
     artifact_path,
+    model_prefix,
     read_artifact_info,
     registered_programs,
 )
 from core.settings import Settings
-
-
-def _camel(name: str) -> str:
-    return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,7 @@ def _models(name: str, info: ArtifactInfo) -> ProgramModels:
             f"program {name!r}: {info.path} carries no signature schemas (it was not written by "
             f"`python -m program.optimize`); rebuild it with `python -m program.optimize {name}`"
         )
-    camel = _camel(name)
+    camel = model_prefix(name)
     input_model = model_from_schema(f"{camel}Input", info.input_schema, prefix=camel, base=ProgramInput)
     # Every output field optional in the response: a record written by a
     # worker on another artifact version must still be answerable.

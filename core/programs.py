@@ -81,6 +81,11 @@ class RegistryError(ValueError):
     """The registry's configuration is wrong; the message says where."""
 
 
+def model_prefix(name: str) -> str:
+    """How a program's models are named (`triage` -> `TriageInput`, `TriageJob`, ...)."""
+    return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
+
+
 def _from_file(path: Path) -> dict[str, Any]:
     """The file's tables; their relative paths are relative to the file, wherever the process runs."""
     try:
@@ -111,6 +116,11 @@ def registered_programs(settings: "Settings") -> dict[str, ProgramEntry]:
             programs[name] = value if isinstance(value, ProgramEntry) else ProgramEntry.model_validate(value)
         except ValidationError as e:
             raise RegistryError(f"program {name!r}: {e}") from e
+    prefixes: dict[str, str] = {}
+    for name in programs:
+        other = prefixes.setdefault(model_prefix(name), name)
+        if other != name:
+            raise RegistryError(f"programs {other!r} and {name!r} differ only in '-' and '_': rename one")
     if settings.default_program not in programs:
         raise RegistryError(
             f"DEFAULT_PROGRAM {settings.default_program!r} is not registered; known: {sorted(programs)}"

@@ -11,11 +11,7 @@ from typing import Any
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from core.programs import RESERVED_INPUT_NAMES, RegistryError
-
-
-def _camel(name: str) -> str:
-    return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
+from core.programs import RESERVED_INPUT_NAMES, RegistryError, model_prefix
 
 
 def _description(field: Any) -> str | None:
@@ -42,11 +38,11 @@ def input_model(program_name: str, signature: type[dspy.Signature]) -> type[Base
     reserved = RESERVED_INPUT_NAMES & set(signature.input_fields)
     if reserved:
         raise RegistryError(f"program {program_name!r}: input field(s) {sorted(reserved)} are reserved; rename them")
-    return _model(f"{_camel(program_name)}Input", signature.input_fields, "forbid")
+    return _model(f"{model_prefix(program_name)}Input", signature.input_fields, "forbid")
 
 
 def output_model(program_name: str, signature: type[dspy.Signature]) -> type[BaseModel]:
-    return _model(f"{_camel(program_name)}Output", signature.output_fields, "allow")
+    return _model(f"{model_prefix(program_name)}Output", signature.output_fields, "allow")
 
 
 def signature_schemas(program_name: str, signature: type[dspy.Signature]) -> dict[str, dict[str, Any]]:

@@ -8,6 +8,7 @@ of its own; the registry entry goes in through the `PROGRAMS` setting.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,7 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
+from core.programs import RegistryError, artifact_path, registered_programs
+from core.settings import Settings
 from tests.conftest import Stack, private_stack
 from tests.sse import read_events
 from tests.support import ROOT, wait_for
@@ -321,3 +325,40 @@ def test_the_default_programs_routes_keep_their_flat_bodies(api: httpx.Client) -
     assert flat.json()["program"] == nested.json()["program"] == "qa"
     assert flat.json()["result"] == nested.json()["result"]
     assert wait_finished(api, flat.json()["id"])["program_version"] == api.get("/programs/qa").json()["version"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('["Bad Name"]\nmodule = "a.b:C"\n', "use lowercase letters"),
+        ('[ok]\nmodule = "not an import path"\n', "is not an import path"),
+        ('[ok]\nmodule = "a.b:C"\nunknown_key = 1\n', "unknown_key"),
+        ('[my_p]\nmodule = "a.b:C"\n[my-p]\nmodule = "a.b:C"\n', "differ only in '-' and '_'"),
+        ("module = 'a.b:C'\n", "must be a table"),
+        ("[ok\n", "PROGRAMS_FILE"),
+    ],
+)
+def test_a_malformed_programs_file_is_refused_with_the_reason(tmp_path: Path, toml: str, message: str) -> None:
+    (tmp_path / "programs.toml").write_text(toml)
+
+    with pytest.raises(RegistryError, match=re.escape(message)):
+        registered_programs(Settings(programs_file=str(tmp_path / "programs.toml")))
+
+
+def test_a_malformed_programs_setting_stops_the_settings_from_loading() -> None:
+    with pytest.raises(ValidationError, match="is not an import path"):
+        Settings(programs={"ok": {"module": "nope"}})
+
+
+def test_a_default_program_that_is_not_registered_is_refused() -> None:
+    with pytest.raises(RegistryError, match="DEFAULT_PROGRAM 'nope' is not registered"):
+        registered_programs(Settings(default_program="nope"))
+
+
+def test_programs_file_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "programs.toml").write_text('[mine]\nmodule = "pkg.mod:Mine"\ntrainset = "data/train.json"\n')
+
+    entry = registered_programs(Settings(programs_file=str(tmp_path / "programs.toml")))["mine"]
+
+    assert entry.trainset == str(tmp_path / "data" / "train.json")
+    assert artifact_path(Settings(), "mine", entry) == Path("artifacts/mine.json")

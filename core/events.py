@@ -10,6 +10,12 @@ Stream's TTL and publishes the same JSON on the job's channel.
 Readers therefore subscribe first, replay the Stream after the last sequence
 they saw, then follow pub/sub dropping sequences they already have: nothing
 is lost (the Stream keeps it) and nothing is repeated (sequences dedupe).
+
+The terminal event of a job that is not a batch item is also published on
+one channel shared by all jobs (`keys.JOBS_DONE`), prefixed with the job id:
+`?wait` needs only that event, and following one channel for good costs the
+API far less than subscribing to each waited job's channel and reading every
+one of its events.
 """
 
 import json
@@ -86,6 +92,9 @@ local function append_event(job, events, channel, event_type, data, maxlen, ttl_
   redis.call('XADD', events, 'MAXLEN', '~', maxlen, seq .. '-0', 'e', payload)
   redis.call('EXPIRE', events, ttl_s)
   redis.call('PUBLISH', channel, payload)
+  if not batch and (event_type == 'result' or event_type == 'error') then
+    redis.call('PUBLISH', '""" + keys.JOBS_DONE + """', redis.call('HGET', job, 'id') .. ' ' .. payload)
+  end
   return seq
 end
 """

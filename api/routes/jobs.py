@@ -49,7 +49,7 @@ async def submit_job(
         float | None,
         Query(ge=0, description="Seconds to wait for the result before answering (bounded by the server)."),
     ] = None,
-) -> Job:
+) -> Job | Response:
     """Submit a question; answers 202 at once, or the finished job if it completes within `wait` seconds."""
     if wait is not None and wait > settings.wait_max_s:
         raise HTTPException(422, f"wait must be at most {settings.wait_max_s} seconds")
@@ -102,10 +102,14 @@ async def _respond(
     wait: float | None,
     fields: dict[str, str] | None,
     caller: Caller,
-) -> Job:
+) -> Job | Response:
     response.headers["Location"] = f"/jobs/{job_id}"
     if wait:
-        fields = await job_store.wait_until_finished(redis, hub, job_id, wait)
+        found = await job_store.wait_until_finished(redis, hub, job_id, wait)
+        if isinstance(found, str):
+            # The finished record as its terminal event carries it: already the response body.
+            return Response(found, status.HTTP_200_OK, headers=dict(response.headers), media_type="application/json")
+        fields = found
     elif fields is None:
         fields = await job_store.read_job(redis, job_id, caller)
     if fields is None:

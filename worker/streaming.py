@@ -30,17 +30,19 @@ so a client never needs a special case.
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import re
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import dspy
 from dspy.streaming import StreamListener, StreamResponse
 
 OnToken = Callable[[str, str], None]
+T = TypeVar("T")
 
 
 def output_fields(program: dspy.Module) -> list[str]:
@@ -67,7 +69,29 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     loop: asyncio.AbstractEventLoop | None = getattr(_thread_state, "loop", None)
     if loop is None:
         loop = _thread_state.loop = asyncio.new_event_loop()
+        loop.set_default_executor(_Inline())
     return loop
+
+
+class _Inline(concurrent.futures.ThreadPoolExecutor):
+    """Runs what is submitted at once, in the submitting thread.
+
+    DSPy hands work to `asyncio.to_thread` twice per LM call (preparing the
+    request, pricing the response; reading and writing its cache when on) so
+    as not to block a loop that serves many callers. A job's loop here serves
+    that one job, so there is nothing to keep unblocked, and each hop to an
+    executor thread and back cost two thread wake-ups under a contended GIL.
+    A ThreadPoolExecutor only because asyncio accepts no other kind as a
+    loop's default; it never starts a thread.
+    """
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:
+            future.set_exception(e)
+        return future
 
 
 def has_async_forward(program: dspy.Module) -> bool:

@@ -1,9 +1,16 @@
 """One Redis pub/sub connection per API process, fanned out to every waiter.
 
-Waiters (`?wait`, SSE streams) call `subscribe(job_id)` and get an asyncio
-queue of that job's live events. The hub subscribes to a job's channel when
-its first waiter arrives and unsubscribes when its last one leaves, so Redis
-sees one connection per process however many clients are watching.
+SSE streams call `subscribe(job_id)` and get an asyncio queue of that job's
+live events. The hub subscribes to a job's channel when its first waiter
+arrives and unsubscribes when its last one leaves, so Redis sees one
+connection per process however many clients are watching.
+
+`?wait` needs only a job's terminal event, so it calls `until_done(job_id)`
+instead: the hub stays subscribed to the channel every job's terminal event
+is also published on (`keys.JOBS_DONE`), and hands a waiter that event's
+payload. Per waited job that saves a SUBSCRIBE and an UNSUBSCRIBE (and
+waiting for the first to be confirmed) and reading every event of the job;
+per finished job, waited or not, it costs one short message.
 
 Pub/sub is at-most-once, so a waiter must never rely on it alone: it
 subscribes, *then* reads the job's state (record or Stream), then follows the
@@ -30,10 +37,9 @@ from core.events import parse_event
 log = logging.getLogger(__name__)
 
 RESYNC: Final = None
-# Keeps the connection subscribed to something: redis-py refuses to read a
-# pub/sub connection that has no subscription.
-_IDLE_CHANNEL = f"{keys.PREFIX}:hub:idle"
 Event = dict[str, Any] | None
+# A terminal event's payload as published (JSON), or RESYNC.
+Done = str | None
 
 
 class _Channel:
@@ -47,6 +53,8 @@ class EventHub:
         self._redis = redis
         self._pubsub = redis.pubsub()
         self._channels: dict[str, _Channel] = {}
+        self._done: dict[str, set[asyncio.Queue[Done]]] = {}
+        self._done_subscribed = asyncio.Event()
         self._queue_size = queue_size
         self._subscribe_timeout_s = subscribe_timeout_s
         self._reader: asyncio.Task[None] | None = None
@@ -65,6 +73,21 @@ class EventHub:
     @property
     def channel_count(self) -> int:
         return len(self._channels)
+
+    @contextlib.asynccontextmanager
+    async def until_done(self, job_id: str) -> AsyncIterator[asyncio.Queue[Done]]:
+        """A queue that receives the job's terminal event (or RESYNC), from now on."""
+        queue: asyncio.Queue[Done] = asyncio.Queue()
+        self._done.setdefault(job_id, set()).add(queue)
+        try:
+            await asyncio.wait_for(self._done_subscribed.wait(), self._subscribe_timeout_s)
+            yield queue
+        finally:
+            waiters = self._done.get(job_id)
+            if waiters is not None:
+                waiters.discard(queue)
+                if not waiters:
+                    del self._done[job_id]
 
     @contextlib.asynccontextmanager
     async def subscribe(self, job_id: str) -> AsyncIterator[asyncio.Queue[Event]]:
@@ -101,12 +124,15 @@ class EventHub:
         return True
 
     async def _read_forever(self) -> None:
-        await self._pubsub.subscribe(_IDLE_CHANNEL)
+        # Also keeps the connection subscribed to something: redis-py refuses
+        # to read a pub/sub connection that has no subscription.
+        await self._pubsub.subscribe(keys.JOBS_DONE)
         while True:
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
                 log.warning("event hub lost Redis (%s); resubscribing", e)
+                self._done_subscribed.clear()
                 self._resync_all()
                 await asyncio.sleep(0.5)
                 continue
@@ -116,6 +142,9 @@ class EventHub:
     def _dispatch(self, message: dict[str, Any]) -> None:
         name = message["channel"]
         name = name.decode() if isinstance(name, bytes) else name
+        if name == keys.JOBS_DONE:
+            self._dispatch_done(message)
+            return
         channel = self._channels.get(name)
         if channel is None:
             return
@@ -126,10 +155,23 @@ class EventHub:
             for queue in channel.queues:
                 _offer(queue, event)
 
+    def _dispatch_done(self, message: dict[str, Any]) -> None:
+        if message["type"] == "subscribe":
+            # (Re)subscribed: anything published while we were not may be lost.
+            self._done_subscribed.set()
+            self._resync_all()
+        elif message["type"] == "message":
+            job_id, _, payload = str(message["data"]).partition(" ")
+            for queue in self._done.get(job_id, ()):
+                queue.put_nowait(payload)
+
     def _resync_all(self) -> None:
         for channel in self._channels.values():
             for queue in channel.queues:
                 _offer(queue, RESYNC)
+        for waiters in self._done.values():
+            for done in waiters:
+                done.put_nowait(RESYNC)
 
 
 def _offer(queue: asyncio.Queue[Event], event: Event) -> None:

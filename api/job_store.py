@@ -1,19 +1,41 @@
 """The API's reads and writes of job records (asyncio Redis)."""
 
 import asyncio
+import hashlib
+import json
 import time
 from typing import cast
 
 import redis.asyncio as aioredis
 from fastapi import HTTPException
+from redis.exceptions import NoScriptError
 
 from api.auth import Caller
 from api.enqueue import TaskMessage
 from api.event_hub import RESYNC, EventHub
 from core import keys
-from core.events import APPEND_EVENT_LUA, TERMINAL_EVENTS, EventType, append_event_args
+from core.events import APPEND_EVENT_FUNCTION, APPEND_EVENT_LUA, EventType, append_event_args
 from core.jobs import JobLinks, JobStatus, job_from_fields, new_job_fields
 from core.settings import Settings
+
+# KEYS: job hash, event stream, channel, the task's queue. ARGV: ttl_s, stream
+# maxlen, the `queued` event's data, the task message, the task-sent event's
+# channel ("" for none) and message, then the record's field/value pairs.
+# One script rather than a MULTI of five commands: one reply to read instead
+# of seven, and as atomic.
+CREATE_JOB_LUA = (
+    APPEND_EVENT_FUNCTION
+    + """
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+append_event(KEYS[1], KEYS[2], KEYS[3], 'status', ARGV[3], ARGV[2], ARGV[1], {})
+redis.call('LPUSH', KEYS[4], ARGV[4])
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+return 1
+"""
+)
+_CREATE_JOB_SHA = hashlib.sha1(CREATE_JOB_LUA.encode()).hexdigest()
+_QUEUED = json.dumps({"status": JobStatus.queued.value}, separators=(",", ":"))
 
 
 async def create_job(
@@ -29,28 +51,28 @@ async def create_job(
     owner: str | None = None,
     stream: bool = True,
 ) -> dict[str, str]:
-    """Write the record, its `queued` event and its task `message` in one transaction; returns the record.
+    """Write the record, its `queued` event and its task `message` in one step; returns the record.
 
     `owner` (the creating key's owner id) is stored in the record; only that key sees the job.
     """
     fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s, stream)
     if owner is not None:
         fields["owner"] = owner
-    script_keys, argv = append_event_args(
-        job_id,
-        EventType.status,
-        {"status": JobStatus.queued.value},
-        maxlen=settings.event_stream_maxlen,
-        ttl_s=settings.job_ttl_s,
-    )
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.job(job_id), mapping=fields)  # type: ignore[arg-type]  # redis-py: invariant keys
-        pipe.expire(keys.job(job_id), settings.job_ttl_s)
-        pipe.eval(APPEND_EVENT_LUA, len(script_keys), *script_keys, *argv)
-        pipe.lpush(message.queue, message.message)
-        if message.event_channel:
-            pipe.publish(message.event_channel, message.event)
-        await pipe.execute()
+    script_keys = [keys.job(job_id), keys.job_events(job_id), keys.job_channel(job_id), message.queue]
+    argv: list[str | int] = [
+        settings.job_ttl_s,
+        settings.event_stream_maxlen,
+        _QUEUED,
+        message.message,
+        message.event_channel,
+        message.event,
+    ]
+    for pair in fields.items():
+        argv += pair
+    try:
+        await redis.evalsha(_CREATE_JOB_SHA, len(script_keys), *script_keys, *argv)
+    except NoScriptError:  # Redis restarted (or flushed its scripts) since it last ran
+        await redis.eval(CREATE_JOB_LUA, len(script_keys), *script_keys, *argv)
     return fields
 
 
@@ -89,25 +111,23 @@ async def visible(redis: aioredis.Redis, job_id: str, caller: Caller) -> bool:
 
 async def wait_until_finished(
     redis: aioredis.Redis, hub: EventHub, job_id: str, timeout_s: float
-) -> dict[str, str] | None:
-    """The record once the job is terminal, or as it stands after `timeout_s`."""
+) -> dict[str, str] | str | None:
+    """The job once it is terminal, or as it stands after `timeout_s`: its record's fields (None if it has
+    none), or the public record as JSON, straight from its terminal event."""
     deadline = time.monotonic() + timeout_s
-    async with hub.subscribe(job_id) as events:
+    async with hub.until_done(job_id) as done:
         while True:
             fields = await read_job(redis, job_id)
             if fields is None or JobStatus(fields["status"]).is_terminal:
                 return fields
-            # Wait for a terminal event (or a resync), then re-read the record.
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return await read_job(redis, job_id)
-                try:
-                    event = await asyncio.wait_for(events.get(), remaining)
-                except TimeoutError:
-                    return await read_job(redis, job_id)
-                if event is RESYNC or EventType(event["type"]) in TERMINAL_EVENTS:
-                    break
+            try:
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    payload = await done.get()
+            except TimeoutError:
+                return await read_job(redis, job_id)
+            if payload is not RESYNC:
+                # The event is `{"seq":..,"type":..,"data":<record>}` (core/events.py); no need to parse it.
+                return payload[payload.index('"data":') + 7 : -1]
 
 
 async def cancel_job(redis: aioredis.Redis, settings: Settings, job_id: str, caller: Caller) -> dict[str, str]:

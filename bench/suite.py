@@ -133,8 +133,9 @@ class LMTiming:
 class Stack:
     """Every process the suite measures, started once; the LM simulator restarts per scenario."""
 
-    def __init__(self, concurrency: int, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, concurrency: int, workers: int = 1, extra_env: dict[str, str] | None = None) -> None:
         self.concurrency = concurrency
+        self.worker_count = workers
         self.extra_env = extra_env or {}
         self.procs: list[Proc] = []
         self.redis_proc: Proc | None = None
@@ -142,7 +143,8 @@ class Stack:
         self.lm_port = free_port()
         self.lm: Proc | None = None
         self.lm_timing = LMTiming(0.0, 0.0)
-        self.worker: Proc | None = None
+        self.worker: Proc | None = None  # the first worker process: scenario 3 measures it alone
+        self.workers: list[Proc] = []
         self.api: Proc | None = None
         self.api_port = 0
         self.baseline: Proc | None = None
@@ -176,8 +178,11 @@ class Stack:
         self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
         self.start_lm(timing)
         log("starting the worker, the API and the baseline")
-        self.worker = start_worker(self.env, name="bench-suite-worker", concurrency=self.concurrency)
-        self.procs.append(self.worker)
+        for i in range(self.worker_count):
+            name = "bench-suite-worker" + (f"-{i + 1}" if i else "")
+            self.workers.append(start_worker(self.env, name=name, concurrency=self.concurrency))
+        self.procs += self.workers
+        self.worker = self.workers[0]
         self.api, api_url = start_api(self.env, name="bench-suite-api")
         self.procs.append(self.api)
         self.api_port = int(api_url.rsplit(":", 1)[1])
@@ -239,7 +244,7 @@ class Stack:
         """CPU roles: the system under test's processes, the LM, this process (the clients), and the other
         system (`idle`: it is idle meanwhile, and its CPU must not pass for load from outside the benchmark)."""
         assert self.api and self.worker and self.redis_proc and self.baseline and self.lm
-        ours = {"api": [self.api.pid], "worker": [self.worker.pid], "redis": [self.redis_proc.pid]}
+        ours = {"api": [self.api.pid], "worker": [w.pid for w in self.workers], "redis": [self.redis_proc.pid]}
         base = {"baseline": [self.baseline.pid]}
         mine, idle = (base, ours) if system == BASE else (ours, base)
         return {**mine, "lm": [self.lm.pid], "client": [os.getpid()], "idle": [p for ps in idle.values() for p in ps]}
@@ -259,13 +264,14 @@ class Stack:
 
     # -- queue control --------------------------------------------------------------------------
 
-    def consume(self, on: bool) -> None:
-        """Let the worker consume the interactive queue, or stop it (jobs then stay queued)."""
-        assert self.worker is not None and self.worker.hostname is not None
+    def consume(self, on: bool, workers: list[Proc] | None = None) -> None:
+        """Let the workers (all by default) consume the interactive queue, or stop them (jobs then stay queued)."""
         control = self.celery.control
         call = control.add_consumer if on else control.cancel_consumer
-        if not call("interactive", destination=[self.worker.hostname], reply=True, timeout=5):
-            raise RuntimeError(f"worker {self.worker.hostname} did not answer {'add' if on else 'cancel'}_consumer")
+        for worker in self.workers if workers is None else workers:
+            assert worker.hostname is not None
+            if not call("interactive", destination=[worker.hostname], reply=True, timeout=5):
+                raise RuntimeError(f"worker {worker.hostname} did not answer {'add' if on else 'cancel'}_consumer")
 
     def events_per_job(self, samples: list[load.Sample]) -> float:
         """Mean number of events (status, token, result) the finished jobs wrote."""
@@ -319,7 +325,7 @@ def idle_cpu(stack: Stack, seconds: float = 5.0) -> dict[str, float]:
     assert stack.api and stack.worker and stack.redis_proc and stack.baseline
     roles = {
         "api": [stack.api.pid],
-        "worker": [stack.worker.pid],
+        "worker": [w.pid for w in stack.workers],
         "redis": [stack.redis_proc.pid],
         "baseline": [stack.baseline.pid],
     }
@@ -519,6 +525,18 @@ def _max_overlap(intervals: Iterable[tuple[float, float]]) -> tuple[int, float]:
 
 
 async def in_flight(stack: Stack, jobs: int) -> Capacity:
+    """One worker process alone: the others stop consuming meanwhile."""
+    others = stack.workers[1:]
+    if others:
+        await asyncio.to_thread(stack.consume, False, others)
+    try:
+        return await _in_flight(stack, jobs)
+    finally:
+        if others:
+            await asyncio.to_thread(stack.consume, True, others)
+
+
+async def _in_flight(stack: Stack, jobs: int) -> Capacity:
     assert stack.worker is not None and stack.redis is not None
     cap = Capacity(jobs, stack.lm_timing)
     stack.clear_lm()
@@ -919,9 +937,24 @@ async def profile_ours(
     stack: Stack, py_spy: str, system: str, clients: int, duration_s: float, quiet_s: float, label: str, tag: str
 ) -> list[Profile]:
     assert stack.worker is not None and stack.api is not None
+    # One worker process does all the work while it is profiled, so its CPU per job is its own.
+    others = stack.workers[1:]
+    if others:
+        await asyncio.to_thread(stack.consume, False, others)
+    try:
+        return await _profile(stack, py_spy, system, clients, duration_s, quiet_s, label, tag)
+    finally:
+        if others:
+            await asyncio.to_thread(stack.consume, True, others)
+
+
+async def _profile(
+    stack: Stack, py_spy: str, system: str, clients: int, duration_s: float, quiet_s: float, label: str, tag: str
+) -> list[Profile]:
+    assert stack.worker is not None and stack.api is not None
     targets = {"worker": stack.worker.pid, "api": stack.api.pid}
     spies: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
-    roles = stack.roles(OURS)
+    roles = {**stack.roles(OURS), "worker": [stack.worker.pid]}
     marks: dict[str, CpuSnapshot] = {}
 
     def on_mark(what: str) -> None:
@@ -1276,8 +1309,9 @@ def render(res: Results) -> str:
     if args.env:
         add("- Extra settings for the systems under test: " + ", ".join(f"`{e}`" for e in args.env))
     add(
-        f"- **Ours**: 1 API process (`uvicorn api.main:app`, uvloop + httptools, `--log-level warning`), 1 Celery "
-        f"worker (`-P threads -c {args.concurrency}`, `WORKER_CONCURRENCY={args.concurrency}`, interactive queue, "
+        f"- **Ours**: 1 API process (`uvicorn api.main:app`, uvloop + httptools, `--log-level warning`), "
+        f"{args.workers} Celery worker process{'es' if args.workers > 1 else ''} (each `-P threads -c "
+        f"{args.concurrency}`, `WORKER_CONCURRENCY={args.concurrency}`, interactive queue, "
         f"`--loglevel INFO` as in `make up`), a private redis-server (no persistence). Clients call "
         f"`POST {OURS_PATH}` and get the finished job."
     )
@@ -1601,7 +1635,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ttft-clients", type=int, default=10, help="scenario 4: concurrent clients")
     parser.add_argument("--ttft-duration-s", type=float, default=15.0)
     parser.add_argument("--ttft-ttft-s", type=float, default=0.5, help="scenario 4: LM time to first token")
-    parser.add_argument("--concurrency", type=int, default=256, help="the worker's threads (WORKER_CONCURRENCY)")
+    parser.add_argument("--concurrency", type=int, default=256, help="each worker's threads (WORKER_CONCURRENCY)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (scenario 3 measures one alone)")
     parser.add_argument("--quiet-wait-s", type=float, default=30.0, help="wait this long at most for a quiet machine")
     parser.add_argument("--scenarios", default="1,2,3,4", help="which scenarios to run")
     parser.add_argument("--py-spy", default=_find_py_spy(), help="py-spy binary (profile after scenario 2)")
@@ -1714,7 +1749,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.monotonic()
     raise_fd_limit()  # inherited by every process started from here
     signal.signal(signal.SIGTERM, _exit_on_signal)  # so that `finally` stops every process we started
-    stack = Stack(args.concurrency, dict(item.split("=", 1) for item in args.env))
+    stack = Stack(args.concurrency, args.workers, dict(item.split("=", 1) for item in args.env))
     res = Results(args, started, answer_chunks(), code=git_state())
     try:
         log("starting redis-server and the LM simulator")

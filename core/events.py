@@ -10,6 +10,12 @@ Stream's TTL and publishes the same JSON on the job's channel.
 Readers therefore subscribe first, replay the Stream after the last sequence
 they saw, then follow pub/sub dropping sequences they already have: nothing
 is lost (the Stream keeps it) and nothing is repeated (sequences dedupe).
+
+The terminal event of a job that is not a batch item is also published on
+one channel shared by all jobs (`keys.JOBS_DONE`), prefixed with the job id:
+`?wait` needs only that event, and following one channel for good costs the
+API far less than subscribing to each waited job's channel and reading every
+one of its events.
 """
 
 import json
@@ -41,7 +47,8 @@ TERMINAL_EVENTS = frozenset({EventType.result, EventType.error})
 # it is already finished (succeeded, failed, cancelled): a finished job takes
 # no more events, so a cancelled job's worker is told to stop by its next
 # write, and can never overwrite the cancellation with a late result.
-APPEND_EVENT_FUNCTION = """
+APPEND_EVENT_FUNCTION = (
+    """
 local function append_event(job, events, channel, event_type, data, maxlen, ttl_s, updates)
   local status = redis.call('HGET', job, 'status')
   if not status then
@@ -86,9 +93,15 @@ local function append_event(job, events, channel, event_type, data, maxlen, ttl_
   redis.call('XADD', events, 'MAXLEN', '~', maxlen, seq .. '-0', 'e', payload)
   redis.call('EXPIRE', events, ttl_s)
   redis.call('PUBLISH', channel, payload)
+  if not batch and (event_type == 'result' or event_type == 'error') then
+    redis.call('PUBLISH', '"""
+    + keys.JOBS_DONE
+    + """', redis.call('HGET', job, 'id') .. ' ' .. payload)
+  end
   return seq
 end
 """
+)
 
 # One event. KEYS: job hash, event stream, channel. ARGV: event type, event
 # data JSON, stream maxlen, ttl_s, then field/value pairs to HSET on the job

@@ -24,6 +24,10 @@ def job_channel(job_id: str) -> str:
     return f"{PREFIX}:job:{{{job_id}}}:live"
 
 
+# Pub/sub channel: `<job id> <terminal event>` for every job that is not a batch
+# item, as it finishes; each API process follows it to answer `?wait` (api/event_hub.py).
+JOBS_DONE = f"{PREFIX}:jobs:done"
+
 # Sorted set: job id -> unix time its worker's lease runs out. A job in here
 # whose lease has run out lost its worker; a reaper puts it back in the queue.
 RUNNING = f"{PREFIX}:running"

@@ -1,18 +1,28 @@
 """Run a program, streaming every output field chunk by chunk, or not at all.
 
-`dspy.streamify` with listeners created fresh for every job: a listener that
-has finished drops later chunks (dspy#8425), so one shared across jobs would
-go silent. A program with `aforward` runs on its Celery thread's own event
-loop (one per thread, kept). A program without it goes through streamify's
-sync mode, which runs it in DSPy's `asyncify` threads, sharing one
-process-wide limiter of `async_max_workers`; the caller raises it to the
-worker's concurrency, or the ninth concurrent stream would wait forever.
+A job submitted with `stream: false` gets a plain call: a non-streaming LM
+request, nothing per chunk. Streaming was most of a job's CPU in the worker
+(the LM client decodes every chunk, and every chunk is an event), so a job
+nobody watches token by token should not pay for it.
 
-A job submitted with `stream: false` skips all of that: a plain call, a
-non-streaming LM request, no listeners. Streaming is most of a job's CPU in
-the worker (the LM client decodes every chunk, every listener looks at every
-chunk, every chunk is an event), so a job nobody watches token by token
-should not pay for it.
+A streaming job of a program with `aforward` and DSPy's ChatAdapter (ours)
+runs on its Celery thread's own event loop (one per thread, kept), with
+DSPy's LM sending each chunk straight to a `FieldParser` (through
+`settings.send_stream`, the hook `dspy.streamify` uses). `dspy.streamify`
+itself costs, per chunk, a hop between two tasks through a memory stream and
+one `StreamListener` call per output field, each re-scanning its buffer:
+py-spy put `streamify` and the listeners at half of a streaming job's
+worker CPU. The parser splits the completion at ChatAdapter's
+`[[ ## field ## ]]` headers the way the adapter parses it (each field's
+text stripped, headers never shown), so the streamed text of a field is the
+text the adapter turns into its value.
+
+Any other program or adapter goes through `dspy.streamify` with listeners
+created fresh for every job (a listener that has finished drops later
+chunks, dspy#8425); a program without `aforward` runs in streamify's sync
+mode, in DSPy's `asyncify` threads under one process-wide limiter of
+`async_max_workers`, which the caller raises to the worker's concurrency
+(the ninth concurrent stream would wait forever otherwise).
 
 When nothing streams (not asked to, DSPy answered from its cache, or the LM
 does not stream) every field is still reported, whole, through `on_token`,
@@ -20,16 +30,19 @@ so a client never needs a special case.
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
+import re
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import dspy
 from dspy.streaming import StreamListener, StreamResponse
 
 OnToken = Callable[[str, str], None]
+T = TypeVar("T")
 
 
 def output_fields(program: dspy.Module) -> list[str]:
@@ -56,7 +69,29 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     loop: asyncio.AbstractEventLoop | None = getattr(_thread_state, "loop", None)
     if loop is None:
         loop = _thread_state.loop = asyncio.new_event_loop()
+        loop.set_default_executor(_Inline())
     return loop
+
+
+class _Inline(concurrent.futures.ThreadPoolExecutor):
+    """Runs what is submitted at once, in the submitting thread.
+
+    DSPy hands work to `asyncio.to_thread` twice per LM call (preparing the
+    request, pricing the response; reading and writing its cache when on) so
+    as not to block a loop that serves many callers. A job's loop here serves
+    that one job, so there is nothing to keep unblocked, and each hop to an
+    executor thread and back cost two thread wake-ups under a contended GIL.
+    A ThreadPoolExecutor only because asyncio accepts no other kind as a
+    loop's default; it never starts a thread.
+    """
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:
+            future.set_exception(e)
+        return future
 
 
 def has_async_forward(program: dspy.Module) -> bool:
@@ -64,22 +99,140 @@ def has_async_forward(program: dspy.Module) -> bool:
 
 
 def run_prediction(program: dspy.Module, inputs: dict[str, Any], on_token: OnToken, stream: bool) -> dspy.Prediction:
-    """The program's prediction; every output field goes through `on_token`, streamed or whole."""
+    """The program's prediction; every output field goes through `on_token`, streamed or whole.
+
+    Runs inside the job's `dspy.context` (its LM and adapter)."""
     fields = output_fields(program)
     streamed: set[str] = set()
-    if stream:
-        prediction = _streamed_prediction(program, fields, inputs, on_token, streamed)
-    elif has_async_forward(program):
-        prediction = _thread_loop().run_until_complete(program.acall(**inputs))
+    if not stream:
+        prediction = _call(program, inputs)
+    elif has_async_forward(program) and type(dspy.settings.adapter) is dspy.ChatAdapter:
+        parser = FieldParser(fields, on_token, streamed)
+        prediction = _thread_loop().run_until_complete(_parsed(program, inputs, parser))
     else:
-        prediction = program(**inputs)
+        prediction = _streamified(program, fields, inputs, on_token, streamed)
     for name in fields:
         if name not in streamed and name in prediction:
             on_token(name, field_text(prediction[name]))
     return prediction
 
 
-def _streamed_prediction(
+def _call(program: dspy.Module, inputs: dict[str, Any]) -> dspy.Prediction:
+    if has_async_forward(program):
+        return _thread_loop().run_until_complete(program.acall(**inputs))
+    return program(**inputs)
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming with our own parser
+# --------------------------------------------------------------------------------------------
+
+_HEADER = re.compile(r"\[\[ ## (\w+) ## \]\]")
+# What a header looks like before its last character has arrived: "[", "[[", ... "[[ ## name ## ]".
+_HEADER_PARTS = [r"\[", " ", "#", "#", " ", r"\w+", " ", "#", "#", " ", r"\]"]
+_PARTIAL_HEADER = re.compile(r"\[" + "".join(f"(?:{p}" for p in _HEADER_PARTS) + ")?" * len(_HEADER_PARTS) + r"\Z")
+
+
+class FieldParser:
+    """Splits a ChatAdapter completion, fed in pieces, into the text of each output field, as it arrives.
+
+    Text after a header belongs to that field (text under any other header,
+    such as `completed`, to none). A field's text is stripped as the adapter
+    strips it: leading whitespace dropped, trailing whitespace held back until
+    more text follows, none sent after the field's last word. A piece that
+    may be the start of the next header waits for the characters that decide.
+    """
+
+    def __init__(self, fields: list[str], on_token: OnToken, streamed: set[str]) -> None:
+        self._fields = set(fields)
+        self._on_token = on_token
+        self.streamed = streamed
+        self._pending = ""  # not yet given to a field: may hold the start of a header
+        self._field: str | None = None
+        self._started = False  # the current field has had text other than whitespace
+        self._held = ""  # trailing whitespace of the current field, sent only if more text follows
+
+    def feed(self, text: str) -> None:
+        pending = self._pending + text
+        while (header := _HEADER.search(pending)) is not None:
+            self._write(pending[: header.start()])
+            name = header.group(1)
+            self._field = name if name in self._fields else None
+            self._started, self._held = False, ""
+            pending = pending[header.end() :]
+        cut = pending.find("[")
+        while cut >= 0 and not _PARTIAL_HEADER.match(pending, cut):
+            cut = pending.find("[", cut + 1)
+        if cut < 0:
+            cut = len(pending)
+        self._write(pending[:cut])
+        self._pending = pending[cut:]
+
+    def finish(self) -> None:
+        """The completion ended: what is left belongs to the field being written."""
+        self._write(self._pending)
+        self._pending = ""
+
+    def _write(self, text: str) -> None:
+        if self._field is None or not text:
+            return
+        if not self._started:
+            text = text.lstrip()
+        body = text.rstrip()
+        if body:
+            self._started = True
+            self.streamed.add(self._field)
+            self._on_token(self._field, self._held + body)
+            self._held = text[len(body) :]
+        else:
+            self._held += text
+
+
+class _Stop(BaseException):
+    """Carries `on_token`'s exception (a cancelled job, its time limit) out of DSPy's LM call, which
+    would turn an `Exception` raised inside it into an `LMUnexpectedError`. The stream to the LM is
+    closed on the way out, so the provider stops generating."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class _ToParser:
+    """What DSPy's LM sends each chunk to (`settings.send_stream`)."""
+
+    def __init__(self, parser: FieldParser) -> None:
+        self._parser = parser
+
+    async def send(self, chunk: Any) -> None:
+        try:
+            text = chunk.choices[0].delta.content
+        except (AttributeError, IndexError, KeyError, TypeError):
+            return
+        if not text:
+            return
+        try:
+            self._parser.feed(text)
+        except Exception as e:
+            raise _Stop(e) from e
+
+
+async def _parsed(program: dspy.Module, inputs: dict[str, Any], parser: FieldParser) -> dspy.Prediction:
+    with dspy.context(send_stream=_ToParser(parser)):
+        try:
+            prediction: dspy.Prediction = await program.acall(**inputs)
+        except _Stop as stop:
+            raise stop.error from None
+    parser.finish()
+    return prediction
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming through dspy.streamify (other programs and adapters)
+# --------------------------------------------------------------------------------------------
+
+
+def _streamified(
     program: dspy.Module, fields: list[str], inputs: dict[str, Any], on_token: OnToken, streamed: set[str]
 ) -> dspy.Prediction:
     listeners = [StreamListener(signature_field_name=name) for name in fields]
@@ -105,9 +258,6 @@ def _streamed_prediction(
 
     prediction: dspy.Prediction | None = None
     if has_async_forward(program):
-        # The whole job on this thread's own loop: the sync form of streamify
-        # hops every chunk across two more threads, and those wake-ups were
-        # the largest CPU cost of a job.
         prediction = _thread_loop().run_until_complete(consume())
     else:
         sync_stream = dspy.streamify(program, stream_listeners=listeners, async_streaming=False)

@@ -68,7 +68,7 @@ def add_submit_route(
         caller: CallerDep,
         idempotency_key: IdempotencyKey = None,
         wait: WaitQuery = None,
-    ) -> Job:
+    ) -> Job | Response:
         options: JobOptions = body
         return await submit(
             program, inputs_of(body), options, response, redis, celery, hub, settings, caller, idempotency_key, wait
@@ -98,7 +98,7 @@ async def submit(
     caller: Caller,
     idempotency_key: str | None,
     wait: float | None,
-) -> Job:
+) -> Job | Response:
     """Store the job, enqueue it, answer with the record (or the finished job, given `wait`)."""
     if wait is not None and wait > settings.wait_max_s:
         raise HTTPException(422, f"wait must be at most {settings.wait_max_s} seconds")
@@ -150,10 +150,14 @@ async def _respond(
     wait: float | None,
     fields: dict[str, str] | None,
     caller: Caller,
-) -> Job:
+) -> Job | Response:
     response.headers["Location"] = f"/jobs/{job_id}"
     if wait:
-        fields = await job_store.wait_until_finished(redis, hub, job_id, wait)
+        found = await job_store.wait_until_finished(redis, hub, job_id, wait)
+        if isinstance(found, str):
+            # The finished record as its terminal event carries it: already the response body.
+            return Response(found, status.HTTP_200_OK, headers=dict(response.headers), media_type="application/json")
+        fields = found
     elif fields is None:
         fields = await job_store.read_job(redis, job_id, caller)
     if fields is None:

@@ -829,10 +829,14 @@ WORKER_CATEGORIES: Categories = [
     ("LiteLLM / openai SDK: building and sending the request", ["acompletion", "openai/_base_client", "aiohttp/"]),
     ("DSPy native LM engine (lm15): request, HTTP, stream decoding", ["dspy/_vendor/lm15", "lm15_engine"]),
     ("DSPy `StreamListener.receive` per chunk", ["StreamListener.receive"]),
+    ("ours: `FieldParser` (the stream split into fields, per chunk)", ["FieldParser.", "_ToParser."]),
     ("ours: token events (`EventWriter`: queue + pipelined EVALSHA)", ["EventWriter.", "JobUpdates.emit"]),
-    ("ours: `JobUpdates.finish` (terminal event)", ["JobUpdates.finish"]),
-    ("ours: leases, batch check", ["Leases.", "_batch_cancelled"]),
-    ("ours: per-job metrics (`record_job_outcome`)", ["record_job_outcome"]),
+    (
+        "ours: `JobUpdates.finish` (whole fields, result, lease, metrics: one script)",
+        ["JobUpdates.finish"],
+    ),
+    ("ours: `JobUpdates.start` (lease, batch check, `running`: one script)", ["JobUpdates.start", "Leases."]),
+    ("ours: per-job metrics read from the record (`record_job_outcome`)", ["record_job_outcome"]),
     ("ours: per-job log context", ["job_log_context", "log_context"]),
     (
         "DSPy callbacks (`with_callbacks`)",
@@ -855,12 +859,10 @@ WORKER_CATEGORIES: Categories = [
     ("lease renewal, reaper, heartbeat threads", ["_renew_forever", "_reap_forever", "Heartbeat"]),
 ]
 API_CATEGORIES: Categories = [
-    ("Celery task-sent event (`EventDispatcher`)", ["EventDispatcher"]),
-    ("hub: every pub/sub event of every waited job (read, parse, queue)", ["EventHub._read_forever"]),
-    ("`celery.send_task` (kombu publish, task-sent event)", ["send_task", "kombu/", "celery/"]),
-    ("`asyncio.to_thread` hop for `send_task`", ["to_thread", "concurrent/futures", "_chain_future"]),
-    ("`wait_until_finished` (subscribe, read record, wait)", ["wait_until_finished", "EventHub.subscribe"]),
-    ("`create_job` (HSET, EXPIRE, event script in one transaction)", ["create_job"]),
+    ("hub: pub/sub messages (finished jobs for `?wait`, events for SSE)", ["EventHub._read_forever"]),
+    ("task message (Celery's `create_task_message`, kombu's envelope)", ["TaskMessages.build"]),
+    ("`wait_until_finished` (read record, wait for the finished notice)", ["wait_until_finished", "until_done"]),
+    ("`create_job` (record, `queued` event, task message: one script)", ["create_job"]),
     ("idempotency digest", ["idempotency.py"]),
     ("response: `job_from_fields`, serialization", ["job_from_fields", "serialize_response", "jsonable_encoder"]),
     ("request body: parse + validate", ["request_body_to_args", "Request.body", "Request.json", "_get_body"]),
@@ -1636,7 +1638,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ttft-duration-s", type=float, default=15.0)
     parser.add_argument("--ttft-ttft-s", type=float, default=0.5, help="scenario 4: LM time to first token")
     parser.add_argument("--concurrency", type=int, default=256, help="each worker's threads (WORKER_CONCURRENCY)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (scenario 3 measures one alone)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (scenario 3 measures one alone)")
     parser.add_argument("--quiet-wait-s", type=float, default=30.0, help="wait this long at most for a quiet machine")
     parser.add_argument("--scenarios", default="1,2,3,4", help="which scenarios to run")
     parser.add_argument("--py-spy", default=_find_py_spy(), help="py-spy binary (profile after scenario 2)")

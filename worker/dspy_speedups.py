@@ -1,8 +1,9 @@
-"""Two per-call costs of dspy 3.4 that only need paying once per process.
+"""Per-call costs of dspy 3.4 that only need paying once per process.
 
-Both were found with py-spy in a worker running jobs that do not stream
-(scenario 2 of `python -m bench`), where together they were a third of the
-worker's CPU per job.
+Found with py-spy in a worker running jobs that do not stream (scenario 2 of
+`python -m bench`), where the first two were a third of the worker's CPU per
+job, and with cProfile around `acall` of the `qa` program, where the last
+two were 14% of the call.
 
 - Model metadata (`dspy.clients.model_metadata.model_info`): every LM call
   looks its model up in LiteLLM's price table three times (capabilities for
@@ -17,6 +18,13 @@ worker's CPU per job.
   parsed (about 90 us each, two dozen per job of the `qa` program). A
   `TypeAdapter` depends only on its type and is safe to reuse, so they are
   kept per type.
+- The JSON schema of a non-string output field's type
+  (`dspy.adapters.utils._get_json_schema`), rebuilt by pydantic for every
+  system message: kept per type (its one caller only serializes it).
+- The proxy settings DSPy's native HTTP client reads from the environment
+  (`urllib.request.getproxies`, which decodes every environment variable)
+  for every request: read once. A process that changes its proxy variables
+  after starting would not see it; this one never does.
 
 dspy imports these names into the modules that use them, so those module
 attributes are what gets replaced. `install()` first checks they are what it
@@ -29,6 +37,7 @@ comparison with it measures the queue, not these.
 
 import copy
 import functools
+import importlib
 import logging
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -40,6 +49,8 @@ import dspy.clients.model_metadata as model_metadata
 from pydantic import TypeAdapter
 
 log = logging.getLogger(__name__)
+# Imported by name: a static import of dspy's vendored package makes mypy read all of dspy.
+lm15_proxy = importlib.import_module("dspy._vendor.lm15.transports._proxy")
 
 _METADATA_USERS = (model_metadata, capabilities, costs)
 _model_info: Callable[..., dict[str, Any]] = model_metadata.model_info
@@ -72,18 +83,47 @@ def type_adapter(annotation: Any) -> TypeAdapter[Any]:
         return TypeAdapter(annotation)
 
 
+_json_schema: Callable[[Any], dict[str, Any]] = adapter_utils._get_json_schema
+_getproxies: Callable[[], dict[str, str]] = lm15_proxy.getproxies
+
+
+@functools.lru_cache(maxsize=512)
+def _schema(field_type: Any) -> dict[str, Any]:
+    return _json_schema(field_type)
+
+
+def json_schema(field_type: Any) -> dict[str, Any]:
+    """`dspy.adapters.utils._get_json_schema`, one per type. Shared: its caller only serializes it."""
+    try:
+        return _schema(field_type)
+    except TypeError:  # an unhashable type
+        return _json_schema(field_type)
+
+
+@functools.cache
+def getproxies() -> dict[str, str]:
+    """`urllib.request.getproxies`, read once."""
+    return _getproxies()
+
+
+# (module, attribute, dspy's own, ours)
+_REPLACED: list[tuple[Any, str, Any, Any]] = [
+    *((module, "model_info", _model_info, model_info) for module in _METADATA_USERS),
+    (adapter_utils, "TypeAdapter", TypeAdapter, type_adapter),
+    (adapter_utils, "_get_json_schema", _json_schema, json_schema),
+    (lm15_proxy, "getproxies", _getproxies, getproxies),
+]
+
+
 def install() -> bool:
     """Route dspy's calls through the caches; False (and a warning) when dspy is not laid out as expected."""
-    expected = all(getattr(m, "model_info", None) in (_model_info, model_info) for m in _METADATA_USERS)
-    expected = expected and getattr(adapter_utils, "TypeAdapter", None) in (TypeAdapter, type_adapter)
-    if not expected:
+    if not all(getattr(module, name, None) in (theirs, ours) for module, name, theirs, ours in _REPLACED):
         log.warning("dspy is not laid out as worker/dspy_speedups.py expects; its per-call costs stay as they are")
         return False
-    for module in _METADATA_USERS:
-        module.model_info = model_info
-    adapter_utils.TypeAdapter = type_adapter
+    for module, name, _, ours in _REPLACED:
+        setattr(module, name, ours)
     return True
 
 
 def installed() -> bool:
-    return adapter_utils.TypeAdapter is type_adapter and all(m.model_info is model_info for m in _METADATA_USERS)
+    return all(getattr(module, name) is ours for module, name, _, ours in _REPLACED)

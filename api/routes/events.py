@@ -5,11 +5,13 @@ channel first, then replay the Stream after the client's `Last-Event-ID`,
 then follow live events, dropping any sequence already sent. A gap in the
 live sequence (pub/sub dropped something, or this client fell behind) sends
 us back to the Stream. The response ends after the terminal event.
+
+Events arrive as ready-made SSE frames (api/event_hub.py); whatever has
+queued up for a client by the time it is written to goes out as one write.
 """
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Annotated, Any, cast
@@ -18,15 +20,14 @@ import anyio
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, HTTPException, Query
 from redis.exceptions import RedisError
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from api import job_store
 from api.auth import UNAUTHORIZED, SseCallerDep
 from api.deps import HubDep, RedisDep, SettingsDep, StreamsDep
-from api.event_hub import RESYNC, Event, EventHub
+from api.event_hub import RESYNC, Event, EventHub, LiveEvent, live_event
 from core import keys
-from core.events import TERMINAL_EVENTS, EventType, parse_event
 from core.jobs import JobStatus
 from core.logging_setup import bind
 
@@ -37,7 +38,7 @@ _REPLAY_BATCH = 500
 # How long a stream waits on silence before checking that its job still exists.
 _IDLE_CHECK_S = 30.0
 # Put in a stream's queue when the server shuts down.
-_SHUTDOWN: Event = {"shutdown": True}
+_SHUTDOWN: Event = LiveEvent(-1, "shutdown", b"")
 
 
 @contextlib.asynccontextmanager
@@ -63,15 +64,9 @@ def _last_event_id(header: str | None, query: str | None) -> int:
     return seq
 
 
-def _sse(event: dict[str, Any]) -> ServerSentEvent:
-    return ServerSentEvent(
-        data=json.dumps(event["data"], separators=(",", ":")), event=event["type"], id=str(event["seq"])
-    )
-
-
-async def _replay(redis: aioredis.Redis, job_id: str, after: int) -> list[dict[str, Any]]:
+async def _replay(redis: aioredis.Redis, job_id: str, after: int) -> list[LiveEvent]:
     entries = await redis.xrange(keys.job_events(job_id), min=f"{after + 1}-0", max="+", count=_REPLAY_BATCH)
-    return [parse_event(fields["e"]) for _, fields in cast(list[tuple[str, dict[str, str]]], entries)]
+    return [live_event(fields["e"]) for _, fields in cast(list[tuple[str, dict[str, str]]], entries)]
 
 
 async def _finished_before(redis: aioredis.Redis, job_id: str, seq: int) -> bool:
@@ -82,7 +77,7 @@ async def _finished_before(redis: aioredis.Redis, job_id: str, seq: int) -> bool
 
 async def _events(
     redis: aioredis.Redis, hub: EventHub, job_id: str, after: int, shutdown: anyio.Event
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[bytes]:
     try:
         async for event in _follow(redis, hub, job_id, after, shutdown):
             yield event
@@ -99,17 +94,18 @@ async def _end_on_shutdown(shutdown: anyio.Event, live: "asyncio.Queue[Event]") 
 
 async def _follow(
     redis: aioredis.Redis, hub: EventHub, job_id: str, after: int, shutdown: anyio.Event
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[bytes]:
     async with hub.subscribe(job_id) as live, _task(_end_on_shutdown(shutdown, live)):
         last = after
         while True:
             # Catch up from the Stream.
             while batch := await _replay(redis, job_id, last):
-                for event in batch:
-                    last = event["seq"]
-                    yield _sse(event)
-                    if EventType(event["type"]) in TERMINAL_EVENTS:
+                for i, replayed in enumerate(batch):
+                    if replayed.terminal:
+                        yield b"".join(e.frame for e in batch[: i + 1])
                         return
+                last = batch[-1].seq
+                yield b"".join(e.frame for e in batch)
             if await _finished_before(redis, job_id, last):
                 return
             # Follow live events until something forces a re-read.
@@ -120,25 +116,35 @@ async def _follow(
                 if live.empty():
                     try:
                         async with asyncio.timeout(_IDLE_CHECK_S):
-                            live_event: Event = await live.get()
+                            event: Event = await live.get()
                     except TimeoutError:
                         if not await redis.exists(keys.job(job_id)):
                             return
                         continue
                 else:
-                    live_event = live.get_nowait()
-                if live_event is _SHUTDOWN:
-                    # End the response properly so the client reconnects (with
-                    # its Last-Event-ID) to another API process.
+                    event = live.get_nowait()
+                frames: list[bytes] = []
+                end = resync = False
+                while True:
+                    if event is _SHUTDOWN:
+                        # End the response properly so the client reconnects (with
+                        # its Last-Event-ID) to another API process.
+                        end = True
+                    elif event is RESYNC or event.seq > last + 1:
+                        resync = True
+                    elif event.seq > last:
+                        last = event.seq
+                        frames.append(event.frame)
+                        end = event.terminal
+                    if end or resync or live.empty():
+                        break
+                    event = live.get_nowait()
+                if frames:
+                    yield b"".join(frames)
+                if end:
                     return
-                if live_event is RESYNC or live_event["seq"] > last + 1:
+                if resync:
                     break
-                if live_event["seq"] <= last:
-                    continue
-                last = live_event["seq"]
-                yield _sse(live_event)
-                if EventType(live_event["type"]) in TERMINAL_EVENTS:
-                    return
 
 
 @router.get(

@@ -122,13 +122,15 @@ class JobRunner:
         except JobCancelled:
             raise
         except Exception as e:
-            self._tokens.barrier(job_id)
+            if stream:
+                self._tokens.barrier(job_id)
             if is_retryable(e) and attempts < self._settings.job_max_attempts:
                 self._retry(job_id, e, attempts)
                 return False
             return self._fail(job_id, fields, e, attempts, program.version)
-        # Every token is written before the result that ends the stream.
-        self._tokens.barrier(job_id)
+        if stream:
+            # Every token is written before the result that ends the stream.
+            self._tokens.barrier(job_id)
         seq = self._updates.finish(
             job_id,
             fields,

@@ -36,13 +36,14 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple
 
 import dspy
 from dspy.streaming import StreamListener, StreamResponse
 
 OnToken = Callable[[str, str], None]
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 def output_fields(program: dspy.Module) -> list[str]:
@@ -68,28 +69,29 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     """This thread's own event loop, kept for the life of the thread."""
     loop: asyncio.AbstractEventLoop | None = getattr(_thread_state, "loop", None)
     if loop is None:
-        loop = _thread_state.loop = asyncio.new_event_loop()
-        loop.set_default_executor(_Inline())
+        loop = _thread_state.loop = _JobLoop()
     return loop
 
 
-class _Inline(concurrent.futures.ThreadPoolExecutor):
-    """Runs what is submitted at once, in the submitting thread.
+class _JobLoop(asyncio.SelectorEventLoop):
+    """An event loop that runs what is handed to an executor at once, itself.
 
     DSPy hands work to `asyncio.to_thread` twice per LM call (preparing the
     request, pricing the response; reading and writing its cache when on) so
     as not to block a loop that serves many callers. A job's loop here serves
     that one job, so there is nothing to keep unblocked, and each hop to an
-    executor thread and back cost two thread wake-ups under a contended GIL.
-    A ThreadPoolExecutor only because asyncio accepts no other kind as a
-    loop's default; it never starts a thread.
+    executor thread and back cost two thread wake-ups under a contended GIL
+    (and, even with an executor that runs it inline, a write to the loop's
+    self-pipe to deliver the result).
     """
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    def run_in_executor(
+        self, executor: concurrent.futures.Executor | None, func: Callable[[*Ts], T], *args: *Ts
+    ) -> "asyncio.Future[T]":
+        future: asyncio.Future[T] = self.create_future()
         try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as e:
+            future.set_result(func(*args))
+        except Exception as e:
             future.set_exception(e)
         return future
 

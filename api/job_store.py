@@ -18,19 +18,21 @@ from core.events import APPEND_EVENT_FUNCTION, APPEND_EVENT_LUA, EventType, appe
 from core.jobs import JobLinks, JobStatus, job_from_fields, new_job_fields
 from core.settings import Settings
 
-# KEYS: job hash, event stream, channel, the task's queue. ARGV: ttl_s, stream
-# maxlen, the `queued` event's data, the task message, the task-sent event's
-# channel ("" for none) and message, then the record's field/value pairs.
+# KEYS: job hash, event stream, channel, the task's queue, the queue's queued
+# set. ARGV: ttl_s, stream maxlen, the `queued` event's data, the task message,
+# the task-sent event's channel ("" for none) and message, now, the job id,
+# then the record's field/value pairs.
 # One script rather than a MULTI of five commands: one reply to read instead
 # of seven, and as atomic.
 CREATE_JOB_LUA = (
     APPEND_EVENT_FUNCTION
     + """
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 append_event(KEYS[1], KEYS[2], KEYS[3], 'status', ARGV[3], ARGV[2], ARGV[1], {})
 redis.call('LPUSH', KEYS[4], ARGV[4])
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+redis.call('ZADD', KEYS[5], ARGV[7], ARGV[8])
 return 1
 """
 )
@@ -58,7 +60,13 @@ async def create_job(
     fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s, stream)
     if owner is not None:
         fields["owner"] = owner
-    script_keys = [keys.job(job_id), keys.job_events(job_id), keys.job_channel(job_id), message.queue]
+    script_keys = [
+        keys.job(job_id),
+        keys.job_events(job_id),
+        keys.job_channel(job_id),
+        message.queue,
+        keys.queued(message.queue),
+    ]
     argv: list[str | int] = [
         settings.job_ttl_s,
         settings.event_stream_maxlen,
@@ -66,6 +74,8 @@ async def create_job(
         message.message,
         message.event_channel,
         message.event,
+        repr(created_at_s),
+        job_id,
     ]
     for pair in fields.items():
         argv += pair

@@ -28,6 +28,18 @@ def job_channel(job_id: str) -> str:
 # item, as it finishes; each API process follows it to answer `?wait` (api/event_hub.py).
 JOBS_DONE = f"{PREFIX}:jobs:done"
 
+
+def queued(queue: str) -> str:
+    """Sorted set: job id -> unix time it was (re)queued on `queue` (due time, for a delayed retry),
+    until a worker starts it. How a job whose message was lost is found again (worker/leases.py)."""
+    return f"{PREFIX}:queued:{queue}"
+
+
+# Hash (kombu's, not ours): delivery tag -> a message a worker has taken from
+# its queue and not yet acknowledged. kombu puts it back in the queue once
+# the broker's visibility timeout has passed, if its worker died.
+KOMBU_UNACKED = "unacked"
+
 # Sorted set: job id -> unix time its worker's lease runs out. A job in here
 # whose lease has run out lost its worker; a reaper puts it back in the queue.
 RUNNING = f"{PREFIX}:running"

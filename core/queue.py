@@ -52,7 +52,21 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         worker_pool=settings.worker_pool,
         worker_concurrency=settings.worker_concurrency,
-        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout_s,
+            # How a message taken by a worker that died comes back. kombu looks
+            # for expired unacked messages every `unacked_restore_interval`
+            # seconds but, by default, scans only at every 10th look (every
+            # 100 s), under a mutex that a worker killed while holding it keeps
+            # for 5 minutes: a job could sit `queued` for minutes after its
+            # worker was killed (tests/test_faults.py). Scan at every look, and
+            # let a dead holder's mutex go after 30 s; a restore takes
+            # milliseconds, and one message is never restored twice (kombu
+            # restores each under WATCH).
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": 30,
+        },
         result_backend_transport_options={"visibility_timeout": visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         # A publish while Redis is down fails within `enqueue_timeout_s`

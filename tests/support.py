@@ -52,6 +52,8 @@ class Proc:
         self.hostname: str | None = None  # a worker's Celery hostname
         self.log_path = ARTIFACTS / f"{name}.log"
         self._log = self.log_path.open("ab")
+        # Where this process's part of a log shared by name with earlier runs begins.
+        self._log_start = self._log.tell()
         self._log.write(f"\n==== {time.strftime('%H:%M:%S')} {' '.join(cmd)}\n".encode())
         self._log.flush()
         self.popen = subprocess.Popen(
@@ -61,6 +63,12 @@ class Proc:
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    def own_log(self) -> str:
+        """What this process logged (the file also holds earlier processes of the same name)."""
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_start)
+            return f.read().decode(errors="replace")
 
     def tail(self, n: int = 40) -> str:
         lines = self.log_path.read_text(errors="replace").splitlines()

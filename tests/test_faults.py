@@ -214,6 +214,42 @@ def test_two_hundred_jobs_survive_three_worker_kills_and_none_finishes_twice(
     assert r.zcard(keys.RUNNING) == 0
 
 
+def test_a_job_whose_message_died_with_the_worker_that_took_it_still_runs_once(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """kombu's BRPOP removes a message from its queue before the worker records it as taken: a worker
+    killed in between leaves no copy anywhere. Here the message is taken the same way, and never recorded."""
+    stack = make_stack()
+    stack.extra_env = {"QUEUED_LOST_AFTER_S": "1"}
+    stack.start_api()
+    r = stack.redis()
+    with stack.client() as client:
+        job_id = post_job(client, unique("lost message"))["id"]
+        taken = r.rpop("interactive")
+        assert taken is not None and job_id in str(taken) and r.llen("interactive") == 0
+
+        stack.start_worker()
+        job = wait_finished(client, job_id, timeout_s=30)
+
+    assert job["status"] == "succeeded" and job["attempts"] == 1
+    assert r.zcard(keys.queued("interactive")) == 0
+    assert "its message is gone; sending it again" in stack.procs[-1].own_log()
+
+
+def test_jobs_waiting_behind_others_are_not_sent_twice(make_stack: Callable[..., Stack]) -> None:
+    """A busy queue may still hold a job's message: the check waits until the queue has drained."""
+    stack = make_stack()
+    stack.extra_env = {"QUEUED_LOST_AFTER_S": "0.5"}
+    worker = stack.start_worker(concurrency=2)
+    stack.start_api()
+    with stack.client() as client:
+        ids = [post_job(client, unique(f"backlog {i} [lm:delay_s=0.3]"))["id"] for i in range(20)]
+        jobs = [wait_finished(client, job_id, timeout_s=60) for job_id in ids]
+
+    assert {j["status"] for j in jobs} == {"succeeded"}
+    assert "sending it again" not in worker.own_log()
+
+
 def test_a_job_that_kills_its_worker_every_time_fails_after_the_attempt_limit(
     make_stack: Callable[..., Stack],
 ) -> None:

@@ -17,7 +17,7 @@ from tests.test_jobs import unique, wait_finished
 def json_lines(proc: Proc) -> list[dict[str, Any]]:
     """Every JSON log line the process wrote (Celery's banner is plain text on stdout)."""
     lines = []
-    for line in proc.log_path.read_text(errors="replace").splitlines():
+    for line in proc.own_log().splitlines():
         if line.startswith("{"):
             lines.append(json.loads(line))
     return lines
@@ -59,7 +59,7 @@ def test_text_logs_are_the_default_and_name_the_job_too(stack: Stack, client: ht
     time.sleep(0.3)
 
     worker = next(proc for proc in stack.procs if proc.name == "worker")
-    worker_log = worker.log_path.read_text(errors="replace")
+    worker_log = worker.own_log()
     lines = [line for line in worker_log.splitlines() if f"[job_id={job_id}]" in line]
     assert lines and not any(line.startswith("{") for line in lines)
 
@@ -75,7 +75,7 @@ def test_questions_and_answers_stay_out_of_the_logs_unless_asked(make_stack: Cal
             job = client.post("/jobs", params={"wait": 20}, json={"question": marker}).json()
         assert job["status"] == "failed" and job["error"]["type"] == "AdapterParseError"
         time.sleep(0.3)
-        logs = worker.log_path.read_text(errors="replace") + stack.procs[-1].log_path.read_text(errors="replace")
+        logs = worker.own_log() + stack.procs[-1].own_log()
         return marker, logs
 
     # What the scripted LM answers to [lm:garbage]: the model's output.

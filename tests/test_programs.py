@@ -278,7 +278,7 @@ def test_an_artifact_built_for_other_fields_is_refused_and_the_loaded_version_ke
         assert job.json()["status"] == "succeeded", job.text
         assert job.json()["program_version"] == serving
         assert {w["version"] for w in api.get("/programs/extractor").json()["workers"]} == {serving}
-        logs = "".join(p.log_path.read_text() for p in programs_stack.procs if p.hostname)
+        logs = "".join(p.own_log() for p in programs_stack.procs if p.hostname)
         assert "was built for other fields than the code's signature" in logs
     finally:
         path.write_text(original)

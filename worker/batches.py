@@ -107,6 +107,7 @@ class BatchExpander:
                 for name, value in fields.items():
                     args += [name, value]
                 self._create(keys=[keys.job(job_id)], args=args, client=pipe)
+                pipe.zadd(keys.queued(self._settings.bulk_queue), {job_id: now}, nx=True)
                 script_keys, argv = append_event_args(
                     job_id,
                     EventType.status,

@@ -7,15 +7,18 @@ jobs at a time and hold two copies of everything. Prefork still works (each
 child loads once in `worker_process_init`) for CPU-heavy programs.
 """
 
+import functools
 import json
 import logging
 import os
 import threading
+import time
 
 import redis
 from celery import Task, signals
 from celery.concurrency.prefork import TaskPool as PreforkPool
 
+from core import keys
 from core.events import EventType
 from core.jobs import JobStatus
 from core.logging_setup import configure_logging, log_context
@@ -42,8 +45,20 @@ _process: "_ProcessState | None" = None
 _heartbeat: Heartbeat | None = None
 
 
-def requeue(job_id: str, delay_s: float = 0.0) -> None:
-    app.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, countdown=delay_s or None)
+def queue_of(client: redis.Redis, job_id: str) -> str:
+    """The queue a job runs from: a batch item's is the bulk queue."""
+    return settings.bulk_queue if client.hexists(keys.job(job_id), "batch") else settings.interactive_queue
+
+
+def send(job_id: str, queue: str, delay_s: float = 0.0) -> None:
+    app.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, countdown=delay_s or None, queue=queue)
+
+
+def requeue(client: redis.Redis, job_id: str, delay_s: float = 0.0) -> None:
+    """Send the job's task again, noted as queued from when it is due (worker/leases.py)."""
+    queue = queue_of(client, job_id)
+    client.zadd(keys.queued(queue), {job_id: time.time() + delay_s})
+    send(job_id, queue, delay_s)
 
 
 class _ProcessState:
@@ -70,7 +85,7 @@ class _ProcessState:
             self.runtime,
             self.updates,
             Leases(self.redis, settings),
-            requeue,
+            functools.partial(requeue, self.redis),
             EventWriter(self.redis, settings),
         )
 
@@ -151,9 +166,9 @@ def _on_ready(sender: object, **_: object) -> None:
     def requeue_lost(job_id: str) -> None:
         lost = {"status": "retrying", "reason": "the worker running this job was lost", "delay_s": 0}
         if updates.emit(job_id, EventType.status, lost, {"status": JobStatus.queued.value}) > 0:
-            requeue(job_id)
+            requeue(client, job_id)
 
-    Reaper(client, settings, requeue_lost).start()
+    Reaper(client, settings, requeue_lost, send).start()
     log.info("worker %s ready on queues %s", hostname, queues)
 
 

@@ -34,12 +34,15 @@ from core.jobs import JobLinks, job_from_fields
 from core.settings import Settings
 from worker.metrics import COUNTED_FIELD, Increment, outcome_increments
 
-# KEYS: job hash, event stream, channel, lease set. ARGV: job id, now, lease
-# expiry, worker name, max attempts, stream maxlen, ttl_s.
+# KEYS: job hash, event stream, channel, lease set, then the queued set of each
+# queue. ARGV: job id, now, lease expiry, worker name, max attempts, stream
+# maxlen, ttl_s.
 # Returns {code, status} or {attempts, record as a flat field/value list}.
 START_LUA = (
     APPEND_EVENT_FUNCTION
     + """
+-- Taken from its queue: whatever happens next, its message is not lost.
+for i = 5, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {-1, ''} end
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {-2, status} end
@@ -138,7 +141,13 @@ class JobUpdates:
     def start(self, job_id: str, worker_name: str, now: float) -> Started:
         """Take the job's lease and start an attempt (see the module docstring)."""
         code, found = self._start(
-            keys=[keys.job(job_id), keys.job_events(job_id), keys.job_channel(job_id), keys.RUNNING],
+            keys=[
+                keys.job(job_id),
+                keys.job_events(job_id),
+                keys.job_channel(job_id),
+                keys.RUNNING,
+                *(keys.queued(q) for q in (self._settings.interactive_queue, self._settings.bulk_queue)),
+            ],
             args=[
                 job_id,
                 repr(now),

@@ -1,5 +1,20 @@
 """Job leases: a redelivered job never runs twice at once, a lost one is requeued.
 
+Two ways a job can be lost, both repaired by the reaper every worker runs:
+
+- its worker died while running it: its lease runs out (below);
+- its worker died just after taking its message from the queue, before
+  kombu recorded the message as taken (`BRPOP` removes it from the list,
+  and only the next command writes it to kombu's `unacked` hash): no copy of
+  the message is left anywhere, and nothing would ever run the job. Every
+  queued job is noted in its queue's `keys.queued` set until a worker starts
+  it. A job noted there for `queued_lost_after_s`, while its queue is empty
+  and its message is not among the unacknowledged ones, lost its message:
+  the reaper sends it again. A queue with messages waiting is left alone
+  (the job's message may be among them); the check runs again once it has
+  drained. A message sent twice is harmless: the second finds the job
+  leased or finished and is dropped.
+
 Celery on Redis only redelivers a dead worker's message after the broker's
 visibility timeout (longer than the longest job, so tens of minutes). We do
 not wait for it. A worker that starts a job takes a lease on it (its id in
@@ -84,16 +99,38 @@ class Leases:
                 log.warning("could not renew %d job leases: %s", len(held), e)
 
 
+# KEYS: a queue's queued set, job hash. ARGV: job id, its score as seen, now.
+# Returns 1 when this caller is to send the job again (only one reaper can:
+# the score moves to now); 0 when another did, or the job no longer waits.
+CLAIM_LOST_LUA = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if redis.call('HGET', KEYS[2], 'status') ~= 'queued' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+
 class Reaper:
-    """Requeues jobs whose worker died (their lease ran out)."""
+    """Requeues jobs whose worker died (their lease ran out) and sends again those whose message was lost."""
 
     def __init__(
-        self, client: redis.Redis, settings: Settings, requeue: Callable[[str], None], batch: int = 200
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        requeue: Callable[[str], None],
+        resend: Callable[[str, str], None],
+        batch: int = 200,
     ) -> None:
         self._redis = client
         self._settings = settings
         self._claim = client.register_script(CLAIM_EXPIRED_LUA)
+        self._claim_lost = client.register_script(CLAIM_LOST_LUA)
         self._requeue = requeue
+        self._resend = resend
         self._batch = batch
         self._thread = threading.Thread(target=self._reap_forever, name="reaper", daemon=True)
 
@@ -112,11 +149,40 @@ class Reaper:
                 requeued += 1
         return requeued
 
+    def resend_lost(self) -> int:
+        """Send again the jobs whose message was lost (see the module docstring)."""
+        now = time.time()
+        resent = 0
+        for queue in (self._settings.interactive_queue, self._settings.bulk_queue):
+            if self._redis.llen(queue):
+                continue
+            waiting: list[tuple[str, float]] = self._redis.zrangebyscore(  # type: ignore[assignment]
+                keys.queued(queue),
+                "-inf",
+                now - self._settings.queued_lost_after_s,
+                start=0,
+                num=self._batch,
+                withscores=True,
+            )
+            if not waiting:
+                continue
+            # Taken by a worker and not acknowledged: kombu returns these itself if their worker died.
+            held = "\n".join(str(m) for m in self._redis.hvals(keys.KOMBU_UNACKED))
+            for job_id, score in waiting:
+                if job_id in held:
+                    continue
+                if self._claim_lost(keys=[keys.queued(queue), keys.job(job_id)], args=[job_id, repr(score), repr(now)]):
+                    log.warning("job %s: queued %.0f s and its message is gone; sending it again", job_id, now - score)
+                    self._resend(job_id, queue)
+                    resent += 1
+        return resent
+
     def _reap_forever(self) -> None:
         while True:
             time.sleep(self._settings.reaper_interval_s)
             try:
                 self.reap_once()
+                self.resend_lost()
             except redis.RedisError as e:
                 log.warning("reaper could not reach Redis: %s", e)
             except Exception:

@@ -1,4 +1,4 @@
-"""Enqueueing tasks: a job's message written with its record, in one Redis transaction.
+"""Enqueueing tasks: a job's message written with its record, in one step.
 
 `celery.send_task` cost `POST /jobs` a fifth of the API's CPU (py-spy): a
 hop to a thread (kombu is synchronous), a Redis round trip for the message
@@ -7,12 +7,12 @@ Redis client. A job's message is small and fixed, so the API builds it
 itself: the headers, properties and body come from Celery's own
 `amqp.create_task_message` (protocol 2, exactly what `send_task` sends),
 wrapped the way kombu's Redis transport stores a message (base64 body,
-delivery tag, delivery info), and LPUSHed onto the queue's list in the same
-MULTI/EXEC that stores the job's record and its `queued` event, followed by
-the `task-sent` event on kombu's fanout channel for Flower. Record and
-message are stored together or not at all. `tests/test_jobs.py` checks the
-message against the one `send_task` writes, and real workers consume it in
-every test.
+delivery tag, delivery info), and LPUSHed onto the queue's list by the same
+Lua script that stores the job's record and its `queued` event
+(api/job_store.py), followed by the `task-sent` event on kombu's fanout
+channel for Flower. Record and message are stored together or not at all.
+`tests/test_enqueue.py` checks the message against the one `send_task`
+writes, and real workers consume it in every test.
 
 It relies on how kombu's Redis transport lays out messages: a queue is a
 list named after it (priority 0), a direct exchange with the queue's name as

@@ -128,8 +128,8 @@ async def submit(
             stream=options.stream,
         )
     except RedisError:
-        # Answered 503 (api/main.py). The transaction may have reached Redis
-        # before the error: undo, so no one polls a job its client was told
+        # Answered 503 (api/main.py). The script may have run before the
+        # error reached us: undo, so no one polls a job its client was told
         # was not accepted.
         with contextlib.suppress(RedisError):
             await job_store.delete_job(redis, job_id)

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     retry_base_s: float = 1.0
     retry_max_s: float = 60.0
     idempotency_ttl_s: int = 24 * 3600
+    # Sending a batch's expansion task through Celery. A job's own message is
+    # written with its record, in one script (api/enqueue.py), and fails or
+    # succeeds with it.
     enqueue_timeout_s: float = 5.0
     # How long Redis keeps a delivered, unacknowledged message before handing
     # it out again. Leases make a second delivery of a running job harmless

@@ -5,13 +5,13 @@ the way the scripted LM is, so it checks what must hold for any question:
 the job succeeds and every output field is parsed into its type.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from core.settings import EMBEDDED_LM_MODEL
-from tests.conftest import Stack
+from tests.conftest import Stack, private_stack
 from tests.support import Proc, free_port, python_module, wait_for
 
 
@@ -25,15 +25,19 @@ def embedded_lm() -> Iterator[str]:
     proc.stop()
 
 
-def test_a_question_comes_back_succeeded_with_every_field_parsed(
-    make_stack: Callable[[], Stack], embedded_lm: str
-) -> None:
-    stack = make_stack()
-    stack.lm_api_base = embedded_lm
+@pytest.fixture(scope="module")
+def embedded_stack(embedded_lm: str) -> Iterator[Stack]:
+    """A worker and the API on the embedded model."""
+    stack = private_stack(embedded_lm)
     stack.model = EMBEDDED_LM_MODEL
     stack.start_worker()
     stack.start_api()
-    with stack.client() as client:
+    yield stack
+    stack.stop()
+
+
+def test_a_question_comes_back_succeeded_with_every_field_parsed(embedded_stack: Stack) -> None:
+    with embedded_stack.client() as client:
         response = client.post(
             "/jobs", params={"wait": 60}, json={"question": "What is the capital of Japan?"}, timeout=90
         )
@@ -62,16 +66,9 @@ def test_the_embedded_server_honours_max_completion_tokens(embedded_lm: str) -> 
     assert response["choices"][0]["finish_reason"] == "length"
 
 
-def test_a_triage_ticket_comes_back_typed_from_the_shipped_artifact(
-    make_stack: Callable[[], Stack], embedded_lm: str
-) -> None:
-    stack = make_stack()
-    stack.lm_api_base = embedded_lm
-    stack.model = EMBEDDED_LM_MODEL
-    stack.start_worker()
-    stack.start_api()
+def test_a_triage_ticket_comes_back_typed_from_the_shipped_artifact(embedded_stack: Stack) -> None:
     ticket = "The mobile app freezes on the login screen for all our staff; we cannot work."
-    with stack.client() as client:
+    with embedded_stack.client() as client:
         response = client.post(
             "/programs/triage/jobs", params={"wait": 60}, json={"input": {"ticket": ticket}}, timeout=90
         )

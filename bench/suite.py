@@ -300,15 +300,19 @@ class Stack:
         assert self.redis is not None
         note = ""
         if abandon:
-            queued, running = self.backlog()
-            if queued:
-                purged = self.celery.control.purge()
-                note = f"after the run, {purged} queued job(s) nobody waited for any more were purged"
+            # Cancelled, not only purged: a queued job whose message is gone is
+            # sent again by the reaper (worker/leases.py), and would run during
+            # the next scenario.
+            waiting = [str(x) for x in self.redis.zrange(keys.queued("interactive"), 0, -1)]
             leased = [str(x) for x in self.redis.zrange(keys.RUNNING, 0, -1)]
+            with httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=30) as client:
+                for job_id in waiting + leased:
+                    client.post(f"/jobs/{job_id}/cancel")
+            purged = self.celery.control.purge() if self.backlog()[0] else 0
+            if waiting:
+                note = f"after the run, {len(waiting)} queued job(s) nobody waited for any more were cancelled"
+                note += f" ({purged} message(s) purged)"
             if leased:
-                with httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=30) as client:
-                    for job_id in leased:
-                        client.post(f"/jobs/{job_id}/cancel")
                 note += (", and " if note else "after the run, ") + f"{len(leased)} running job(s) cancelled"
         deadline = time.monotonic() + timeout_s
         while True:

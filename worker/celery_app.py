@@ -20,6 +20,7 @@ from celery.concurrency.prefork import TaskPool as PreforkPool
 
 from core import keys
 from core.events import EventType
+from core.gc_tuning import tune_gc
 from core.jobs import JobStatus
 from core.logging_setup import configure_logging, log_context
 from core.queue import EXPAND_BATCH_TASK, RUN_JOB_TASK, make_celery
@@ -95,6 +96,7 @@ class _ProcessState:
         self.runtime.lm()
         if settings.effective_lm_engine == "litellm":
             import litellm  # noqa: F401  (seconds of import; pay them before the first job)
+        tune_gc()
 
 
 def process_state() -> _ProcessState:

@@ -1281,6 +1281,19 @@ def _automatic_notes(res: Results) -> list[str]:
                 f"cap because each of its threads runs its own event loop and connection pool."
             )
             break
+    ours = _find(res.overhead, OURS, res.args.overhead_clients)
+    base = _find(res.overhead, BASE, res.args.overhead_clients)
+    if ours and base and ours.completed and base.completed:
+        api_ms = ours.cpu.roles["api"] / ours.completed * 1000
+        base_ms = base.cpu_per_job_s * 1000
+        notes.append(
+            f"Pure overhead, what the 2x target leaves room for: our API process alone (HTTP, validation, "
+            f"one script to store and enqueue, the wait for the finished notice; it never runs the program) used "
+            f"{api_ms:.2f} ms per job, {api_ms / base_ms:.2f}x the baseline's whole process ({base_ms:.2f} ms, "
+            f"which answers HTTP *and* runs the program). The worker runs the same program call as the baseline "
+            f"on top of that, so a front process separate from the workers costs about 2x by itself, before "
+            f"any queue."
+        )
     busy = [r for r in [*res.realistic, *res.overhead] if r.cpu.cores("other") > 0.3]
     if busy:
         notes.append(

@@ -248,3 +248,14 @@ def git_state() -> str:
         )
         state += f", with uncommitted changes to {shown}"
     return state
+
+
+def find_py_spy() -> str:
+    """py-spy on PATH, in this venv (the dev group installs it), or in `.tools/`."""
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    for local in (Path(sys.executable).parent / "py-spy", ROOT / ".tools" / "bin" / "py-spy"):
+        if local.exists():
+            return str(local)
+    return ""

@@ -27,8 +27,8 @@ is not one GIL; CPU use of every process is sampled from /proc.
 
 Sections of the report: 1. latency with one client per job; 2. fan-out sweep
 (`--clients`, stops at the first N that breaks), then `--hold-clients` on a
-short job; 3. py-spy profile of the API at `--profile-at` clients (pass
-`--py-spy PATH`; py-spy is not a project dependency); 4. the same fan-out with
+short job; 3. py-spy profile of the API at `--profile-at` clients (py-spy
+comes with the dev group; `--py-spy PATH` picks another); 4. the same fan-out with
 the API's garbage collector timed, as is and tuned (`--gc-compare`); 5. an
 in-process microbenchmark of the per-event, per-client code path and of the
 changes the report discusses.
@@ -45,7 +45,6 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
 import signal
 import socket
 import struct
@@ -69,7 +68,7 @@ from sse_starlette import ServerSentEvent
 from sse_starlette.event import ensure_bytes
 
 from bench.report import command_line as report_command_line
-from bench.report import machine
+from bench.report import find_py_spy, machine
 from bench.report import machine_busy_s as _machine_busy_s
 from bench.report import percentile as _percentile
 from bench.report import proc_cpu_s as _proc_cpu_s
@@ -1633,8 +1632,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--py-spy",
-        default=shutil.which("py-spy") or "",
-        help="py-spy binary; profiles the API during the fan-out run of --profile-at clients (default: on PATH)",
+        default=find_py_spy(),
+        help="py-spy binary; profiles the API during the fan-out run of --profile-at clients (default: PATH, .venv)",
     )
     parser.add_argument("--profile-at", type=int, default=1000)
     parser.add_argument("--py-spy-native", action="store_true", help="include C frames (py-spy --native)")

@@ -29,7 +29,6 @@ import datetime
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from bench.report import (
     CpuSnapshot,
     Dist,
     command_line,
+    find_py_spy,
     git_state,
     machine,
     mib,
@@ -1291,8 +1291,8 @@ def _automatic_notes(res: Results) -> list[str]:
             f"one script to store and enqueue, the wait for the finished notice; it never runs the program) used "
             f"{api_ms:.2f} ms per job, {api_ms / base_ms:.2f}x the baseline's whole process ({base_ms:.2f} ms, "
             f"which answers HTTP *and* runs the program). The worker runs the same program call as the baseline "
-            f"on top of that, so a front process separate from the workers costs about 2x by itself, before "
-            f"any queue."
+            f"on top of that, so a front process separate from the workers takes most of the 2x allowance by "
+            f"itself, before any queue."
         )
     busy = [r for r in [*res.realistic, *res.overhead] if r.cpu.cores("other") > 0.3]
     if busy:
@@ -1658,7 +1658,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (scenario 3 measures one alone)")
     parser.add_argument("--quiet-wait-s", type=float, default=30.0, help="wait this long at most for a quiet machine")
     parser.add_argument("--scenarios", default="1,2,3,4", help="which scenarios to run")
-    parser.add_argument("--py-spy", default=_find_py_spy(), help="py-spy binary (profile after scenario 2)")
+    parser.add_argument("--py-spy", default=find_py_spy(), help="py-spy binary (profile after scenario 2)")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--profile-duration-s", type=float, default=25.0)
     parser.add_argument("--profile-clients", type=int, default=50, help="clients of the profile under scenario 1's LM")
@@ -1680,17 +1680,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.inflight_jobs, args.sse_streams, args.ttft_duration_s, args.profile_duration_s = 60, 100, 5.0, 5.0
         args.quiet_wait_s = 2.0
     return args
-
-
-def _find_py_spy() -> str:
-    """py-spy on PATH, in this venv, or in `.tools/` (where `uv sync` does not remove it)."""
-    found = shutil.which("py-spy")
-    if found:
-        return found
-    for local in (Path(sys.executable).parent / "py-spy", ROOT / ".tools" / "bin" / "py-spy"):
-        if local.exists():
-            return str(local)
-    return ""
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:

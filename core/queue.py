@@ -89,9 +89,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
             RUN_JOB_TASK: {"queue": settings.interactive_queue},
             EXPAND_BATCH_TASK: {"queue": settings.bulk_queue},
         },
-        # Flower shows tasks from these events.
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Flower shows tasks from these events (`TASK_EVENTS`, core/settings.py).
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
     )
     return app

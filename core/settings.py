@@ -116,6 +116,14 @@ class Settings(BaseSettings):
     queued_lost_after_s: float = 10.0
     retry_base_s: float = 1.0
     retry_max_s: float = 60.0
+    # Celery's task events (sent, received, started, succeeded...), from which
+    # Flower shows tasks and counts them per worker. Off, Flower still lists
+    # the workers (their heartbeats and remote control are separate) and our
+    # own records and /metrics are unchanged; a worker then spends ~20 % less
+    # CPU per job and starts jobs sooner under load, because it publishes
+    # these events from the thread that also takes messages off the queue
+    # (BENCHMARKS.md, README "Benchmarks").
+    task_events: bool = True
     idempotency_ttl_s: int = 24 * 3600
     # Sending a batch's expansion task through Celery. A job's own message is
     # written with its record, in one script (api/enqueue.py), and fails or

@@ -6,6 +6,7 @@ loads or inspect queues build their own stack on their own redis-server so
 they never disturb each other.
 """
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -13,10 +14,11 @@ import httpx
 import pytest
 import redis
 
-from tests.support import Proc, start_api, start_lm_simulator, start_redis, start_worker
+from tests.support import Proc, free_port, start_api, start_lm_simulator, start_redis, start_worker, wait_for
 
 # Models a job may name besides the default; the simulator answers any.
 OTHER_MODEL = "openai/other-model"
+FLOWER_AUTH = ("admin", "s3cret-for-tests")
 
 
 @dataclass
@@ -60,6 +62,19 @@ class Stack:
         proc, self.api_url = start_api(self.env)
         self.procs.append(proc)
         return self.api_url
+
+    def start_flower(self) -> tuple[str, Proc]:
+        """Flower as `make up` runs it, behind `FLOWER_AUTH`: its URL once it answers, and its process."""
+        port = free_port()
+        flower = Proc(
+            "flower",
+            [sys.executable, "-m", "celery", "-A", "core.queue", "flower", f"--port={port}", "--address=127.0.0.1"],
+            {**self.env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)},
+        )
+        self.procs.append(flower)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{url}/api/workers", auth=FLOWER_AUTH).status_code == 200, 30, "Flower", flower)
+        return url, flower
 
     def start_services(self) -> None:
         """What serves jobs: an interactive worker, a bulk worker and the API."""

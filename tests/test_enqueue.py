@@ -3,7 +3,6 @@
 
 import base64
 import json
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,8 +13,8 @@ import redis
 from api.enqueue import TaskMessages
 from core.queue import RUN_JOB_TASK, make_celery
 from core.settings import Settings
-from tests.conftest import Stack
-from tests.support import Proc, free_port, wait_for
+from tests.conftest import FLOWER_AUTH, Stack
+from tests.support import wait_for
 from tests.test_jobs import expected_result, unique, wait_finished
 
 # Differ between any two messages, however they were sent.
@@ -58,16 +57,8 @@ def test_a_job_sent_this_way_runs_and_flower_shows_it_succeeded(make_stack: Call
     stack = make_stack()
     stack.start_worker()
     stack.start_api()
-    port = free_port()
-    flower = Proc(
-        "flower-enqueue",
-        [sys.executable, "-m", "celery", "-A", "core.queue", "flower", f"--port={port}", "--address=127.0.0.1"],
-        {**stack.env, "FLOWER_BASIC_AUTH": "admin:s3cret-for-tests"},
-    )
-    stack.procs.append(flower)
-    flower_url = f"http://127.0.0.1:{port}"
-    auth = ("admin", "s3cret-for-tests")
-    wait_for(lambda: httpx.get(f"{flower_url}/api/workers", auth=auth).status_code == 200, 30, "Flower", flower)
+    flower_url, flower = stack.start_flower()
+    auth = FLOWER_AUTH
     time.sleep(1.0)  # Flower subscribes to events once it is up; a job before that would go unseen
 
     question = unique("Does Flower see me?")

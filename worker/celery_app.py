@@ -34,9 +34,11 @@ from worker.job_updates import JobUpdates
 from worker.leases import Leases, Reaper
 from worker.metrics import record_job_outcome
 from worker.runtime import Runtime
+from worker.task_events import install as publish_task_events_from_a_thread
 
 log = logging.getLogger(__name__)
 install_dspy_speedups()
+publish_task_events_from_a_thread()
 
 settings = get_settings()
 app = make_celery(settings)

@@ -119,10 +119,9 @@ class Settings(BaseSettings):
     # Celery's task events (sent, received, started, succeeded...), from which
     # Flower shows tasks and counts them per worker. Off, Flower still lists
     # the workers (their heartbeats and remote control are separate) and our
-    # own records and /metrics are unchanged; a worker then starts jobs sooner
-    # under load, because it publishes these events, one Redis round trip
-    # each flush, from the thread that also takes messages off the queue
-    # (bench/results/no_task_events.md against BENCHMARKS.md).
+    # own records and /metrics are unchanged; the worker saves a Redis
+    # publish every few jobs (worker/task_events.py; what that buys is in
+    # bench/results/no_task_events.md against BENCHMARKS.md).
     task_events: bool = True
     idempotency_ttl_s: int = 24 * 3600
     # Sending a batch's expansion task through Celery. A job's own message is

@@ -824,7 +824,7 @@ Categories = list[tuple[str, list[str]]]
 
 WORKER_CATEGORIES: Categories = [
     ("DSPy `model_info`: metadata lookup, a full-table scan for a model it does not list", ["model_info ("]),
-    ("Celery task events (`EventDispatcher`; kombu opens a Redis client per fanout publish)", ["EventDispatcher"]),
+    ("Celery task events (`EventDispatcher`: one Redis PUBLISH per flush, on its own thread)", ["EventDispatcher"]),
     ("LiteLLM: cost calculation at the end of a stream", ["response_cost_calculator", "completion_cost"]),
     ("LiteLLM: `stream_chunk_builder` (rebuilds the whole response after the stream)", ["stream_chunk_builder"]),
     ("LiteLLM: logging object", ["litellm_logging"]),

@@ -46,16 +46,12 @@ class ProgramModels:
 
 
 def _models(name: str, info: ArtifactInfo) -> ProgramModels:
-    if not info.input_schema or not info.output_schema:
-        raise ArtifactError(
-            f"program {name!r}: {info.path} carries no signature schemas (it was not written by "
-            f"`python -m program.optimize`); rebuild it with `python -m program.optimize {name}`"
-        )
+    schemas = info.signature_schemas(name)
     camel = model_prefix(name)
-    input_model = model_from_schema(f"{camel}Input", info.input_schema, prefix=camel, base=ProgramInput)
+    input_model = model_from_schema(f"{camel}Input", schemas["input"], prefix=camel, base=ProgramInput)
     # Every output field optional in the response: a record written by a
     # worker on another artifact version must still be answerable.
-    output_schema = {**info.output_schema, "required": []}
+    output_schema = {**schemas["output"], "required": []}
     output_model = model_from_schema(f"{camel}Output", output_schema, prefix=camel, extra="allow")
     job = create_model(
         f"{camel}Job",

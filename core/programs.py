@@ -132,6 +132,10 @@ def artifact_path(settings: "Settings", name: str, entry: ProgramEntry) -> Path:
     return Path(entry.artifact) if entry.artifact else Path(settings.artifacts_dir) / f"{name}.json"
 
 
+class ArtifactError(RuntimeError):
+    """The artifact is missing or unreadable; the message says what to run."""
+
+
 class ArtifactInfo(BaseModel):
     """What an artifact says about itself, read without dspy."""
 
@@ -141,16 +145,44 @@ class ArtifactInfo(BaseModel):
     input_schema: dict[str, Any] | None = Field(description="JSON Schema of the input fields, from the signature.")
     output_schema: dict[str, Any] | None = Field(description="JSON Schema of the output fields, from the signature.")
 
+    def signature_schemas(self, name: str) -> dict[str, dict[str, Any]]:
+        """`{"input": ..., "output": ...}`; an artifact without them was not written by `program.optimize`."""
+        if not self.input_schema or not self.output_schema:
+            raise ArtifactError(
+                f"program {name!r}: {self.path} carries no signature schemas (it was not written by "
+                f"`python -m program.optimize`); rebuild it with `python -m program.optimize {name}`"
+            )
+        return {"input": self.input_schema, "output": self.output_schema}
 
-class ArtifactError(RuntimeError):
-    """The artifact is missing or unreadable; the message says what to run."""
 
-
-def artifact_version(metadata: dict[str, Any], raw: bytes) -> str:
+def _version(metadata: dict[str, Any], raw: bytes) -> str:
     version = metadata.get("version")
     if version is not None:
         return str(version)
     return "sha256:" + hashlib.sha256(raw).hexdigest()[:12]
+
+
+def parse_artifact(name: str, path: Path, raw: bytes) -> tuple[dict[str, Any], ArtifactInfo]:
+    """The artifact's whole saved state, and what it says about itself, from its bytes as read once."""
+    try:
+        state = json.loads(raw)
+    except ValueError as e:
+        raise ArtifactError(f"program {name!r}: {path} is not JSON ({e})") from e
+    if not isinstance(state, dict):
+        raise ArtifactError(f"program {name!r}: {path} holds a JSON {type(state).__name__}, not a saved program")
+    found = state.get("metadata")
+    metadata: dict[str, Any] = found if isinstance(found, dict) else {}
+    signature = metadata.get("signature")
+    if not isinstance(signature, dict):
+        signature = {}
+    info = ArtifactInfo(
+        path=str(path),
+        version=_version(metadata, raw),
+        metadata={key: value for key, value in metadata.items() if key != "signature"},
+        input_schema=signature.get("input"),
+        output_schema=signature.get("output"),
+    )
+    return state, info
 
 
 def read_artifact_info(name: str, path: Path) -> ArtifactInfo:
@@ -162,19 +194,4 @@ def read_artifact_info(name: str, path: Path) -> ArtifactInfo:
         ) from e
     except OSError as e:
         raise ArtifactError(f"program {name!r}: cannot read {path}: {e}") from e
-    try:
-        state = json.loads(raw)
-    except ValueError as e:
-        raise ArtifactError(f"program {name!r}: {path} is not JSON ({e})") from e
-    found = state.get("metadata") if isinstance(state, dict) else None
-    metadata: dict[str, Any] = found if isinstance(found, dict) else {}
-    signature = metadata.get("signature")
-    if not isinstance(signature, dict):
-        signature = {}
-    return ArtifactInfo(
-        path=str(path),
-        version=artifact_version(metadata, raw),
-        metadata={key: value for key, value in metadata.items() if key != "signature"},
-        input_schema=signature.get("input"),
-        output_schema=signature.get("output"),
-    )
+    return parse_artifact(name, path, raw)[1]

@@ -21,7 +21,6 @@ Each load is counted in Redis (`keys.PROGRAM_LOADS`) so tests and operators
 can see that loading happens once per process and version, not per job.
 """
 
-import json
 import logging
 import os
 import threading
@@ -34,7 +33,7 @@ import redis
 from pydantic import BaseModel, ValidationError
 
 from core import keys
-from core.programs import ArtifactError, RegistryError, artifact_version
+from core.programs import ArtifactError, RegistryError, parse_artifact
 from core.settings import Settings
 from program.lm import build_adapter, build_lm
 from program.registry import ProgramSpec, program_specs
@@ -162,21 +161,14 @@ class Runtime:
             return {name: loaded.version for name, loaded in self._programs.items()}
 
     def _load(self, spec: ProgramSpec, file_state: tuple[int, int], previous: LoadedProgram | None) -> LoadedProgram:
-        raw = spec.artifact.read_bytes()
-        state = json.loads(raw)
-        metadata = state.get("metadata") or {}
-        version = artifact_version(metadata, raw)
+        state, info = parse_artifact(spec.name, spec.artifact, spec.artifact.read_bytes())
+        version = info.version
         if previous is not None and previous.version == version:
             return LoadedProgram(spec.name, previous.module, version, previous.input_model, file_state)
-        if not isinstance(metadata.get("signature"), dict):
-            raise ArtifactError(
-                f"program {spec.name!r}: {spec.artifact} carries no signature metadata (it was not written by "
-                f"`python -m program.optimize`); rebuild it with `python -m program.optimize {spec.name}`"
-            )
+        built_for = info.signature_schemas(spec.name)
         module = spec.build()
         signature = spec.signature(module)
-        code_schemas = signature_schemas(spec.name, signature)
-        mismatch = interface_mismatch(metadata["signature"], code_schemas)
+        mismatch = interface_mismatch(built_for, signature_schemas(spec.name, signature))
         if mismatch:
             raise ArtifactError(
                 f"program {spec.name!r}: {spec.artifact} (version {version}) was built for other fields than the "

@@ -104,8 +104,7 @@ def lm_api_base() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def stack(lm_api_base: str) -> Iterator[Stack]:
-    redis_proc, url = start_redis()
-    stack = Stack(url, lm_api_base, [redis_proc] if redis_proc else [])
+    stack = private_stack(lm_api_base, "redis")
     stack.start_services()
     yield stack
     stack.stop()

@@ -10,6 +10,12 @@ it away (worker/leases.py), so the visibility timeout does not have to
 outlast the longest job. JSON only: pickle would let anyone who can write to
 Redis run code in the workers.
 
+A worker that does not run batch expansions consumes without kombu's ack
+emulation (`broker_ack_emulation`, core/settings.py; `ack_emulation_for`):
+kombu then keeps the messages it took in memory only, and a message taken
+by a worker that dies is recovered from our own records instead (a job's
+`queued` note and lease, worker/leases.py), which the reaper watches anyway.
+
 kombu's Redis transport builds a new `redis.Redis` client for nearly every
 command it sends outside its consumer loop (a publish, an ack, a task event,
 the exchange lookup before a publish): `Channel.conn_or_acquire()` calls
@@ -21,10 +27,10 @@ the channel's connection pool and is safe to share between threads, so
 """
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 from kombu.entity import Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
@@ -94,7 +100,31 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
     )
+    app.steps["worker"].add(_ack_emulation_step(settings))
     return app
+
+
+def _ack_emulation_step(settings: Settings) -> type[bootsteps.Step]:
+    """A worker bootstep that sets kombu's ack emulation from the queues the worker consumes (`-Q`).
+
+    Worker bootsteps are built after the queues are chosen and before the
+    consumer opens its broker connection, which reads the transport options."""
+
+    class AckEmulation(bootsteps.Step):
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            conf = parent.app.conf
+            enabled = ack_emulation_for(settings, parent.app.amqp.queues.consume_from)
+            conf.broker_transport_options = {**conf.broker_transport_options, "ack_emulation": enabled}
+
+    return AckEmulation
+
+
+def ack_emulation_for(settings: Settings, queues: Iterable[str]) -> bool:
+    """Whether a worker consuming `queues` keeps kombu's copy of each message it takes (see above)."""
+    if settings.broker_ack_emulation == "auto":
+        return settings.bulk_queue in queues
+    return settings.broker_ack_emulation == "on"
 
 
 def _reuse_redis_clients() -> None:

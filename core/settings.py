@@ -128,12 +128,22 @@ class Settings(BaseSettings):
     # written with its record, in one script (api/enqueue.py), and fails or
     # succeeds with it.
     enqueue_timeout_s: float = 5.0
-    # How long Redis keeps a delivered, unacknowledged message before handing
-    # it out again. Leases make a second delivery of a running job harmless
-    # (it is dropped), so this need not exceed the longest job; what it bounds
-    # is how long a job waits whose message a worker took and died with before
-    # starting it (no lease yet, so the reaper cannot see it). Kombu checks
-    # about every 10 s, so such a job is redelivered within this plus ~10 s.
+    # kombu's ack emulation: a copy of every message a worker takes, kept in
+    # Redis until the task is acknowledged and handed out again if it is not
+    # within `broker_visibility_timeout_s`. Two Redis round trips per message,
+    # 40 % of what Celery itself costs a worker per message
+    # (bench/results/celery_floor.md). Jobs do not need it: a job is noted
+    # queued until a worker starts it and leased while one runs it, and the
+    # reaper re-sends a job lost at either step (worker/leases.py). A batch's
+    # expansion task has no such record and resumes only through a
+    # redelivered message. `auto`: on for a worker that consumes the bulk
+    # queue (where expansions run), off for one that does not.
+    broker_ack_emulation: Literal["auto", "on", "off"] = "auto"
+    # With ack emulation: how long Redis keeps a delivered, unacknowledged
+    # message before handing it out again. Leases make a second delivery of a
+    # running job harmless (it is dropped), so this need not exceed the
+    # longest job. Kombu checks about every 10 s, so a message whose worker
+    # died comes back within this plus ~10 s.
     broker_visibility_timeout_s: int = 60
     api_redis_max_connections: int = 200
     api_redis_pool_timeout_s: float = 5.0

@@ -13,9 +13,11 @@ import httpx
 import pytest
 
 from core import keys
+from core.batches import item_id
 from tests.conftest import Stack
 from tests.sse import read_events
 from tests.support import start_redis, wait_for
+from tests.test_batches import submit_batch, wait_batch
 from tests.test_jobs import expected_result, unique, wait_finished
 
 RequestsFor = Callable[[str], list[dict[str, object]]]
@@ -234,6 +236,35 @@ def test_a_job_whose_message_died_with_the_worker_that_took_it_still_runs_once(
     assert job["status"] == "succeeded" and job["attempts"] == 1
     assert r.zcard(keys.queued("interactive")) == 0
     assert "its message is gone; sending it again" in stack.procs[-1].own_log()
+
+
+def test_only_a_worker_of_the_bulk_queue_keeps_kombus_copies_of_the_messages_it_runs(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """A job is recovered from its own record (queued note, lease), so an interactive worker skips kombu's
+    ack emulation; a batch's expansion has no record and is recovered only from kombu's copy (core/queue.py)."""
+    stack = make_stack()
+    interactive = stack.start_worker()
+    bulk = stack.start_worker(name="worker-bulk", queues="bulk")
+    stack.start_api()
+    r = stack.redis()
+
+    def running(client: httpx.Client, job_id: str) -> bool:
+        return bool(client.get(f"/jobs/{job_id}").json()["status"] == "running")
+
+    with stack.client() as client:
+        job_id = post_job(client, unique("no copy [lm:delay_s=2]"))["id"]
+        wait_for(lambda: running(client, job_id), 10, "the job to start", interactive)
+        assert r.hlen(keys.KOMBU_UNACKED) == 0
+        assert wait_finished(client, job_id, timeout_s=30)["status"] == "succeeded"
+
+        batch = submit_batch(client, [{"question": unique("a copy [lm:delay_s=2]")}])
+        item = item_id(batch["id"], 0)
+        wait_for(lambda: running(client, item), 10, "the batch item to start", bulk)
+        held = r.hvals(keys.KOMBU_UNACKED)
+        assert len(held) == 1 and item in held[0]
+        assert wait_batch(client, batch["id"], timeout_s=30)["counts"]["succeeded"] == 1
+    assert r.hlen(keys.KOMBU_UNACKED) == 0
 
 
 def test_jobs_waiting_behind_others_are_not_sent_twice(make_stack: Callable[..., Stack]) -> None:

@@ -173,7 +173,8 @@ def _on_ready(sender: object, **_: object) -> None:
             requeue(client, job_id)
 
     Reaper(client, settings, requeue_lost, send).start()
-    log.info("worker %s ready on queues %s", hostname, queues)
+    copies = "kept" if app.conf.broker_transport_options.get("ack_emulation", True) else "not kept (core/queue.py)"
+    log.info("worker %s ready on queues %s; kombu's copies of taken messages %s", hostname, queues, copies)
 
 
 @signals.worker_shutdown.connect

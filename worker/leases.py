@@ -3,21 +3,22 @@
 Two ways a job can be lost, both repaired by the reaper every worker runs:
 
 - its worker died while running it: its lease runs out (below);
-- its worker died just after taking its message from the queue, before
-  kombu recorded the message as taken (`BRPOP` removes it from the list,
-  and only the next command writes it to kombu's `unacked` hash): no copy of
-  the message is left anywhere, and nothing would ever run the job. Every
-  queued job is noted in its queue's `keys.queued` set until a worker starts
-  it. A job noted there for `queued_lost_after_s`, while its queue is empty
-  and its message is not among the unacknowledged ones, lost its message:
-  the reaper sends it again. A queue with messages waiting is left alone
-  (the job's message may be among them); the check runs again once it has
+- its worker died after taking its message from the queue and before
+  starting the job: an interactive worker keeps no copy of the messages it
+  takes (no ack emulation, core/queue.py), and even with one, `BRPOP`
+  removes a message from the list before the next command writes it to
+  kombu's `unacked` hash. Nothing would ever run the job. Every queued job
+  is noted in its queue's `keys.queued` set until a worker starts it. A job
+  noted there for `queued_lost_after_s`, while its queue is empty and its
+  message is not among kombu's unacknowledged ones, lost its message: the
+  reaper sends it again. A queue with messages waiting is left alone (the
+  job's message may be among them); the check runs again once it has
   drained. A message sent twice is harmless: the second finds the job
   leased or finished and is dropped.
 
-Celery on Redis only redelivers a dead worker's message after the broker's
-visibility timeout (longer than the longest job, so tens of minutes). We do
-not wait for it. A worker that starts a job takes a lease on it (its id in
+Celery on Redis only redelivers a dead worker's message with ack emulation
+on (the bulk queue's workers) and after the broker's visibility timeout. We
+do not wait for it. A worker that starts a job takes a lease on it (its id in
 `keys.RUNNING`, scored by the lease's expiry; taken by the start script in
 worker/job_updates.py, released by its finish script) and renews the leases
 of all its jobs every `job_lease_s / 3`. Any worker's reaper requeues a job

@@ -130,9 +130,9 @@ class Settings(BaseSettings):
     enqueue_timeout_s: float = 5.0
     # kombu's ack emulation: a copy of every message a worker takes, kept in
     # Redis until the task is acknowledged and handed out again if it is not
-    # within `broker_visibility_timeout_s`. Two Redis round trips per message,
-    # 40 % of what Celery itself costs a worker per message
-    # (bench/results/celery_floor.md). Jobs do not need it: a job is noted
+    # within `broker_visibility_timeout_s`. Two Redis round trips per message:
+    # about half of what Celery itself costs per message (worker and Redis
+    # CPU, bench/results/celery_floor.md). Jobs do not need it: a job is noted
     # queued until a worker starts it and leased while one runs it, and the
     # reaper re-sends a job lost at either step (worker/leases.py). A batch's
     # expansion task has no such record and resumes only through a

@@ -36,8 +36,9 @@ def queued(queue: str) -> str:
 
 
 # Hash (kombu's, not ours): delivery tag -> a message a worker has taken from
-# its queue and not yet acknowledged. kombu puts it back in the queue once
-# the broker's visibility timeout has passed, if its worker died.
+# its queue and not yet acknowledged, by workers with ack emulation (the bulk
+# queue's, core/queue.py). kombu puts it back in the queue once the broker's
+# visibility timeout has passed, if its worker died.
 KOMBU_UNACKED = "unacked"
 
 # Sorted set: job id -> unix time its worker's lease runs out. A job in here

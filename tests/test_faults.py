@@ -250,7 +250,8 @@ def test_only_a_worker_of_the_bulk_queue_keeps_kombus_copies_of_the_messages_it_
     r = stack.redis()
 
     def running(client: httpx.Client, job_id: str) -> bool:
-        return bool(client.get(f"/jobs/{job_id}").json()["status"] == "running")
+        response = client.get(f"/jobs/{job_id}")  # a batch item is 404 until its batch is expanded
+        return response.status_code == 200 and response.json()["status"] == "running"
 
     with stack.client() as client:
         job_id = post_job(client, unique("no copy [lm:delay_s=2]"))["id"]

@@ -1,11 +1,15 @@
 """Worker processes: load the program once, and readiness follows them."""
 
 import time
+import uuid
 from collections.abc import Callable
+
+import httpx
 
 from core import keys
 from tests.conftest import Stack
 from tests.support import wait_for
+from tests.test_jobs import wait_finished
 
 
 def test_twenty_jobs_through_one_worker_process_load_the_program_once(make_stack: Callable[[], Stack]) -> None:
@@ -25,6 +29,29 @@ def test_twenty_jobs_through_one_worker_process_load_the_program_once(make_stack
     assert [j["status"] for j in jobs] == ["succeeded"] * 20
     assert {j["worker"] for j in jobs} == {f"{worker.hostname}:{worker.pid}"}
     assert stack.redis().hget(keys.PROGRAM_LOADS, "qa") == "1"
+
+
+def test_one_worker_process_has_more_lm_calls_in_flight_than_dspys_100_connection_default(
+    make_stack: Callable[[], Stack], lm_api_base: str
+) -> None:
+    """Jobs share one event loop per process, so one pool of DSPy's LM connections (worker/streaming.py)."""
+    jobs = 130
+    stack = make_stack()
+    stack.extra_env = {"WORKER_CONCURRENCY": str(jobs)}
+    stack.start_worker(concurrency=jobs)
+    stack.start_api()
+    tag = uuid.uuid4().hex[:8]
+    questions = [f"in flight {tag} {i} [lm:delay_s=8]" for i in range(jobs)]
+    with stack.client() as client:
+        ids = [client.post("/jobs", json={"question": q}).json()["id"] for q in questions]
+        for job_id in ids:
+            assert wait_finished(client, job_id, timeout_s=60)["status"] == "succeeded"
+
+    seen = httpx.get(f"{lm_api_base.removesuffix('/v1')}/_requests").json()
+    received = [r["at"] for r in seen if tag in r["question"]]
+    assert len(received) == jobs
+    # Every request reached the LM before the first could have been answered: all were in flight at once.
+    assert max(received) - min(received) < 8
 
 
 def test_ready_is_503_without_a_worker_and_200_with_one(make_stack: Callable[[], Stack]) -> None:

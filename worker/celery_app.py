@@ -34,6 +34,7 @@ from worker.job_updates import JobUpdates
 from worker.leases import Leases, Reaper
 from worker.metrics import record_job_outcome
 from worker.runtime import Runtime
+from worker.streaming import raise_lm_connection_cap
 from worker.task_events import install as publish_task_events_from_a_thread
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ install_dspy_speedups()
 publish_task_events_from_a_thread()
 
 settings = get_settings()
+raise_lm_connection_cap(settings.worker_concurrency)
 app = make_celery(settings)
 
 _process_lock = threading.Lock()

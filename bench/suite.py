@@ -1277,8 +1277,8 @@ def _automatic_notes(res: Results) -> list[str]:
                 f"{r.run.clients} clients (simulator's records), so its throughput is capped near "
                 f"{r.max_lm_in_flight} / LM time per answer. DSPy's native engine (lm15), which `LM_ENGINE=auto` "
                 f"picks for this model, pools at most 100 connections per client "
-                f"(`dspy/_vendor/lm15/transports/_limits.py`, `DEFAULT_MAX_CONNECTIONS`); the worker has no such "
-                f"cap because each of its threads runs its own event loop and connection pool."
+                f"(`dspy/_vendor/lm15/transports/_limits.py`, `DEFAULT_MAX_CONNECTIONS`); the worker raises that "
+                f"cap to its concurrency (`worker/streaming.py`)."
             )
             break
     ours = _find(res.overhead, OURS, res.args.overhead_clients)

@@ -10,9 +10,9 @@ on a thread of its own: the Celery thread hands it the call (in its own
 context, so its `dspy.context` and log ids go along) and waits. One loop
 per Celery thread cost a third more CPU per call (DSPy's async LM client
 then holds a connection pool per loop, and 256 loops take turns at the GIL)
-than one loop for all: 1.9 against 1.3 ms per call of the `qa` program, 32
-threads, an LM answering at once, about what the direct-call baseline pays
-(1.2 ms). The price: a program whose `aforward` blocks (sync I/O inside an
+than one loop for all: 1.83 against 1.32 ms per call of the `qa` program,
+32 threads, an LM answering at once, the same as 32 tasks on one loop without
+threads, the way the direct-call baseline runs (bench/results/job_loop.md). The price: a program whose `aforward` blocks (sync I/O inside an
 async method) holds up every job of its process, not only its own; a
 program with only `forward` runs in its Celery thread as before. One loop
 means one connection pool for DSPy's native client, whose 100-connection cap

@@ -8,12 +8,13 @@ nobody watches token by token should not pay for it.
 A program with `aforward` runs on the process's one job loop, an event loop
 on a thread of its own: the Celery thread hands it the call (in its own
 context, so its `dspy.context` and log ids go along) and waits. One loop
-per Celery thread cost a third more CPU per call (DSPy's async LM client
-then holds a connection pool per loop, and 256 loops take turns at the GIL)
-than one loop for all: 1.83 against 1.32 ms per call of the `qa` program,
-32 threads, an LM answering at once, the same as 32 tasks on one loop without
-threads, the way the direct-call baseline runs (bench/results/job_loop.md). The price: a program whose `aforward` blocks (sync I/O inside an
-async method) holds up every job of its process, not only its own; a
+per Celery thread cost 39 % more CPU per call (DSPy's async LM client then
+holds a connection pool per loop, and 256 loops take turns at the GIL) than
+one loop for all: 1.83 against 1.32 ms per call of the `qa` program, 32
+threads, an LM answering at once; 32 tasks on one loop without threads, the
+way the direct-call baseline runs, took 1.33 (bench/results/job_loop.md).
+The price: a program whose `aforward` blocks (sync I/O inside an async
+method) holds up every job of its process, not only its own; a
 program with only `forward` runs in its Celery thread as before. One loop
 means one connection pool for DSPy's native client, whose 100-connection cap
 is raised to the worker's concurrency (`raise_lm_connection_cap`).

@@ -24,7 +24,6 @@ the pool, taken is run). Writes `bench/results/celery_floor.md`.
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import redis
 from bench.report import command_line, git_state, machine, proc_cpu_s, table, versions
 from core.queue import make_celery
 from core.settings import get_settings
-from tests.support import Proc, start_redis, wait_for
+from tests.support import Proc, start_redis, wait_for, worker_command
 from worker.task_events import install as publish_task_events_from_a_thread
 
 RESULTS = Path(__file__).parent / "results"
@@ -64,28 +63,8 @@ def measure(messages: int, concurrency: int, ack_emulation: bool, task_events: b
         with sender.producer_or_acquire() as producer:
             for i in range(messages):
                 sender.send_task(NOOP_TASK, args=[str(i)], queue=queue, producer=producer)
-        worker = Proc(
-            "floor-worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "bench.celery_floor",
-                "worker",
-                "-P",
-                "threads",
-                "-c",
-                str(concurrency),
-                "-Q",
-                queue,
-                "--loglevel",
-                "WARNING",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            env,
-        )
+        command = worker_command("bench.celery_floor", queue, concurrency, "floor@bench", loglevel="WARNING")
+        worker = Proc("floor-worker", command, env)
         start_at, stop_at = messages * 9 // 10, messages // 10
         wait_for(lambda: client.llen(queue) <= start_at, 60, "the worker to start consuming", worker)
         left_0, worker_0, redis_0, t_0 = client.llen(queue), proc_cpu_s(worker.pid), _cpu(redis_proc), time.monotonic()

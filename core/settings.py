@@ -121,7 +121,8 @@ class Settings(BaseSettings):
     # the workers (their heartbeats and remote control are separate) and our
     # own records and /metrics are unchanged; the worker saves a Redis
     # publish every few jobs (worker/task_events.py; what that buys is in
-    # bench/results/no_task_events.md against BENCHMARKS.md).
+    # bench/results/no_task_events.md against `git show 967ee5b:BENCHMARKS.md`,
+    # the run next to it).
     task_events: bool = True
     idempotency_ttl_s: int = 24 * 3600
     # Sending a batch's expansion task through Celery. A job's own message is

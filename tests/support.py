@@ -140,32 +140,33 @@ def start_lm_simulator(name: str = "lm-simulator", *args: str) -> tuple[Proc, st
     return proc, f"{base}/v1"
 
 
+def worker_command(app: str, queues: str, concurrency: int, hostname: str, loglevel: str = "INFO") -> list[str]:
+    """A threads-pool Celery worker of `app`, without the start-up chatter between workers (mingle, gossip)."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "-P",
+        "threads",
+        "-c",
+        str(concurrency),
+        "-Q",
+        queues,
+        "-n",
+        hostname,
+        "--loglevel",
+        loglevel,
+        "--without-mingle",
+        "--without-gossip",
+    ]
+
+
 def start_worker(env: dict[str, str], name: str = "worker", queues: str = "interactive", concurrency: int = 16) -> Proc:
     hostname = f"{name}-{free_port()}@test"
-    proc = Proc(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            str(concurrency),
-            "-Q",
-            queues,
-            "-n",
-            hostname,
-            "--loglevel",
-            "INFO",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        env,
-    )
+    proc = Proc(name, worker_command("worker.celery_app", queues, concurrency, hostname), env)
     client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
     wait_for(lambda: client.zscore("dj:workers", hostname) is not None, 60, f"worker {hostname}", proc)
     proc.hostname = hostname

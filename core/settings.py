@@ -109,10 +109,10 @@ class Settings(BaseSettings):
     # that runs out means the worker is gone and the job is requeued.
     job_lease_s: float = 15.0
     reaper_interval_s: float = 2.0
-    # A job still `queued` this long after it was queued, while its queue is
-    # empty and no worker holds its message, lost its message (a worker was
-    # killed between taking it from the queue and recording it as taken):
-    # it is enqueued again (worker/leases.py).
+    # A job still `queued` this long after its message was taken from the
+    # queue, with no worker holding that message, lost it (a worker was
+    # killed between taking it and starting the job): it is enqueued again,
+    # whether or not newer jobs still wait in the queue (worker/leases.py).
     queued_lost_after_s: float = 10.0
     retry_base_s: float = 1.0
     retry_max_s: float = 60.0

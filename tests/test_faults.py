@@ -14,6 +14,8 @@ import pytest
 
 from core import keys
 from core.batches import item_id
+from core.queue import RUN_JOB_TASK, make_celery
+from core.settings import Settings
 from tests.conftest import Stack
 from tests.sse import read_events
 from tests.support import start_redis, wait_for
@@ -238,6 +240,70 @@ def test_a_job_whose_message_died_with_the_worker_that_took_it_still_runs_once(
     assert "its message is gone; sending it again" in stack.procs[-1].own_log()
 
 
+def queued_messages(r: Any, queue: str) -> list[str]:
+    """The job ids of the messages waiting in `queue`, next to be taken first."""
+    return [json.loads(m)["headers"]["id"] for m in reversed(r.lrange(queue, 0, -1))]
+
+
+def test_a_lost_message_is_sent_again_while_newer_jobs_still_wait_in_its_queue(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """A queue that never drains must not strand a job whose message died with a worker: a newer job next
+    in line shows that the older job's message was taken long ago."""
+    stack = make_stack()
+    stack.extra_env = {"QUEUED_LOST_AFTER_S": "1", "REAPER_INTERVAL_S": "0.2"}
+    # Its reaper watches both queues; it consumes only the empty bulk one, so nothing drains `interactive`.
+    reaper = stack.start_worker(name="worker-bulk", queues="bulk")
+    stack.start_api()
+    r = stack.redis()
+    with stack.client() as client:
+        lost = post_job(client, unique("lost in a busy queue"))["id"]
+        time.sleep(1.2)  # queued after it by more than the reaper's margin for clocks
+        waiting = [post_job(client, unique(f"waiting {i}"))["id"] for i in range(3)]
+        assert queued_messages(r, "interactive") == [lost, *waiting]
+        r.rpop("interactive")  # taken by a worker that died at once
+
+        wait_for(lambda: lost in queued_messages(r, "interactive"), 15, "the lost message to be sent again", reaper)
+        time.sleep(1.5)  # more passes of the reaper
+        assert queued_messages(r, "interactive") == [*waiting, lost]
+
+        stack.start_worker()
+        jobs = [wait_finished(client, job_id, timeout_s=30) for job_id in [lost, *waiting]]
+
+    assert [(j["status"], j["attempts"]) for j in jobs] == [("succeeded", 1)] * 4
+    assert reaper.own_log().count("sending it again") == 1
+
+
+def test_jobs_behind_a_delayed_retry_are_not_taken_for_lost(make_stack: Callable[..., Stack]) -> None:
+    """A delayed retry's message is queued now but noted from its due time: next in line, it says
+    nothing about how far the queue was taken, and the jobs behind it are not sent twice."""
+    stack = make_stack()
+    stack.extra_env = {"QUEUED_LOST_AFTER_S": "1", "REAPER_INTERVAL_S": "0.2"}
+    reaper = stack.start_worker(name="worker-bulk", queues="bulk")
+    stack.start_api()
+    r = stack.redis()
+    retried = f"retried-{uuid.uuid4()}"
+    # What worker.celery_app.requeue does for a retry due in a minute.
+    r.zadd(keys.queued("interactive"), {retried: time.time() + 60})
+    make_celery(Settings(redis_url=stack.redis_url)).send_task(
+        RUN_JOB_TASK, args=[retried], task_id=retried, countdown=60, queue="interactive"
+    )
+    with stack.client() as client:
+        time.sleep(1.2)
+        first = post_job(client, unique("behind a retry"))["id"]
+        time.sleep(1.2)
+        second = post_job(client, unique("behind a retry too"))["id"]
+        time.sleep(3)  # passes of the reaper well past QUEUED_LOST_AFTER_S
+        assert queued_messages(r, "interactive") == [retried, first, second]
+        assert "sending it again" not in reaper.own_log()
+
+        # The same reaper does send a job that lost its message, once a job next in line shows it.
+        r.rpop("interactive")
+        r.rpop("interactive")
+        wait_for(lambda: first in queued_messages(r, "interactive"), 15, "the lost message to be sent again", reaper)
+        assert queued_messages(r, "interactive") == [second, first]
+
+
 def test_only_a_worker_of_the_bulk_queue_keeps_kombus_copies_of_the_messages_it_runs(
     make_stack: Callable[..., Stack],
 ) -> None:
@@ -269,7 +335,7 @@ def test_only_a_worker_of_the_bulk_queue_keeps_kombus_copies_of_the_messages_it_
 
 
 def test_jobs_waiting_behind_others_are_not_sent_twice(make_stack: Callable[..., Stack]) -> None:
-    """A busy queue may still hold a job's message: the check waits until the queue has drained."""
+    """Jobs whose messages still wait in a busy queue, and jobs a worker has just taken, are not sent again."""
     stack = make_stack()
     stack.extra_env = {"QUEUED_LOST_AFTER_S": "0.5"}
     worker = stack.start_worker(concurrency=2)

@@ -8,13 +8,23 @@ Two ways a job can be lost, both repaired by the reaper every worker runs:
   takes (no ack emulation, core/queue.py), and even with one, `BRPOP`
   removes a message from the list before the next command writes it to
   kombu's `unacked` hash. Nothing would ever run the job. Every queued job
-  is noted in its queue's `keys.queued` set until a worker starts it. A job
-  noted there for `queued_lost_after_s`, while its queue is empty and its
-  message is not among kombu's unacknowledged ones, lost its message: the
-  reaper sends it again. A queue with messages waiting is left alone (the
-  job's message may be among them); the check runs again once it has
-  drained. A message sent twice is harmless: the second finds the job
-  leased or finished and is dropped.
+  is noted in its queue's `keys.queued` set, scored by when it was queued,
+  until a worker starts it. A queue is a FIFO list, so the job whose message
+  is next to be taken (the list's tail) marks how far workers have taken:
+  every job queued before it had its message taken already (an empty queue
+  marks the present). A worker takes a message only when a thread is free
+  for it (prefetch 1, late acks, core/queue.py), so a job taken and not
+  started soon after lost its message. The reaper notes the mark each
+  pass; a job queued before a mark noted `queued_lost_after_s` ago, still
+  not started and with no copy among kombu's unacknowledged messages, is
+  sent again, even while newer jobs keep the queue busy: a queue that never
+  drains must not keep it waiting. A message next in line that gives no
+  mark (a delayed retry, scored by its due time; a batch's expansion; a
+  copy of a job already started) leaves the earlier marks in force. Marks
+  are taken `_MARK_MARGIN_S` early, for the moment between an API stamping
+  a job and pushing its message, and for API hosts whose clocks differ.
+  A message sent twice is harmless: the second finds the job leased or
+  finished and is dropped.
 
 Celery on Redis only redelivers a dead worker's message with ack emulation
 on (the bulk queue's workers) and after the broker's visibility timeout. We
@@ -35,17 +45,24 @@ Scripts here touch the job hash and the global `RUNNING` set, so unlike the
 event script they assume a single Redis, not a cluster.
 """
 
+import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 import redis
 
 from core import keys
+from core.queue import RUN_JOB_TASK
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# How much earlier than it appears a mark of how far workers have taken a
+# queue is taken (module docstring).
+_MARK_MARGIN_S = 1.0
 
 # KEYS: job hash, running set. ARGV: job id, now.
 # Returns 1 when this caller took the expired lease away and the job still
@@ -133,6 +150,9 @@ class Reaper:
         self._requeue = requeue
         self._resend = resend
         self._batch = batch
+        # Per queue: marks not yet `queued_lost_after_s` old (noted at, mark), and the latest that is.
+        self._pending_marks: dict[str, deque[tuple[float, float]]] = {}
+        self._taken_marks: dict[str, float] = {}
         self._thread = threading.Thread(target=self._reap_forever, name="reaper", daemon=True)
 
     def start(self) -> None:
@@ -154,21 +174,19 @@ class Reaper:
         """Send again the jobs whose message was lost (see the module docstring)."""
         now = time.time()
         resent = 0
+        held: str | None = None
         for queue in (self._settings.interactive_queue, self._settings.bulk_queue):
-            if self._redis.llen(queue):
+            taken_before = self._taken_before(queue, now)
+            if taken_before is None:
                 continue
             waiting: list[tuple[str, float]] = self._redis.zrangebyscore(  # type: ignore[assignment]
-                keys.queued(queue),
-                "-inf",
-                now - self._settings.queued_lost_after_s,
-                start=0,
-                num=self._batch,
-                withscores=True,
+                keys.queued(queue), "-inf", f"({taken_before!r}", start=0, num=self._batch, withscores=True
             )
             if not waiting:
                 continue
-            # Taken by a worker and not acknowledged: kombu returns these itself if their worker died.
-            held = "\n".join(str(m) for m in self._redis.hvals(keys.KOMBU_UNACKED))
+            if held is None:
+                # Taken by a worker and not acknowledged: kombu returns these itself if their worker died.
+                held = "\n".join(str(m) for m in self._redis.hvals(keys.KOMBU_UNACKED))
             for job_id, score in waiting:
                 if job_id in held:
                     continue
@@ -177,6 +195,37 @@ class Reaper:
                     self._resend(job_id, queue)
                     resent += 1
         return resent
+
+    def _taken_before(self, queue: str, now: float) -> float | None:
+        """A time such that every job queued on `queue` before it had its message taken at least
+        `queued_lost_after_s` ago; None while no mark is that old."""
+        mark = self._mark(queue, now)
+        pending = self._pending_marks.setdefault(queue, deque())
+        if mark is not None:
+            pending.append((now, mark))
+        while pending and pending[0][0] <= now - self._settings.queued_lost_after_s:
+            _, old_mark = pending.popleft()
+            # Each mark stays true once true: the earliest bound is the latest one.
+            self._taken_marks[queue] = max(self._taken_marks.get(queue, old_mark), old_mark)
+        return self._taken_marks.get(queue)
+
+    def _mark(self, queue: str, now: float) -> float | None:
+        """How far workers have taken `queue` now: jobs queued before this time no longer have a message in it."""
+        next_message = self._redis.lindex(queue, -1)
+        if next_message is None:
+            return now - _MARK_MARGIN_S
+        try:
+            headers = json.loads(next_message)["headers"]
+            job_id = str(headers["id"])
+            marks_nothing = headers.get("eta") is not None or headers.get("task") != RUN_JOB_TASK
+        except (ValueError, KeyError, TypeError):
+            return None
+        if marks_nothing:
+            return None
+        queued_at: float | None = self._redis.zscore(keys.queued(queue), job_id)
+        # Never past the present: a job retried while an older copy of its message still waits is
+        # scored from its retry's due time.
+        return None if queued_at is None else min(queued_at, now) - _MARK_MARGIN_S
 
     def _reap_forever(self) -> None:
         while True:

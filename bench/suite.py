@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import linecache
 import os
 import re
 import signal
@@ -900,6 +901,18 @@ IDLE_LEAVES = (
     "time.sleep",
     "_wait_for_tstate_lock",
 )
+# py-spy shows no frame for a C function, so a thread blocked in one (hiredis's socket read, kombu's
+# epoll wait, a SimpleQueue's get, uvloop's loop) has the Python line that called it as its innermost
+# frame. Such a line, when it is one of these calls, marks the sample idle too. (Before this, such
+# samples passed for work of the frame that waited: a worker's Redis replies counted as its own CPU.)
+_BLOCKING_CALL = re.compile(r"\b(recv_into|recv|poll|select|run_until_complete|run_forever|sleep)\(|\.get\(\)")
+
+
+def _idle(leaf: str) -> bool:
+    if any(pattern in leaf for pattern in IDLE_LEAVES):
+        return True
+    found = re.match(r".* \((.*):(\d+)\)$", leaf)
+    return found is not None and bool(_BLOCKING_CALL.search(linecache.getline(found[1], int(found[2]))))
 
 
 def summarize(
@@ -915,7 +928,7 @@ def summarize(
             continue
         n = int(count)
         raw_frames = stack.split(";")
-        if any(leaf in raw_frames[-1] for leaf in IDLE_LEAVES):
+        if _idle(raw_frames[-1]):
             idle += n
             continue
         frames = [_frame_key(f) for f in raw_frames]

@@ -205,7 +205,7 @@ class Reaper:
             pending.append((now, mark))
         while pending and pending[0][0] <= now - self._settings.queued_lost_after_s:
             _, old_mark = pending.popleft()
-            # Each mark stays true once true: the earliest bound is the latest one.
+            # A mark, once true, stays true (its jobs' messages stay taken): the highest one holds.
             self._taken_marks[queue] = max(self._taken_marks.get(queue, old_mark), old_mark)
         return self._taken_marks.get(queue)
 

@@ -8,8 +8,9 @@ import redis.asyncio as aioredis
 from fastapi import HTTPException
 
 from api.auth import Caller
-from core import keys
-from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus, item_id, new_batch_fields
+from core import keys, scripts
+from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus, item_id, new_batch_fields, unpicked_status
+from core.capacity import endpoint_for
 from core.settings import Settings
 
 _PUSH_CHUNK = 1000
@@ -26,15 +27,27 @@ async def create_batch(
     created_at_s: float,
     owner: str | None = None,
     stream: bool = False,
+    expires_at_s: float | None = None,
 ) -> None:
-    """Store the record and every item's input in one transaction: all or nothing.
+    """Store the record and every item's input, and give the batch its turn in the bulk rotation of its
+    model's endpoint, in one transaction: all or nothing.
 
     Each item is the program's input fields plus `custom_id` when it has one.
     `owner` (the creating key's owner id) is stored in the record; its items inherit it.
     """
-    fields = new_batch_fields(batch_id, program, len(items), model, temperature, created_at_s, stream)
-    if owner is not None:
-        fields["owner"] = owner
+    endpoint = endpoint_for(settings, model).id
+    fields = new_batch_fields(
+        batch_id,
+        program,
+        len(items),
+        model,
+        temperature,
+        created_at_s,
+        stream,
+        endpoint=endpoint,
+        owner=owner,
+        expires_at_s=expires_at_s,
+    )
     inputs = [json.dumps(item, separators=(",", ":")) for item in items]
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]  # redis-py: invariant keys
@@ -44,7 +57,11 @@ async def create_batch(
         pipe.expire(keys.batch_inputs(batch_id), settings.job_ttl_s)
         # /metrics reports batches by status from here (api/metrics.py).
         pipe.zadd(keys.OPEN_BATCHES, {batch_id: created_at_s})
-        await pipe.execute()
+        pipe.fcall(scripts.function_name("batch_register"), 1, keys.batch(batch_id))
+        *_, registered = await pipe.execute(raise_on_error=False)
+    if isinstance(registered, Exception):
+        # This Redis lost our functions (a new server): the batch is stored; give it its turn now.
+        await scripts.acall(redis, "batch_register", [keys.batch(batch_id)], [])
 
 
 async def delete_batch(redis: aioredis.Redis, batch_id: str) -> None:
@@ -63,8 +80,10 @@ async def read_batch(redis: aioredis.Redis, batch_id: str, caller: Caller | None
 _ITEM_FIELDS = ["status", "custom_id", "result", "error", "attempts", "usage"]
 
 
-async def read_items(redis: aioredis.Redis, batch_id: str, start: int, stop: int) -> list[dict[str, Any]]:
-    """Items `start..stop-1` in submission order; those not yet enqueued read as queued."""
+async def read_items(redis: aioredis.Redis, batch: dict[str, str], start: int, stop: int) -> list[dict[str, Any]]:
+    """Items `start..stop-1` in submission order; those no worker has picked read as queued (or as their
+    batch ended them)."""
+    batch_id = batch["id"]
     async with redis.pipeline(transaction=False) as pipe:
         for index in range(start, stop):
             pipe.hmget(keys.job(item_id(batch_id, index)), _ITEM_FIELDS)
@@ -74,10 +93,10 @@ async def read_items(redis: aioredis.Redis, batch_id: str, start: int, stop: int
     for offset, row in enumerate(rows):
         index = start + offset
         status, custom_id, result, error, attempts, usage = row
-        if status is None:  # not expanded yet: its input is still in the list
+        if status is None:  # not picked yet: its input is still in the list
             raw = pending_inputs[offset] if offset < len(pending_inputs) else None
             custom_id = json.loads(raw).get("custom_id") if raw else None
-            status = "queued"
+            status = unpicked_status(batch, index).value
         items.append(
             {
                 "index": index,

@@ -21,11 +21,10 @@ routing key is the anonymous exchange, and fanout messages are published on
 workers of other versions must read too, so they change rarely; the test
 above notices if they do.
 
-Batches (one message per batch, then the bulk worker's own publishing) still
-go through `send_task`: `enqueue_or_undo`.
+Batch items travel as no message at all: bulk workers pick them
+(worker/bulk.py).
 """
 
-import asyncio
 import base64
 import functools
 import json
@@ -33,7 +32,6 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -41,7 +39,6 @@ from urllib.parse import urlparse
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from celery.utils.time import utcoffset
-from fastapi import HTTPException
 from kombu.serialization import dumps as serialize
 
 log = logging.getLogger(__name__)
@@ -125,16 +122,3 @@ def _envelope(serializer: str, body: Any, headers: dict[str, Any], properties: d
 @functools.cache
 def task_messages(celery: Celery) -> TaskMessages:
     return TaskMessages(celery)
-
-
-async def enqueue_or_undo(
-    celery: Celery, task: str, arg: str, task_id: str, timeout_s: float, undo: Callable[[], Awaitable[None]]
-) -> None:
-    """Send a task through Celery after its record is stored. Not enqueued means not accepted: undo the
-    stored record (so no one polls something that will never run) and answer 503 so the client retries."""
-    try:
-        await asyncio.wait_for(asyncio.to_thread(celery.send_task, task, args=[arg], task_id=task_id), timeout_s)
-    except Exception as e:
-        await undo()
-        log.error("could not enqueue %s %s: %s", task, arg, e)
-        raise HTTPException(503, "the job queue is unavailable; nothing was stored, retry later") from e

@@ -1,43 +1,24 @@
 """The API's reads and writes of job records (asyncio Redis)."""
 
 import asyncio
-import hashlib
 import json
+import re
 import time
 from typing import cast
 
 import redis.asyncio as aioredis
 from fastapi import HTTPException
-from redis.exceptions import NoScriptError
 
 from api.auth import Caller
 from api.enqueue import TaskMessage
 from api.event_hub import RESYNC, EventHub
-from core import keys
-from core.events import APPEND_EVENT_FUNCTION, APPEND_EVENT_LUA, EventType, append_event_args
+from core import keys, scripts
+from core.batches import item_fields, unpicked_status
 from core.jobs import JobLinks, JobStatus, job_from_fields, new_job_fields
 from core.settings import Settings
 
-# KEYS: job hash, event stream, channel, the task's queue, the queue's queued
-# set. ARGV: ttl_s, stream maxlen, the `queued` event's data, the task message,
-# the task-sent event's channel ("" for none) and message, now, the job id,
-# then the record's field/value pairs.
-# One script rather than a MULTI of five commands: one reply to read instead
-# of seven, and as atomic.
-CREATE_JOB_LUA = (
-    APPEND_EVENT_FUNCTION
-    + """
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-append_event(KEYS[1], KEYS[2], KEYS[3], 'status', ARGV[3], ARGV[2], ARGV[1], {})
-redis.call('LPUSH', KEYS[4], ARGV[4])
-if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
-redis.call('ZADD', KEYS[5], ARGV[7], ARGV[8])
-return 1
-"""
-)
-_CREATE_JOB_SHA = hashlib.sha1(CREATE_JOB_LUA.encode()).hexdigest()
 _QUEUED = json.dumps({"status": JobStatus.queued.value}, separators=(",", ":"))
+_ITEM_ID = re.compile(r"^([0-9a-f]{32})-(\d{1,9})$")
 
 
 async def create_job(
@@ -52,12 +33,13 @@ async def create_job(
     message: TaskMessage,
     owner: str | None = None,
     stream: bool = True,
+    expires_at_s: float | None = None,
 ) -> dict[str, str]:
     """Write the record, its `queued` event and its task `message` in one step; returns the record.
 
     `owner` (the creating key's owner id) is stored in the record; only that key sees the job.
     """
-    fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s, stream)
+    fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s, stream, expires_at_s)
     if owner is not None:
         fields["owner"] = owner
     script_keys = [
@@ -66,8 +48,9 @@ async def create_job(
         keys.job_channel(job_id),
         message.queue,
         keys.queued(message.queue),
+        keys.DEADLINES,
     ]
-    argv: list[str | int] = [
+    argv: list[scripts.Arg] = [
         settings.job_ttl_s,
         settings.event_stream_maxlen,
         _QUEUED,
@@ -76,13 +59,11 @@ async def create_job(
         message.event,
         repr(created_at_s),
         job_id,
+        repr(expires_at_s) if expires_at_s is not None else "",
     ]
     for pair in fields.items():
         argv += pair
-    try:
-        await redis.evalsha(_CREATE_JOB_SHA, len(script_keys), *script_keys, *argv)
-    except NoScriptError:  # Redis restarted (or flushed its scripts) since it last ran
-        await redis.eval(CREATE_JOB_LUA, len(script_keys), *script_keys, *argv)
+    await scripts.acall(redis, "job_create", script_keys, argv)
     return fields
 
 
@@ -91,9 +72,10 @@ async def delete_job(redis: aioredis.Redis, job_id: str) -> None:
 
 
 async def read_job(redis: aioredis.Redis, job_id: str, caller: Caller | None = None) -> dict[str, str] | None:
-    """The record, or None when there is none or (given a caller) it is another key's."""
+    """The record, or None when there is none or (given a caller) it is another key's. A batch item no
+    worker has picked yet has no record: it is described from its batch (`core.batches.item_fields`)."""
     # decode_responses=True: keys and values are str.
-    fields = cast(dict[str, str], await redis.hgetall(keys.job(job_id)))
+    fields = cast(dict[str, str], await redis.hgetall(keys.job(job_id))) or await unpicked_item(redis, job_id)
     if not fields:
         return None
     if caller is not None and not caller.can_see(await owner_of(redis, fields)):
@@ -113,10 +95,30 @@ async def owner_of(redis: aioredis.Redis, fields: dict[str, str]) -> str | None:
 
 async def visible(redis: aioredis.Redis, job_id: str, caller: Caller) -> bool:
     """Whether the job exists for this caller: what the event stream checks before it opens."""
-    if caller.owner is None:
-        return bool(await redis.exists(keys.job(job_id)))
-    fields = cast(dict[str, str], await redis.hgetall(keys.job(job_id)))
-    return bool(fields) and caller.can_see(await owner_of(redis, fields))
+    if caller.owner is None and await redis.exists(keys.job(job_id)):
+        return True
+    return await read_job(redis, job_id, caller) is not None
+
+
+async def unpicked_item(redis: aioredis.Redis, job_id: str) -> dict[str, str] | None:
+    """A batch item that has no record yet, as its record will begin (or as its batch ended it)."""
+    match = _ITEM_ID.match(job_id)
+    if match is None:
+        return None
+    batch_id, index = match.group(1), int(match.group(2))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.batch(batch_id))
+        pipe.lindex(keys.batch_inputs(batch_id), index)
+        pipe.exists(keys.job(job_id))
+        batch, raw_input, exists = await pipe.execute()
+    if not batch or exists or index >= int(batch["total"]):
+        return None
+    fields = item_fields(batch_id, index, raw_input or "{}", batch)
+    status = unpicked_status(batch, index)
+    fields["status"] = status.value
+    if status.is_terminal and batch.get("finished_at"):
+        fields["finished_at"] = batch["finished_at"]
+    return fields
 
 
 async def wait_until_finished(
@@ -152,16 +154,22 @@ async def cancel_job(redis: aioredis.Redis, settings: Settings, job_id: str, cal
         raise HTTPException(404, f"no job with id {job_id!r} (never issued, or expired)")
     if not JobStatus(fields["status"]).is_terminal:
         updates = {"status": JobStatus.cancelled.value, "finished_at": repr(time.time())}
-        record = job_from_fields({**fields, **updates}, JobLinks.for_job(job_id)).model_dump(mode="json")
-        script_keys, argv = append_event_args(
-            job_id,
-            EventType.error,
-            record,
-            maxlen=settings.event_stream_maxlen,
-            ttl_s=settings.job_ttl_s,
-            job_updates=updates,
-        )
-        if await redis.eval(APPEND_EVENT_LUA, len(script_keys), *script_keys, *argv) > 0:
+        record = job_from_fields({**fields, **updates}, JobLinks.for_job(job_id)).model_dump_json()
+        script_keys = [
+            keys.job(job_id),
+            keys.job_events(job_id),
+            keys.job_channel(job_id),
+            keys.LEASES,
+            keys.DEADLINES,
+            keys.queued(settings.interactive_queue),
+        ]
+        argv: list[scripts.Arg] = [record, settings.event_stream_maxlen, settings.job_ttl_s, len(updates)]
+        for pair in updates.items():
+            argv += pair
+        # A batch item no worker has picked has no record yet: it is created, cancelled.
+        for pair in fields.items():
+            argv += pair
+        if await scripts.acall(redis, "job_cancel", script_keys, argv) > 0:
             return {**fields, **updates}
         fields = await read_job(redis, job_id) or fields
     raise HTTPException(409, f"job {job_id} already {fields['status']}; nothing to cancel")

@@ -26,7 +26,8 @@ from api.event_hub import EventHub
 from api.metrics import REQUESTS_REFUSED, on_process_exit
 from api.program_catalog import Catalog
 from api.rate_limit import StreamSlots
-from api.routes import batches, events, health, jobs, metrics, page, programs
+from api.routes import batches, events, health, jobs, metrics, models, page, programs
+from core import scripts
 from core.gc_tuning import tune_gc
 from core.logging_setup import configure_logging
 from core.queue import make_celery
@@ -50,6 +51,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         health_check_interval=30,
     )
     redis = aioredis.Redis(connection_pool=pool)
+    try:
+        await scripts.aload(redis)
+    except RedisError as e:
+        # Loaded by the first call that needs it, once Redis answers.
+        log.warning("Redis does not answer at startup (%s); serving 503 until it does", e)
     app.state.redis = redis
     app.state.celery = make_celery(settings)
     app.state.hub = EventHub(redis)
@@ -158,6 +164,7 @@ def create_app() -> FastAPI:
     app.include_router(batches.router)
     app.include_router(programs.build_router(catalog))
     app.include_router(health.router)
+    app.include_router(models.router)
     app.include_router(metrics.router)
     app.include_router(page.router)
     openapi = app.openapi

@@ -10,7 +10,9 @@ Three sources, merged into one answer:
 - **The workers**, through Redis (core/metrics.py): jobs finished by program
   and status, queue-wait and run-time histograms, LM tokens, retries.
 - **Redis, read at scrape time**: queue depth per queue, jobs in flight
-  (running leases), workers online per queue (heartbeats), batches by status.
+  (held leases), workers online per queue (heartbeats), batches by status,
+  and each model's LM capacity (api/lm_capacity.py): calls in flight, its
+  limit, who waits (by priority), whether it is paused, its 429s and pauses.
 
 If Redis does not answer, the API's own metrics are still served, with
 `dspy_jobs_redis_up 0`.
@@ -30,6 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
+from api.lm_capacity import ModelCapacity, bulk_waiting, read_capacity
 from core import keys
 from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus
 from core.metrics import (
@@ -77,6 +80,7 @@ class Snapshot:
     open_batches: dict[str, int] = field(default_factory=dict)
     counters: dict[str, list[Series]] = field(default_factory=dict)
     histograms: dict[str, list[HistogramSeries]] = field(default_factory=dict)
+    models: list[ModelCapacity] = field(default_factory=list)
 
 
 async def _sweep_batches(redis: aioredis.Redis, settings: Settings) -> dict[str, int]:
@@ -110,7 +114,7 @@ async def read_snapshot(redis: aioredis.Redis, settings: Settings) -> Snapshot:
         async with redis.pipeline(transaction=False) as pipe:
             for queue in queues:
                 pipe.llen(queue)
-            pipe.zcard(keys.RUNNING)
+            pipe.zcard(keys.LEASES)
             pipe.zrangebyscore(keys.WORKERS, since, "+inf")
             pipe.hgetall(keys.METRICS_COUNTERS)
             pipe.hgetall(keys.METRICS_HISTOGRAMS)
@@ -119,6 +123,7 @@ async def read_snapshot(redis: aioredis.Redis, settings: Settings) -> Snapshot:
             for name in workers:
                 pipe.hget(keys.worker(name), "queues")
             worker_queues = cast(list[str | None], await pipe.execute())
+        snapshot.models = await read_capacity(redis, settings, await bulk_waiting(redis, settings))
     except RedisError as e:
         log.warning("/metrics: Redis does not answer (%s); serving this process's metrics only", e)
         return snapshot
@@ -162,6 +167,7 @@ class SnapshotCollector(Collector):
         for status, n in s.open_batches.items():
             batches.add_metric([status], n)
         yield batches
+        yield from _model_metrics(s.models)
         for name, spec in COUNTERS.items():
             counter = CounterMetricFamily(name, spec.help, labels=list(spec.labels))
             for series in s.counters.get(name, []):
@@ -176,6 +182,38 @@ class SnapshotCollector(Collector):
                     buckets.append((bound, cumulative))
                 histogram.add_metric([hseries.labels.get(label, "") for label in spec.labels], buckets, hseries.sum)
             yield histogram
+
+
+def _model_metrics(models: list[ModelCapacity]) -> Iterator[Metric]:
+    in_flight = GaugeMetricFamily("dspy_jobs_lm_in_flight", "LM calls in flight now, by model.", labels=["model"])
+    limit = GaugeMetricFamily(
+        "dspy_jobs_lm_max_in_flight", "LM calls a model's endpoint may have in flight at once.", labels=["model"]
+    )
+    waiting = GaugeMetricFamily(
+        "dspy_jobs_lm_waiting",
+        "Work waiting for a model's capacity: interactive jobs a worker holds, batch items not started.",
+        labels=["model", "priority"],
+    )
+    paused = GaugeMetricFamily("dspy_jobs_lm_paused", "1 while a model is paused for every worker.", labels=["model"])
+    rate_limited = CounterMetricFamily(
+        "dspy_jobs_lm_rate_limited", "LM calls answered with 429, by model.", labels=["model"]
+    )
+    failures = CounterMetricFamily(
+        "dspy_jobs_lm_failures",
+        "LM calls that failed for the endpoint's sake (5xx, timeouts, connections).",
+        labels=["model"],
+    )
+    pauses = CounterMetricFamily("dspy_jobs_lm_pauses", "Times a model was paused for every worker.", labels=["model"])
+    for m in models:
+        in_flight.add_metric([m.model], m.in_flight)
+        limit.add_metric([m.model], m.limits.max_in_flight)
+        waiting.add_metric([m.model, "interactive"], m.waiting.interactive)
+        waiting.add_metric([m.model, "bulk"], m.waiting.bulk)
+        paused.add_metric([m.model], 1.0 if m.paused_until else 0.0)
+        rate_limited.add_metric([m.model], m.rate_limited_total)
+        failures.add_metric([m.model], m.failures_total)
+        pauses.add_metric([m.model], m.pauses_total)
+    yield from (in_flight, limit, waiting, paused, rate_limited, failures, pauses)
 
 
 def process_metrics(settings: Settings) -> bytes:

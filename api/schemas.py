@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from core.settings import get_settings
 
 # Names the flat bodies of `/jobs` and `/batches` use besides the default program's inputs.
-OVERRIDE_NAMES = frozenset({"model", "temperature", "stream"})
+OVERRIDE_NAMES = frozenset({"model", "temperature", "stream", "expires_after_s"})
 
 
 def _check_texts(value: Any, field: str, limit: int) -> None:
@@ -61,6 +61,21 @@ class LMOverrides(BaseModel):
         description="LM for this job only (a DSPy/LiteLLM model string); must be one the server allows.",
     )
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature for this job only.")
+    expires_after_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds from submission after which a job (a batch's item) that no worker has started ends "
+        "`expired` and never runs. Default: JOB_EXPIRES_AFTER_S for jobs, BATCH_EXPIRES_AFTER_S for batches; "
+        "at most JOB_TTL_S.",
+    )
+
+    @field_validator("expires_after_s")
+    @classmethod
+    def _expiry_within_ttl(cls, value: float | None) -> float | None:
+        ttl_s = get_settings().job_ttl_s
+        if value is not None and value > ttl_s:
+            raise ValueError(f"expires_after_s must be at most {ttl_s} (JOB_TTL_S: records are kept that long)")
+        return value
 
     @field_validator("model")
     @classmethod

@@ -46,8 +46,9 @@ def main() -> None:
         body_mb = len(response.request.content) / 1e6
 
         os.environ.update(env)
-        from core.settings import get_settings
         from worker.batches import BatchExpander
+
+        from core.settings import get_settings
         from worker.celery_app import app
 
         client_redis = redis.Redis.from_url(url, decode_responses=True)

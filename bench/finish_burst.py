@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)
         attempts = Counter(str(client.hget(keys.job(j), "attempts")) for j in ids)
         stuck = [(j, s) for j, s in zip(ids, statuses, strict=True) if s not in TERMINAL]
-        leased = {j for j, s in stuck if client.zscore(keys.RUNNING, j) is not None}
+        leased = {j for j, s in stuck if client.zscore(keys.LEASES, j) is not None}
         queue_len = client.llen("interactive")
     finally:
         for proc in procs:

@@ -293,7 +293,7 @@ class Stack:
     def backlog(self) -> tuple[int, int]:
         """(messages waiting in the interactive queue, jobs leased by a worker)."""
         assert self.redis is not None
-        return int(self.redis.llen("interactive")), int(self.redis.zcard(keys.RUNNING))
+        return int(self.redis.llen("interactive")), int(self.redis.zcard(keys.LEASES))
 
     def settle(self, abandon: bool = False, timeout_s: float = 60.0) -> str:
         """Wait until no job is queued or running.
@@ -309,7 +309,7 @@ class Stack:
             # sent again by the reaper (worker/leases.py), and would run during
             # the next scenario.
             waiting = [str(x) for x in self.redis.zrange(keys.queued("interactive"), 0, -1)]
-            leased = [str(x) for x in self.redis.zrange(keys.RUNNING, 0, -1)]
+            leased = [str(x) for x in self.redis.zrange(keys.LEASES, 0, -1)]
             with httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=30) as client:
                 for job_id in waiting + leased:
                     client.post(f"/jobs/{job_id}/cancel")
@@ -562,7 +562,7 @@ async def _in_flight(stack: Stack, jobs: int) -> Capacity:
             if time.monotonic() - inodes_at > 0.5:
                 inodes, inodes_at = socket_inodes(worker_pid), time.monotonic()
             cap.max_sockets = max(cap.max_sockets, established(stack.lm_port, inodes))
-            cap.max_leased = max(cap.max_leased, int(client.zcard(keys.RUNNING)))
+            cap.max_leased = max(cap.max_leased, int(client.zcard(keys.LEASES)))
             cap.worker_rss_peak = max(cap.worker_rss_peak, proc_rss_bytes(worker_pid))
             cap.worker_threads_peak = max(cap.worker_threads_peak, proc_threads(worker_pid))
             with contextlib.suppress(TimeoutError):

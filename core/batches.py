@@ -6,16 +6,20 @@ usage totals and a `version` bumped at every change. The counters move inside
 the event script (core/events.py) at the same moment as each item's status,
 so they always add up to `total` and are never computed by reading items.
 
-Items are jobs with ids `<batch id>-<index>`; their inputs wait in a list
-(`keys.batch_inputs`) until the bulk worker turns them into jobs.
+Items are jobs with ids `<batch id>-<index>`. Their inputs wait in a list
+(`keys.batch_inputs`); a bulk worker creates an item's job record when it
+picks the item to run (core/lua/batches.lua), so until then the item is its
+input and a count in `n_queued`, and `item_fields` describes it.
 """
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from core.jobs import LMUsage, time_or_none
+from core import keys
+from core.jobs import JobStatus, LMUsage, new_job_fields, time_or_none
 
 
 class BatchStatus(StrEnum):
@@ -25,10 +29,15 @@ class BatchStatus(StrEnum):
     cancelling = "cancelling"  # cancel requested; running items are finishing
     cancelled = "cancelled"  # cancelled; counts say what ran and what did not
     failed = "failed"  # the batch could not run at all; `error` says why
+    expired = "expired"  # every item ended, and some expired: not started before the batch's deadline
 
 
-TERMINAL_BATCH_STATUSES = frozenset({BatchStatus.completed, BatchStatus.cancelled, BatchStatus.failed})
-ITEM_COUNTERS = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_BATCH_STATUSES = frozenset(
+    {BatchStatus.completed, BatchStatus.cancelled, BatchStatus.failed, BatchStatus.expired}
+)
+ITEM_COUNTERS = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
+# The rotation label of batches submitted without an API key (core/lua/batches.lua).
+OPEN_OWNER = "-"
 
 
 def item_id(batch_id: str, index: int) -> str:
@@ -42,6 +51,7 @@ class BatchCounts(BaseModel):
     succeeded: int
     failed: int
     cancelled: int
+    expired: int = 0
 
 
 class BatchLinks(BaseModel):
@@ -66,6 +76,7 @@ class Batch(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    expires_at: datetime | None = Field(None, description="Items not started by then end `expired`.")
     usage: LMUsage = Field(description="LM tokens spent by all items so far.")
     error: str | None = Field(None, description="Why the batch could not run, when `status` is `failed`.")
     links: BatchLinks
@@ -79,7 +90,13 @@ def new_batch_fields(
     temperature: float | None,
     created_at_s: float,
     stream: bool = False,
+    *,
+    endpoint: str,
+    owner: str | None = None,
+    expires_at_s: float | None = None,
 ) -> dict[str, str]:
+    """The batch hash, with its place in `endpoint`'s bulk rotation (core/lua/batches.lua)."""
+    rotation_owner = owner or OPEN_OWNER
     fields = {
         "id": batch_id,
         "program": program,
@@ -91,9 +108,20 @@ def new_batch_fields(
         "n_queued": str(total),
         "prompt_tokens": "0",
         "completion_tokens": "0",
-        # Copied into every item's record (worker/batches.py).
+        # Copied into every item's record (`item_fields`).
         "stream": "1" if stream else "0",
+        "cursor": "0",
+        "inputs_key": keys.batch_inputs(batch_id),
+        "retry_key": keys.batch_retries(batch_id),
+        "rotation_owners": keys.bulk_owners(endpoint),
+        "rotation_batches": keys.bulk_batches(endpoint, rotation_owner),
+        "rotation_owner": rotation_owner,
+        "rotation_ready": keys.bulk_ready(endpoint),
     }
+    if owner is not None:
+        fields["owner"] = owner
+    if expires_at_s is not None:
+        fields["expires_at"] = repr(expires_at_s)
     for name in ITEM_COUNTERS[1:]:
         fields[f"n_{name}"] = "0"
     if model is not None:
@@ -118,7 +146,39 @@ def batch_from_fields(fields: dict[str, str]) -> Batch:
         created_at=datetime.fromtimestamp(float(fields["created_at"]), UTC),
         started_at=time_or_none(fields.get("started_at")),
         finished_at=time_or_none(fields.get("finished_at")),
+        expires_at=time_or_none(fields.get("expires_at")),
         usage=LMUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion),
         error=fields.get("error"),
         links=BatchLinks.for_batch(fields["id"]),
     )
+
+
+def item_fields(batch_id: str, index: int, raw_input: str, batch: dict[str, str]) -> dict[str, str]:
+    """An item's job record, made from its stored input (the program's input fields plus `custom_id`) and
+    its batch: what a bulk worker writes when it picks the item, and what the API shows before that."""
+    item = json.loads(raw_input)
+    custom_id = item.pop("custom_id", None)
+    temperature = float(batch["temperature"]) if batch.get("temperature") else None
+    expires_at = float(batch["expires_at"]) if batch.get("expires_at") else None
+    fields = new_job_fields(
+        item_id(batch_id, index),
+        batch["program"],
+        item,
+        batch.get("model") or None,
+        temperature,
+        float(batch["created_at"]),
+        batch.get("stream") == "1",
+        expires_at,
+    )
+    fields |= {"batch": batch_id, "batch_key": keys.batch(batch_id), "index": str(index)}
+    if custom_id is not None:
+        fields["custom_id"] = custom_id
+    return fields
+
+
+def unpicked_status(batch: dict[str, str], index: int) -> JobStatus:
+    """The status of an item no worker has picked: queued, or how its batch ended it."""
+    settled_from = batch.get("settled_from")
+    if settled_from is not None and index >= int(settled_from):
+        return JobStatus(batch["settled_as"])
+    return JobStatus.queued

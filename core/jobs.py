@@ -20,13 +20,14 @@ class JobStatus(StrEnum):
     succeeded = "succeeded"  # finished; `result` holds the program's output
     failed = "failed"  # finished; `error` says why
     cancelled = "cancelled"  # stopped at a client's request; never resumes
+    expired = "expired"  # not started before its deadline (`expires_at`); never ran
 
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.expired})
 
 
 class JobError(BaseModel):
@@ -36,7 +37,8 @@ class JobError(BaseModel):
     code: int = Field(
         500,
         description="HTTP-style code: 422 unparseable output, 429 rate limited, 504 timed out, 502 provider error, "
-        "400 input the program cannot take, 503 program not loadable by the worker.",
+        "400 input the program cannot take, 503 program not loadable by the worker, 408 not started before its "
+        "deadline.",
     )
     attempts: int = Field(0, description="Attempts made before giving up.")
 
@@ -75,7 +77,13 @@ class Job(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    expires_at: datetime | None = Field(
+        None, description="The job ends `expired`, never run, if no worker has started it by then."
+    )
     attempts: int = Field(0, description="How many times a worker started this job.")
+    capacity_wait_s: float = Field(
+        0.0, description="Seconds the job waited, taken by a worker, for the LM to have capacity for it."
+    )
     worker: str | None = Field(None, description="The worker process that ran it last.")
     result: dict[str, Any] | None = Field(
         None, description="The program's output fields, typed as its signature says (`GET /programs` has the schema)."
@@ -97,6 +105,7 @@ def new_job_fields(
     temperature: float | None,
     created_at_s: float,
     stream: bool = True,
+    expires_at_s: float | None = None,
 ) -> dict[str, str]:
     """The hash written at submit time."""
     fields = {
@@ -113,6 +122,8 @@ def new_job_fields(
         fields["model"] = model
     if temperature is not None:
         fields["temperature"] = repr(temperature)
+    if expires_at_s is not None:
+        fields["expires_at"] = repr(expires_at_s)
     return fields
 
 
@@ -143,7 +154,9 @@ def job_from_fields(fields: dict[str, str], links: JobLinks) -> Job:
         created_at=datetime.fromtimestamp(float(fields["created_at"]), UTC),
         started_at=time_or_none(fields.get("started_at")),
         finished_at=time_or_none(fields.get("finished_at")),
+        expires_at=time_or_none(fields.get("expires_at")),
         attempts=int(fields.get("attempts", 0)),
+        capacity_wait_s=round(float(fields.get("capacity_wait_s") or 0.0), 3),
         worker=fields.get("worker"),
         result=_json(fields.get("result")),
         error=_json(fields.get("error")),

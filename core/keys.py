@@ -41,9 +41,17 @@ def queued(queue: str) -> str:
 # visibility timeout has passed, if its worker died.
 KOMBU_UNACKED = "unacked"
 
-# Sorted set: job id -> unix time its worker's lease runs out. A job in here
-# whose lease has run out lost its worker; a reaper puts it back in the queue.
-RUNNING = f"{PREFIX}:running"
+# Sorted set: job id -> unix time the lease of the worker that claimed or
+# started it runs out (the job hash's `lease` field holds that worker's token).
+# A job in here whose lease has run out lost its worker; a reaper puts it back.
+LEASES = f"{PREFIX}:running"
+
+# Sorted set: job id -> unix time it expires unless a worker has started it
+# by then (`expires_after_s`); the reaper expires those that stay queued.
+DEADLINES = f"{PREFIX}:deadlines"
+
+# Job hash field set once the job's outcome is in the metrics (worker/metrics.py).
+COUNTED_FIELD = "metrics_counted"
 
 
 def idempotency(key_digest: str) -> str:
@@ -57,8 +65,60 @@ def batch(batch_id: str) -> str:
 
 
 def batch_inputs(batch_id: str) -> str:
-    """List: the items' inputs (JSON) until the bulk worker has turned them into jobs."""
+    """List: the items' inputs (JSON, with `custom_id`), read as items are picked, until the batch ends."""
     return f"{PREFIX}:batch:{{{batch_id}}}:inputs"
+
+
+def batch_retries(batch_id: str) -> str:
+    """Sorted set: item id -> unix time it is due to run (again): retries, items whose worker was lost,
+    items picked and not yet started (core/lua/batches.lua)."""
+    return f"{PREFIX}:batch:{{{batch_id}}}:retry"
+
+
+# --- Bulk rotation, per LM endpoint (core/lua/batches.lua) ----------------------
+
+
+def bulk_owners(endpoint: str) -> str:
+    """List: the owners (API key owner ids; `-` for an open API) with batches for the endpoint, in turn."""
+    return f"{PREFIX}:bulk:{{{endpoint}}}:owners"
+
+
+def bulk_batches(endpoint: str, owner: str) -> str:
+    """List: an owner's batches for the endpoint that have items left, in turn."""
+    return f"{PREFIX}:bulk:{{{endpoint}}}:owner:{owner}"
+
+
+def bulk_ready(endpoint: str) -> str:
+    """Pub/sub channel: a batch for the endpoint has items again (new, or a retry)."""
+    return f"{PREFIX}:bulk:{{{endpoint}}}:ready"
+
+
+# --- LM capacity, per LM endpoint (core/capacity.py, core/lua/capacity.lua) ----------
+
+
+def lm_slots(endpoint: str) -> str:
+    """Sorted set: holder token -> unix time its lease runs out; one per LM call in flight."""
+    return f"{PREFIX}:lm:{{{endpoint}}}:slots"
+
+
+def lm_waiting(endpoint: str, priority: str) -> str:
+    """Sorted set: holder token -> lease, for callers waiting for a slot (`interactive` or `bulk`)."""
+    return f"{PREFIX}:lm:{{{endpoint}}}:waiting:{priority}"
+
+
+def lm_state(endpoint: str) -> str:
+    """Hash: the endpoint's pause (`paused_until`, `pause_reason`, `probing`), breaker and counters."""
+    return f"{PREFIX}:lm:{{{endpoint}}}:state"
+
+
+def lm_minute(endpoint: str, kind: str, minute: int) -> str:
+    """String: requests (`kind` rpm) or tokens (tpm) charged in one minute (unix time // 60)."""
+    return f"{PREFIX}:lm:{{{endpoint}}}:{kind}:{minute}"
+
+
+def lm_freed(endpoint: str) -> str:
+    """Pub/sub channel: a slot of the endpoint was released while someone waited."""
+    return f"{PREFIX}:lm:{{{endpoint}}}:freed"
 
 
 # Sorted set: worker name -> unix time of its last heartbeat.

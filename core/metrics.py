@@ -21,6 +21,7 @@ JOB_RETRIES = "dspy_jobs_retries"
 LM_TOKENS = "dspy_jobs_lm_tokens"
 QUEUE_WAIT = "dspy_jobs_queue_wait_seconds"
 RUN_TIME = "dspy_jobs_run_seconds"
+CAPACITY_WAIT = "dspy_jobs_capacity_wait_seconds"
 # Counted by the API when a scrape first sees a batch finished (api/metrics.py).
 BATCHES_FINISHED = "dspy_jobs_batches_finished"
 
@@ -51,6 +52,12 @@ HISTOGRAMS: dict[str, Spec] = {
         "From the start of the job's last attempt to its end (started_at to finished_at).",
         ("program", "status"),
         (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+    ),
+    CAPACITY_WAIT: Spec(
+        "Seconds finished jobs waited, taken by a worker, for their LM to have capacity (capacity_wait_s), "
+        "by model; jobs that never waited are not observed.",
+        ("model",),
+        (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0),
     ),
 }
 

@@ -3,18 +3,16 @@
 The API and Flower use this app as it is (they send and watch tasks by name
 and never import dspy); `worker.celery_app` adds the task implementations.
 
-Delivery is at-least-once: late acks, requeue when a worker process is lost,
-prefetch 1 so a busy worker does not sit on messages another could run. A
-redelivered message is harmless: the job's lease or finished status turns
-it away (worker/leases.py), so the visibility timeout does not have to
-outlast the longest job. JSON only: pickle would let anyone who can write to
-Redis run code in the workers.
-
-A worker that does not run batch expansions consumes without kombu's ack
-emulation (`broker_ack_emulation`, core/settings.py; `ack_emulation_for`):
-kombu then keeps the messages it took in memory only, and a message taken
-by a worker that dies is recovered from our own records instead (a job's
-`queued` note and lease, worker/leases.py), which the reaper watches anyway.
+Delivery: late acks, prefetch 1 so a busy worker does not sit on messages
+another could run, and no kombu ack emulation: kombu keeps the messages a
+worker took in memory only (a copy in Redis would cost two round trips per
+message, about half of what Celery itself costs per message,
+bench/results/celery_floor.md). A message taken by a worker that dies is
+recovered from our own records instead: a job is noted queued until a
+worker claims it and leased while one holds it, and the reaper sends again
+a job lost at either step (worker/reaper.py). A redelivered message is
+harmless: the job's lease or finished status turns it away. JSON only:
+pickle would let anyone who can write to Redis run code in the workers.
 
 kombu's Redis transport builds a new `redis.Redis` client for nearly every
 command it sends outside its consumer loop (a publish, an ack, a task event,
@@ -27,23 +25,21 @@ the channel's connection pool and is safe to share between threads, so
 """
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery
 from kombu.entity import Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
 from core.settings import Settings, get_settings
 
 RUN_JOB_TASK = "dspy_jobs.run_job"
-EXPAND_BATCH_TASK = "dspy_jobs.expand_batch"
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("dspy_jobs", broker=settings.redis_url, set_as_current=False)
-    visibility_timeout_s = settings.broker_visibility_timeout_s
     queues = (settings.interactive_queue, settings.bulk_queue)
     app.conf.update(
         task_serializer="json",
@@ -56,27 +52,13 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_pool=settings.worker_pool,
+        # Threads only hand jobs to the worker's event loop (worker/engine.py).
+        worker_pool="threads",
         worker_concurrency=settings.worker_concurrency,
-        broker_transport_options={
-            "visibility_timeout": visibility_timeout_s,
-            # How a message taken by a worker that died comes back. kombu looks
-            # for expired unacked messages every `unacked_restore_interval`
-            # seconds but, by default, scans only at every 10th look (every
-            # 100 s), under a mutex that a worker killed while holding it keeps
-            # for 5 minutes: a job could sit `queued` for minutes after its
-            # worker was killed (tests/test_faults.py). Scan at every look, and
-            # let a dead holder's mutex go after 30 s; a restore takes
-            # milliseconds, and one message is never restored twice (kombu
-            # restores each under WATCH).
-            "unacked_restore_interval": 10,
-            "unacked_restore_throttle": 1,
-            "unacked_mutex_expire": 30,
-        },
-        result_backend_transport_options={"visibility_timeout": visibility_timeout_s},
+        broker_transport_options={"ack_emulation": False},
         broker_connection_retry_on_startup=True,
-        # A publish while Redis is down fails within `enqueue_timeout_s`
-        # instead of blocking the request behind kombu's default retries.
+        # A worker's publish (a retry, a job sent again) while Redis is down fails
+        # within seconds instead of blocking behind kombu's default retries.
         task_publish_retry_policy={
             "max_retries": 2,
             "interval_start": 0.2,
@@ -90,41 +72,14 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_default_queue=settings.interactive_queue,
         task_default_exchange=settings.interactive_queue,
         task_default_routing_key=settings.interactive_queue,
-        # Batch items are sent to the bulk queue explicitly (worker/batches.py).
-        task_routes={
-            RUN_JOB_TASK: {"queue": settings.interactive_queue},
-            EXPAND_BATCH_TASK: {"queue": settings.bulk_queue},
-        },
+        # Batch items do not travel as messages: bulk workers pick them (worker/bulk.py).
+        task_routes={RUN_JOB_TASK: {"queue": settings.interactive_queue}},
         # Flower shows tasks from these events (`TASK_EVENTS`, core/settings.py).
         worker_send_task_events=settings.task_events,
         task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
     )
-    app.steps["worker"].add(_ack_emulation_step(settings))
     return app
-
-
-def _ack_emulation_step(settings: Settings) -> type[bootsteps.Step]:
-    """A worker bootstep that sets kombu's ack emulation from the queues the worker consumes (`-Q`).
-
-    Worker bootsteps are built after the queues are chosen and before the
-    consumer opens its broker connection, which reads the transport options."""
-
-    class AckEmulation(bootsteps.Step):
-        def __init__(self, parent: Any, **kwargs: Any) -> None:
-            super().__init__(parent, **kwargs)
-            conf = parent.app.conf
-            enabled = ack_emulation_for(settings, parent.app.amqp.queues.consume_from)
-            conf.broker_transport_options = {**conf.broker_transport_options, "ack_emulation": enabled}
-
-    return AckEmulation
-
-
-def ack_emulation_for(settings: Settings, queues: Iterable[str]) -> bool:
-    """Whether a worker consuming `queues` keeps kombu's copy of each message it takes (see above)."""
-    if settings.broker_ack_emulation == "auto":
-        return settings.bulk_queue in queues
-    return settings.broker_ack_emulation == "on"
 
 
 def _reuse_redis_clients() -> None:

@@ -8,7 +8,16 @@ unit (`_s` seconds, `_chars`, `_bytes`).
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.programs import ProgramEntry
@@ -17,6 +26,16 @@ from core.programs import ProgramEntry
 # serving Gemma 3 270M. `make up` starts it when `lm_model` is left at this value.
 EMBEDDED_LM_MODEL = "openai/gemma-3-270m"
 EMBEDDED_LM_API_BASE = "http://127.0.0.1:8080/v1"
+
+
+class ModelLimits(BaseModel):
+    """Capacity of one model's endpoint (core/capacity.py); an unset limit is no limit, or the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_in_flight: PositiveInt | None = Field(None, description="LM calls in flight at once, from every worker.")
+    rpm: PositiveInt | None = Field(None, description="Requests per minute.")
+    tpm: PositiveInt | None = Field(None, description="Tokens per minute, prompt and completion.")
 
 
 class Settings(BaseSettings):
@@ -58,6 +77,31 @@ class Settings(BaseSettings):
     # caller must not be able to spend the operator's key on any model it likes.
     lm_allowed_models: Annotated[list[str], NoDecode] = []
 
+    # --- LM capacity (core/capacity.py) ------------------------------------------
+    # The calls every worker together may have in flight against LM_MODEL's
+    # endpoint. Unset: what the embedded server can run at once for the
+    # embedded model, 1024 for any other (a hosted provider's own limits come
+    # back as 429s, which pause the model for every worker).
+    lm_max_in_flight: PositiveInt | None = None
+    # Requests and tokens per minute for LM_MODEL. Unset: none. Tokens are
+    # estimated before a call (prompt characters / 4 + LM_MAX_TOKENS) and
+    # corrected with the usage the provider reports.
+    lm_rpm: PositiveInt | None = None
+    lm_tpm: PositiveInt | None = None
+    # The same per model, for any model of LM_MODEL and LM_ALLOWED_MODELS, as
+    # JSON: {"openai/gpt-4o": {"max_in_flight": 8, "rpm": 500, "tpm": 30000}};
+    # it wins over the three above for LM_MODEL.
+    lm_limits: dict[str, ModelLimits] = {}
+    # The share of each model's slots that bulk work leaves to interactive
+    # jobs (rounded down: a model with fewer than 1 / share slots reserves
+    # none, and an interactive job there waits at most for the call in
+    # progress, because waiting interactive jobs always go first).
+    lm_interactive_reserve: float = Field(0.1, ge=0.0, lt=1.0)
+    # Consecutive failed calls (server errors, timeouts, connection errors)
+    # after which a model is paused for every worker, from RETRY_BASE_S
+    # doubling up to RETRY_MAX_S, then tried with one call before the rest.
+    lm_breaker_failures: PositiveInt = 5
+
     # --- Programs (core/programs.py) ------------------------------------------
     # The program `/jobs` and `/batches` run; `/programs/{name}/...` reach every one.
     default_program: str = "qa"
@@ -86,12 +130,18 @@ class Settings(BaseSettings):
     # (it can resume with Last-Event-ID); it never slows anyone else.
     sse_send_timeout_s: float = 30.0
 
+    # Deadlines: a job (or batch item) that has not started this long after
+    # it was submitted ends `expired` and never runs. A request may ask for
+    # its own (`expires_after_s`, at most `job_ttl_s`).
+    job_expires_after_s: float = Field(600.0, gt=0)
+    batch_expires_after_s: float = Field(24 * 3600.0, gt=0)
+
     # --- Queues and workers ---------------------------------------------------
-    # Threads, not prefork: a job waits on the LM almost all the time, so one
-    # process with many threads keeps many calls in flight and holds one copy
-    # of the program and the LM (see worker/celery_app.py).
-    worker_pool: Literal["threads", "prefork", "solo"] = "threads"
-    worker_concurrency: int = 64
+    # How many interactive jobs one worker process takes from its queue while
+    # they wait for LM capacity (Celery's threads). Running jobs do not hold
+    # one: they run on the process's event loop, as many as the LM's limits
+    # let start (worker/engine.py).
+    worker_concurrency: PositiveInt = 8
     interactive_queue: str = "interactive"
     bulk_queue: str = "bulk"
     worker_heartbeat_s: float = 5.0
@@ -125,27 +175,6 @@ class Settings(BaseSettings):
     # the run next to it).
     task_events: bool = True
     idempotency_ttl_s: int = 24 * 3600
-    # Sending a batch's expansion task through Celery. A job's own message is
-    # written with its record, in one script (api/enqueue.py), and fails or
-    # succeeds with it.
-    enqueue_timeout_s: float = 5.0
-    # kombu's ack emulation: a copy of every message a worker takes, kept in
-    # Redis until the task is acknowledged and handed out again if it is not
-    # within `broker_visibility_timeout_s`. Two Redis round trips per message:
-    # about half of what Celery itself costs per message (worker and Redis
-    # CPU, bench/results/celery_floor.md). Jobs do not need it: a job is noted
-    # queued until a worker starts it and leased while one runs it, and the
-    # reaper re-sends a job lost at either step (worker/leases.py). A batch's
-    # expansion task has no such record and resumes only through a
-    # redelivered message. `auto`: on for a worker that consumes the bulk
-    # queue (where expansions run), off for one that does not.
-    broker_ack_emulation: Literal["auto", "on", "off"] = "auto"
-    # With ack emulation: how long Redis keeps a delivered, unacknowledged
-    # message before handing it out again. Leases make a second delivery of a
-    # running job harmless (it is dropped), so this need not exceed the
-    # longest job. Kombu checks about every 10 s, so a message whose worker
-    # died comes back within this plus ~10 s.
-    broker_visibility_timeout_s: int = 60
     api_redis_max_connections: int = 200
     api_redis_pool_timeout_s: float = 5.0
 
@@ -196,6 +225,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _limits_name_known_models(self) -> "Settings":
+        unknown = sorted(set(self.lm_limits) - set(self.allowed_models))
+        if unknown:
+            raise ValueError(
+                f"LM_LIMITS names {', '.join(unknown)}, which no job can use: neither LM_MODEL "
+                f"({self.lm_model}) nor in LM_ALLOWED_MODELS"
+            )
+        return self
 
     @property
     def allowed_models(self) -> list[str]:

@@ -14,12 +14,17 @@ logging.getLogger("LiteLLM").setLevel(logging.WARNING)
 COMPLETION_MARKER = "[[ ## completed ## ]]"
 
 
-def build_lm(settings: Settings, model: str | None = None, temperature: float | None = None) -> dspy.LM:
+def build_lm(
+    settings: Settings,
+    model: str | None = None,
+    temperature: float | None = None,
+    lm_class: type[dspy.LM] = dspy.LM,
+) -> dspy.LM:
     api_key = settings.lm_api_key.get_secret_value() if settings.lm_api_key else None
     if api_key is None and settings.lm_api_base:
         # OpenAI-compatible local servers ignore the key, but the client insists on one.
         api_key = "no-key"
-    return dspy.LM(
+    return lm_class(
         model or settings.lm_model,
         api_base=settings.lm_api_base,
         api_key=api_key,

@@ -215,7 +215,7 @@ def test_two_hundred_jobs_survive_three_worker_kills_and_none_finishes_twice(
         entries = cast(list[tuple[str, dict[str, str]]], r.xrange(keys.job_events(job_id)))
         types = [json.loads(fields["e"])["type"] for _, fields in entries]
         assert types.count("result") == 1, job_id
-    assert r.zcard(keys.RUNNING) == 0
+    assert r.zcard(keys.LEASES) == 0
 
 
 def test_a_job_whose_message_died_with_the_worker_that_took_it_still_runs_once(

@@ -1,11 +1,11 @@
 """What a worker adds to the metrics when a job ends (read back by `GET /metrics`).
 
-A job that succeeds or fails in a worker is counted by the worker's finish
-script, in the same step as its terminal event (worker/job_updates.py).
-Every other run of the job task ends with `record_job_outcome`, which reads
-the record (the one source of truth): whatever other way the job ended
-(cancelled while queued or while running, a batch item cancelled before it
-started, a redelivered message), the record says so. A job is counted once:
+A job that a worker ends (succeeded, failed, expired, an item of a
+cancelled batch) is counted by `job_end`, in the same step as its terminal
+event (worker/job_store.py). Any other way a job the worker saw ended
+(cancelled while queued or while running, a redelivered message) goes
+through `record_job_outcome`, which reads the record (the one source of
+truth). A job is counted once:
 the first to see it finished marks the record (`HSETNX`), so a redelivered
 message or a second look never counts it again. A job still retrying is
 counted when it finally ends, its extra attempts with it.
@@ -18,11 +18,13 @@ import logging
 from collections.abc import Mapping
 from typing import cast
 
-import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from core import keys
 from core.jobs import JobStatus
 from core.metrics import (
+    CAPACITY_WAIT,
     HISTOGRAMS,
     JOB_RETRIES,
     JOBS_FINISHED,
@@ -36,9 +38,17 @@ from core.metrics import (
 
 log = logging.getLogger(__name__)
 
-# Set on a job record once its outcome is in the metrics.
-COUNTED_FIELD = "metrics_counted"
-_FIELDS = ["status", "program", "model", "created_at", "started_at", "finished_at", "attempts", "usage"]
+_FIELDS = [
+    "status",
+    "program",
+    "model",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "attempts",
+    "usage",
+    "capacity_wait_s",
+]
 
 
 # One increment of a metrics hash: (hash key, field, amount). An int amount
@@ -46,35 +56,36 @@ _FIELDS = ["status", "program", "model", "created_at", "started_at", "finished_a
 Increment = tuple[str, str, int | float]
 
 
-def record_job_outcome(client: redis.Redis, job_id: str, default_model: str) -> None:
+async def record_job_outcome(client: aioredis.Redis, job_id: str, default_model: str) -> None:
     try:
-        _record(client, job_id, default_model)
-    except (redis.RedisError, ValueError) as e:
+        await _record(client, job_id, default_model)
+    except (RedisError, ValueError) as e:
         log.warning("could not record metrics for job %s: %s", job_id, e)
 
 
-def _record(client: redis.Redis, job_id: str, default_model: str) -> None:
+async def _record(client: aioredis.Redis, job_id: str, default_model: str) -> None:
     # decode_responses=True: values are str.
-    row = cast(dict[str, str | None], dict(zip(_FIELDS, client.hmget(keys.job(job_id), _FIELDS), strict=True)))
+    values = await client.hmget(keys.job(job_id), _FIELDS)
+    row = cast(dict[str, str | None], dict(zip(_FIELDS, values, strict=True)))
     status = row["status"]
     if status is None or not JobStatus(status).is_terminal:
         return
-    if not client.hsetnx(keys.job(job_id), COUNTED_FIELD, "1"):
+    if not await client.hsetnx(keys.job(job_id), keys.COUNTED_FIELD, "1"):
         return
-    with client.pipeline(transaction=False) as pipe:
+    async with client.pipeline(transaction=False) as pipe:
         for key, field, amount in outcome_increments(row, default_model):
             if isinstance(amount, float):
                 pipe.hincrbyfloat(key, field, amount)
             else:
                 pipe.hincrby(key, field, amount)
-        pipe.execute()
+        await pipe.execute()
 
 
 def outcome_increments(row: Mapping[str, str | None], default_model: str) -> list[Increment]:
     """What a finished job adds to the metrics, from its record's fields (`_FIELDS`).
 
-    Also what the worker's finish script applies when the job ends the
-    ordinary way (worker/job_updates.py), saving the three round trips above.
+    Also what `job_end` applies when a worker ends the job (worker/job_store.py), saving the round trips
+    above.
     """
     status = str(row["status"])
     program = row.get("program") or "unknown"
@@ -97,6 +108,9 @@ def outcome_increments(row: Mapping[str, str | None], default_model: str) -> lis
         found += _observe(QUEUE_WAIT, {"program": program}, started - created)
     if started is not None and finished is not None:
         found += _observe(RUN_TIME, {"program": program, "status": status}, finished - started)
+    waited = _time(row.get("capacity_wait_s"))
+    if waited:
+        found += _observe(CAPACITY_WAIT, {"model": row.get("model") or default_model}, waited)
     return found
 
 

@@ -1,12 +1,9 @@
 """What each worker process creates once: the LM and the loaded programs.
 
-Created lazily, under a lock, in the process that runs the jobs: after the
-fork with a prefork pool, on the first job with the threads pool. Never
-in a parent that later forks, because an LM that already talked to the
-provider shares pooled sockets with its children, and never with
-`dspy.configure` (only the first configuring thread may call it again, and
-billiard forks replacement children from another thread). Jobs get their
-LM and flags through `dspy.context` instead.
+Created in the process that runs the jobs (worker/engine.py), at start-up
+and lazily after, under a lock. Never with `dspy.configure` (only the
+first configuring thread may call it again); jobs get their LM and flags
+through `dspy.context` instead.
 
 A process serves every registered program (core/programs.py), each loaded
 once. New artifact versions are picked up without a restart: before each
@@ -21,10 +18,12 @@ Each load is counted in Redis (`keys.PROGRAM_LOADS`) so tests and operators
 can see that loading happens once per process and version, not per job.
 """
 
+import json
 import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,9 +72,18 @@ class Runtime:
 
     _OVERRIDE_LMS_MAX = 32
 
-    def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis_client: redis.Redis,
+        lm_class: type[dspy.LM] = dspy.LM,
+        prepare_lm: Callable[[dspy.LM], dspy.LM] = lambda lm: lm,
+    ) -> None:
         self._settings = settings
         self._redis = redis_client
+        self._lm_class = lm_class
+        # Applied to every LM built here (the worker routes their calls through LM capacity).
+        self._prepare_lm = prepare_lm
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._lm: dspy.LM | None = None
@@ -84,8 +92,6 @@ class Runtime:
         self._specs = program_specs(settings)
         self._programs: dict[str, LoadedProgram] = {}
         self.adapter = build_adapter()
-        # DSPy's asyncify limiter must admit every concurrent streaming job.
-        self.max_concurrent_jobs = max(settings.worker_concurrency, 8)
 
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:
@@ -96,13 +102,14 @@ class Runtime:
         self._check_pid()
         with self._lock:
             if self._lm is None:
-                self._lm = build_lm(self._settings)
+                self._lm = self._prepare_lm(build_lm(self._settings, lm_class=self._lm_class))
             if model is None and temperature is None:
                 return self._lm
             key = (model, temperature)
             lm = self._override_lms.get(key)
             if lm is None:
-                lm = self._override_lms[key] = build_lm(self._settings, model, temperature)
+                built = build_lm(self._settings, model, temperature, lm_class=self._lm_class)
+                lm = self._override_lms[key] = self._prepare_lm(built)
                 while len(self._override_lms) > self._OVERRIDE_LMS_MAX:
                     self._override_lms.popitem(last=False)
             else:
@@ -159,6 +166,16 @@ class Runtime:
         """Program name -> the version this process serves now."""
         with self._lock:
             return {name: loaded.version for name, loaded in self._programs.items()}
+
+    def versions_json(self) -> str:
+        return json.dumps(self.versions())
+
+    def warm(self) -> None:
+        """Load every program and the LM client now, not on the first job."""
+        self.refresh()
+        self.lm()
+        if self._settings.effective_lm_engine == "litellm":
+            import litellm  # noqa: F401  (seconds of import; pay them before the first job)
 
     def _load(self, spec: ProgramSpec, file_state: tuple[int, int], previous: LoadedProgram | None) -> LoadedProgram:
         state, info = parse_artifact(spec.name, spec.artifact, spec.artifact.read_bytes())

@@ -5,19 +5,15 @@ request, nothing per chunk. Streaming was most of a job's CPU in the worker
 (the LM client decodes every chunk, and every chunk is an event), so a job
 nobody watches token by token should not pay for it.
 
-A program with `aforward` runs on the process's one job loop, an event loop
-on a thread of its own: the Celery thread hands it the call (in its own
-context, so its `dspy.context` and log ids go along) and waits. One loop
-per Celery thread cost 39 % more CPU per call (DSPy's async LM client then
-holds a connection pool per loop, and 256 loops take turns at the GIL) than
-one loop for all: 1.83 against 1.32 ms per call of the `qa` program, 32
-threads, an LM answering at once; 32 tasks on one loop without threads, the
-way the direct-call baseline runs, took 1.33 (bench/results/job_loop.md).
-The price: a program whose `aforward` blocks (sync I/O inside an async
-method) holds up every job of its process, not only its own; a
-program with only `forward` runs in its Celery thread as before. One loop
-means one connection pool for DSPy's native client, whose 100-connection cap
-is raised to the worker's concurrency (`raise_lm_connection_cap`).
+Every job of a worker process runs on the process's event loop
+(worker/engine.py): a program with `aforward` is awaited there, one without
+it runs `forward` in a thread of its own (`run_sync`). One loop for all
+jobs cost 28 % less CPU per call of the `qa` program than one loop per
+thread (1.32 against 1.83 ms, bench/results/job_loop.md): DSPy's async LM
+client holds a connection pool per loop, and many loops take turns at the
+GIL. One loop means one connection pool for DSPy's native client, whose
+100-connection cap is raised to what the LM's limits allow
+(`raise_lm_connection_cap`).
 
 A streaming job of a program with `aforward` and DSPy's ChatAdapter (ours)
 has DSPy's LM send each chunk straight to a `FieldParser` (through
@@ -33,26 +29,20 @@ text the adapter turns into its value.
 Any other program or adapter goes through `dspy.streamify` with listeners
 created fresh for every job (a listener that has finished drops later
 chunks, dspy#8425); a program without `aforward` runs in streamify's sync
-mode, in DSPy's `asyncify` threads under one process-wide limiter of
-`async_max_workers`, which the caller raises to the worker's concurrency
-(the ninth concurrent stream would wait forever otherwise).
+mode in its thread.
 
 When nothing streams (not asked to, DSPy answered from its cache, or the LM
 does not stream) every field is still reported, whole, through `on_token`,
 so a client never needs a special case.
 """
 
-import asyncio
-import concurrent.futures
 import contextlib
 import importlib
 import json
 import logging
-import os
 import re
-import threading
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar, TypeVarTuple
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import dspy
 import dspy.clients.execution as dspy_execution
@@ -64,8 +54,6 @@ DEFAULT_MAX_CONNECTIONS: int = importlib.import_module("dspy._vendor.lm15.transp
 
 log = logging.getLogger(__name__)
 OnToken = Callable[[str, str], None]
-T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
 
 
 def output_fields(program: dspy.Module) -> list[str]:
@@ -82,27 +70,6 @@ def field_text(value: Any) -> str:
         return value
     dump = getattr(value, "model_dump", None)
     return json.dumps(dump(mode="json") if callable(dump) else value)
-
-
-_loop_lock = threading.Lock()
-_loop: "tuple[int, threading.Thread, asyncio.AbstractEventLoop] | None" = None
-
-
-def _job_loop() -> asyncio.AbstractEventLoop:
-    """The process's job loop, started on first use (in a prefork child: in the child, after the fork)."""
-    global _loop
-    with _loop_lock:
-        if _loop is None or _loop[0] != os.getpid() or not _loop[1].is_alive():
-            loop = _JobLoop()
-            thread = threading.Thread(target=loop.run_forever, name="job-loop", daemon=True)
-            thread.start()
-            _loop = (os.getpid(), thread, loop)
-        return _loop[2]
-
-
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Runs `coroutine` on the job loop in the caller's context (its `dspy.context`, its log ids); waits for it."""
-    return asyncio.run_coroutine_threadsafe(coroutine, _job_loop()).result()
 
 
 def raise_lm_connection_cap(connections: int) -> bool:
@@ -127,56 +94,32 @@ def raise_lm_connection_cap(connections: int) -> bool:
     return True
 
 
-class _JobLoop(asyncio.SelectorEventLoop):
-    """An event loop that runs what is handed to an executor at once, itself.
-
-    DSPy hands work to `asyncio.to_thread` twice per LM call (preparing the
-    request, pricing the response; reading and writing its cache when on) so
-    as not to block the loop. The first two are Python work that holds the
-    GIL wherever it runs, and each hop to an executor thread and back cost
-    two thread wake-ups under a contended GIL (and, even with an executor
-    that runs it inline, a write to the loop's self-pipe to deliver the
-    result). The cache's reads and writes are local disk I/O of one entry.
-    """
-
-    def run_in_executor(
-        self, executor: concurrent.futures.Executor | None, func: Callable[[*Ts], T], *args: *Ts
-    ) -> "asyncio.Future[T]":
-        future: asyncio.Future[T] = self.create_future()
-        try:
-            future.set_result(func(*args))
-        except Exception as e:
-            future.set_exception(e)
-        return future
-
-
 def has_async_forward(program: dspy.Module) -> bool:
     return callable(getattr(program, "aforward", None))
 
 
-def run_prediction(program: dspy.Module, inputs: dict[str, Any], on_token: OnToken, stream: bool) -> dspy.Prediction:
+RunSync = Callable[..., Awaitable[Any]]
+
+
+async def predict(
+    program: dspy.Module, inputs: dict[str, Any], on_token: OnToken, stream: bool, run_sync: RunSync
+) -> dspy.Prediction:
     """The program's prediction; every output field goes through `on_token`, streamed or whole.
 
-    Runs inside the job's `dspy.context` (its LM and adapter)."""
+    Runs inside the job's `dspy.context` (its LM and adapter); `run_sync(fn, *args)` runs a blocking call in
+    a thread, in the caller's context."""
     fields = output_fields(program)
     streamed: set[str] = set()
     if not stream:
-        prediction = _call(program, inputs)
+        prediction = await (program.acall(**inputs) if has_async_forward(program) else run_sync(program, **inputs))
     elif has_async_forward(program) and type(dspy.settings.adapter) is dspy.ChatAdapter:
-        parser = FieldParser(fields, on_token, streamed)
-        prediction = _run(_parsed(program, inputs, parser))
+        prediction = await _parsed(program, inputs, FieldParser(fields, on_token, streamed))
     else:
-        prediction = _streamified(program, fields, inputs, on_token, streamed)
+        prediction = await _streamified(program, fields, inputs, on_token, streamed, run_sync)
     for name in fields:
         if name not in streamed and name in prediction:
             on_token(name, field_text(prediction[name]))
     return prediction
-
-
-def _call(program: dspy.Module, inputs: dict[str, Any]) -> dspy.Prediction:
-    if has_async_forward(program):
-        return _run(program.acall(**inputs))
-    return program(**inputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,8 +231,13 @@ async def _parsed(program: dspy.Module, inputs: dict[str, Any], parser: FieldPar
 # --------------------------------------------------------------------------------------------
 
 
-def _streamified(
-    program: dspy.Module, fields: list[str], inputs: dict[str, Any], on_token: OnToken, streamed: set[str]
+async def _streamified(
+    program: dspy.Module,
+    fields: list[str],
+    inputs: dict[str, Any],
+    on_token: OnToken,
+    streamed: set[str],
+    run_sync: RunSync,
 ) -> dspy.Prediction:
     listeners = [StreamListener(signature_field_name=name) for name in fields]
 
@@ -302,24 +250,24 @@ def _streamified(
             return value
         return None
 
-    async def consume() -> dspy.Prediction | None:
+    def consume_sync() -> dspy.Prediction | None:
         found = None
-        streaming = dspy.streamify(program, stream_listeners=listeners, is_async_program=True)
-        # Closed here even when on_token raises (a cancelled job): left open, the
-        # generator would be finalized later from another task, which anyio refuses.
-        async with contextlib.aclosing(streaming(**inputs)) as values:
-            async for value in values:
+        sync_stream = dspy.streamify(program, stream_listeners=listeners, async_streaming=False)
+        with contextlib.closing(sync_stream(**inputs)) as values:
+            for value in values:
                 found = handle(value) or found
         return found
 
     prediction: dspy.Prediction | None = None
     if has_async_forward(program):
-        prediction = _run(consume())
-    else:
-        sync_stream = dspy.streamify(program, stream_listeners=listeners, async_streaming=False)
-        with contextlib.closing(sync_stream(**inputs)) as values:
-            for value in values:
+        streaming = dspy.streamify(program, stream_listeners=listeners, is_async_program=True)
+        # Closed here even when on_token raises (a cancelled job): left open, the
+        # generator would be finalized later from another task, which anyio refuses.
+        async with contextlib.aclosing(streaming(**inputs)) as values:
+            async for value in values:
                 prediction = handle(value) or prediction
+    else:
+        prediction = await run_sync(consume_sync)
     if prediction is None:
         raise RuntimeError("the program's stream ended without a prediction")
     return prediction

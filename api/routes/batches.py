@@ -5,6 +5,7 @@ and `POST /programs/{name}/batches` (any program, each item's input under
 `input`); both routes are added by `add_submit_route` (api/main.py).
 """
 
+import contextlib
 import json
 import logging
 import uuid
@@ -13,7 +14,6 @@ from typing import Annotated, Any
 
 import anyio
 import redis.asyncio as aioredis
-from celery import Celery
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
@@ -23,8 +23,7 @@ from starlette.background import BackgroundTask
 
 from api import batch_store, idempotency
 from api.auth import UNAUTHORIZED, Caller, CallerDep, SseCallerDep
-from api.deps import CeleryDep, RedisDep, SettingsDep, StreamsDep
-from api.enqueue import enqueue_or_undo
+from api.deps import RedisDep, SettingsDep, StreamsDep
 from api.idempotency import IdempotencyKey
 from api.metrics import BATCHES_SUBMITTED
 from api.rate_limit import check_submission
@@ -32,7 +31,6 @@ from api.schemas import BatchOptions
 from core.batches import TERMINAL_BATCH_STATUSES, Batch, batch_from_fields
 from core.jobs import now_s
 from core.logging_setup import bind
-from core.queue import EXPAND_BATCH_TASK
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,15 +77,12 @@ def add_submit_route(
         body: body_model,  # type: ignore[valid-type]
         response: Response,
         redis: RedisDep,
-        celery: CeleryDep,
         settings: SettingsDep,
         caller: CallerDep,
         idempotency_key: IdempotencyKey = None,
     ) -> Batch:
         options: BatchOptions = body
-        return await submit(
-            program, items_of(body), options, response, redis, celery, settings, caller, idempotency_key
-        )
+        return await submit(program, items_of(body), options, response, redis, settings, caller, idempotency_key)
 
     submit_batch.__doc__ = doc
     router.add_api_route(
@@ -107,12 +102,11 @@ async def submit(
     options: BatchOptions,
     response: Response,
     redis: aioredis.Redis,
-    celery: Celery,
     settings: Settings,
     caller: Caller,
     idempotency_key: str | None,
 ) -> Batch:
-    """Store the batch and answer once every item is stored, before they are all enqueued."""
+    """Store the batch and answer once every item is stored; bulk workers take its items in turn."""
     max_items = settings.batch_max_items
     if caller.owner is not None and settings.key_batch_max_items > 0:
         max_items = min(max_items, settings.key_batch_max_items)
@@ -128,24 +122,28 @@ async def submit(
         response.headers["Idempotent-Replayed"] = "true"
         return batch_from_fields(await batch_store.read_batch(redis, original_id, caller))
     bind(batch_id=batch_id)
-    await batch_store.create_batch(
-        redis,
-        settings,
-        batch_id,
-        program,
-        items,
-        options.model,
-        options.temperature,
-        now_s(),
-        owner=caller.owner,
-        stream=options.stream,
-    )
-
-    async def undo() -> None:
-        await batch_store.delete_batch(redis, batch_id)
-        await idempotency.release(redis, idempotency_key)
-
-    await enqueue_or_undo(celery, EXPAND_BATCH_TASK, batch_id, f"batch-{batch_id}", settings.enqueue_timeout_s, undo)
+    created_at = now_s()
+    expires_after_s = options.expires_after_s or settings.batch_expires_after_s
+    try:
+        await batch_store.create_batch(
+            redis,
+            settings,
+            batch_id,
+            program,
+            items,
+            options.model,
+            options.temperature,
+            created_at,
+            owner=caller.owner,
+            stream=options.stream,
+            expires_at_s=created_at + expires_after_s,
+        )
+    except RedisError:
+        # Answered 503 (api/main.py): nothing may stay of a batch its client was told was not accepted.
+        with contextlib.suppress(RedisError):
+            await batch_store.delete_batch(redis, batch_id)
+            await idempotency.release(redis, idempotency_key)
+        raise
     BATCHES_SUBMITTED.labels(caller.name).inc()
     log.info("batch of %d items submitted (program %s, key %s)", len(items), program, caller.name)
     response.headers["Location"] = f"/batches/{batch_id}"
@@ -170,10 +168,11 @@ async def get_batch_results(
 ) -> BatchResultsPage:
     """Every item's status and result or error, in submission order, a page at a time."""
     bind(batch_id=batch_id)
-    total = int((await batch_store.read_batch(redis, batch_id, caller))["total"])
+    batch = await batch_store.read_batch(redis, batch_id, caller)
+    total = int(batch["total"])
     limit = min(limit, settings.batch_results_page_max)
     stop = min(cursor + limit, total)
-    items = await batch_store.read_items(redis, batch_id, cursor, stop) if cursor < total else []
+    items = await batch_store.read_items(redis, batch, cursor, stop) if cursor < total else []
     return BatchResultsPage(
         items=[BatchItemResult(**item) for item in items], next_cursor=stop if stop < total else None
     )
@@ -194,7 +193,9 @@ async def download_batch_results(
 
     async def lines() -> AsyncIterator[bytes]:
         for start in range(0, total, page):
-            items = await batch_store.read_items(redis, batch_id, start, min(start + page, total))
+            # Read again per page: items end while a long download runs.
+            batch = await batch_store.read_batch(redis, batch_id)
+            items = await batch_store.read_items(redis, batch, start, min(start + page, total))
             yield b"".join(json.dumps(item, separators=(",", ":")).encode() + b"\n" for item in items)
 
     return StreamingResponse(

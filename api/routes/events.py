@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"], responses=UNAUTHORIZED)
 
 _REPLAY_BATCH = 500
-# How long a stream waits on silence before checking that its job still exists.
+# How long a stream waits on silence before reading the Stream again (and checking that its job still exists).
 _IDLE_CHECK_S = 30.0
 # Put in a stream's queue when the server shuts down.
 _SHUTDOWN: Event = LiveEvent(-1, "shutdown", b"")
@@ -70,9 +70,13 @@ async def _replay(redis: aioredis.Redis, job_id: str, after: int) -> list[LiveEv
 
 
 async def _finished_before(redis: aioredis.Redis, job_id: str, seq: int) -> bool:
-    """True when the job is over and the client already has (or skipped past) its last event."""
+    """True when the job is over and the client already has (or skipped past) its last event. A batch item
+    no worker has picked has no events yet: it is not over unless its batch ended it."""
     status, last_seq = cast(list[str | None], await redis.hmget(keys.job(job_id), ["status", "seq"]))
-    return status is None or (JobStatus(status).is_terminal and int(last_seq or 0) <= seq)
+    if status is None:
+        unpicked = await job_store.unpicked_item(redis, job_id)
+        return unpicked is None or JobStatus(unpicked["status"]).is_terminal
+    return JobStatus(status).is_terminal and int(last_seq or 0) <= seq
 
 
 async def _events(
@@ -118,9 +122,8 @@ async def _follow(
                         async with asyncio.timeout(_IDLE_CHECK_S):
                             event: Event = await live.get()
                     except TimeoutError:
-                        if not await redis.exists(keys.job(job_id)):
-                            return
-                        continue
+                        # Silence: read the Stream again, which also ends a stream whose job is gone.
+                        break
                 else:
                     event = live.get_nowait()
                 frames: list[bytes] = []

@@ -112,7 +112,11 @@ async def submit(
         response.headers["Idempotent-Replayed"] = "true"
         return await _respond(response, redis, hub, original_id, wait, None, caller)
     bind(job_id=job_id)
-    message = task_messages(celery).build(RUN_JOB_TASK, job_id, [job_id], settings.interactive_queue)
+    # The model travels with the message: a worker asks for its LM capacity before it reads the record.
+    message = task_messages(celery).build(
+        RUN_JOB_TASK, job_id, [job_id, options.model or ""], settings.interactive_queue
+    )
+    created_at = now_s()
     try:
         fields = await job_store.create_job(
             redis,
@@ -122,10 +126,11 @@ async def submit(
             inputs,
             options.model,
             options.temperature,
-            now_s(),
+            created_at,
             message,
             owner=caller.owner,
             stream=options.stream,
+            expires_at_s=created_at + (options.expires_after_s or settings.job_expires_after_s),
         )
     except RedisError:
         # Answered 503 (api/main.py). The script may have run before the

@@ -1,0 +1,112 @@
+-- Batches: their place in the bulk rotation and how bulk workers pick items from it.
+--
+-- Bulk workers do not take batch items from a queue in submission order:
+-- each LM endpoint has a rotation of owners (API keys), each owner a rotation
+-- of batches, and a bulk worker that has an LM slot takes the next item of
+-- the next batch of the next owner (`bulk_pick`). A small batch submitted
+-- behind a huge one gets every other turn, and so does a second key. An item
+-- is created as a job only when it is picked; until then it is its input in
+-- the batch's inputs list and a count in `n_queued`.
+--
+-- A batch hash knows its own rotation keys (`rotation_owners`,
+-- `rotation_batches`, `rotation_owner`, `rotation_ready`), so scripts that put
+-- an item back (a retry, a lost worker) can bring its batch back to the rotation.
+
+local function ensure_in_rotation(batch)
+  local r = redis.call('HMGET', batch, 'in_rotation', 'rotation_owners', 'rotation_batches', 'rotation_owner',
+    'rotation_ready', 'id')
+  if r[1] == '1' or not r[2] then return end
+  redis.call('HSET', batch, 'in_rotation', '1')
+  redis.call('RPUSH', r[3], r[6])
+  if not redis.call('LPOS', r[2], r[4]) then redis.call('RPUSH', r[2], r[4]) end
+  redis.call('PUBLISH', r[5], r[6])
+end
+
+local function leave_rotation(batch, batch_id, batches_list, owners, owner)
+  redis.call('LREM', batches_list, 0, batch_id)
+  redis.call('HSET', batch, 'in_rotation', '0')
+  if redis.call('LLEN', batches_list) == 0 then redis.call('LREM', owners, 0, owner) end
+end
+
+-- An item of `batch` (not finished) to run again from `due` (unix time).
+local function requeue_item(batch, job_id, due)
+  redis.call('ZADD', redis.call('HGET', batch, 'retry_key'), due, job_id)
+  ensure_in_rotation(batch)
+end
+
+-- KEYS: batch hash. ARGV: none. Called by the API with the batch's creation.
+redis.register_function('batch_register', function(keys, args)
+  ensure_in_rotation(keys[1])
+  return 1
+end)
+
+-- The next item `batch` can run, or nil. Items never picked of a batch that
+-- was cancelled or is past its deadline end here, all at once (they have no
+-- record to write); items waiting for a retry are returned one by one, and the
+-- job script then cancels (or runs) each.
+local function pick_from(batch, batch_id, batches_list, owners, owner, now, pick_lease_s)
+  local f = redis.call('HMGET', batch, 'status', 'total', 'cursor', 'cancel_requested', 'expires_at', 'retry_key',
+    'inputs_key', 'program', 'model', 'temperature', 'stream', 'created_at')
+  if not f[1] or BATCH_TERMINAL[f[1]] then
+    leave_rotation(batch, batch_id, batches_list, owners, owner)
+    return nil
+  end
+  local total, cursor = num(f[2]), num(f[3])
+  local ending = nil
+  if f[4] then
+    ending = 'cancelled'
+  elseif f[5] and f[5] ~= '' and tonumber(f[5]) <= now then
+    ending = 'expired'
+  end
+  if ending and cursor < total then
+    redis.call('HSET', batch, 'cursor', total, 'settled_from', cursor, 'settled_as', ending)
+    batch_items_moved(batch, 'queued', ending, total - cursor, nil)
+    cursor = total
+  end
+  local item, index = nil, nil
+  local due = redis.call('ZRANGEBYSCORE', f[6], '-inf', now, 'LIMIT', 0, 1)
+  if due[1] then
+    item = due[1]
+    index = tonumber(string.match(item, '%-(%d+)$'))
+  elseif cursor < total then
+    index = cursor
+    item = batch_id .. '-' .. cursor
+    redis.call('HSET', batch, 'cursor', cursor + 1)
+  end
+  if not item then
+    if cursor >= total and redis.call('ZCARD', f[6]) == 0 then
+      leave_rotation(batch, batch_id, batches_list, owners, owner)
+    end
+    return nil
+  end
+  -- Picked, not yet started: picked again after the lease if its start never comes.
+  redis.call('ZADD', f[6], now + pick_lease_s, item)
+  local input = redis.call('LINDEX', f[7], index) or ''
+  return {batch_id, item, tostring(index), input, 'program', f[8] or '', 'model', f[9] or '', 'temperature',
+    f[10] or '', 'stream', f[11] or '0', 'expires_at', f[5] or '', 'created_at', f[12] or '0'}
+end
+
+-- KEYS: the endpoint's owners list. ARGV: now, pick lease (s), how many
+-- batches to look at before giving up, the key template of an owner's batches
+-- list (`%s` = owner), the key template of a batch hash (`%s` = batch id).
+-- Returns {} when nothing can run now, else {batch id, item id, index, input
+-- JSON, then the batch's fields an item's record is made from, as field/value
+-- pairs}.
+redis.register_function('bulk_pick', function(keys, args)
+  local owners = keys[1]
+  local now, pick_lease_s, probes = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  for _ = 1, probes do
+    local owner = redis.call('RPOPLPUSH', owners, owners)
+    if not owner then return {} end
+    local batches_list = string.format(args[4], owner)
+    local batch_id = redis.call('RPOPLPUSH', batches_list, batches_list)
+    if not batch_id then
+      redis.call('LREM', owners, 0, owner)
+    else
+      local picked = pick_from(string.format(args[5], batch_id), batch_id, batches_list, owners, owner, now,
+        pick_lease_s)
+      if picked then return picked end
+    end
+  end
+  return {}
+end)

@@ -1,0 +1,93 @@
+-- Events and batch counters: the helpers every other family builds on.
+--
+-- A job's events are written only here (append_event), so a status change and
+-- its event can never disagree, a finished job takes no more events, and a
+-- writer whose lease was taken over is refused (core/events.py describes the
+-- format; worker/job_life.py the lease).
+
+local TERMINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
+local BATCH_TERMINAL = {completed = true, cancelled = true, failed = true, expired = true}
+
+local function now_text()
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', t[2])
+end
+
+local function num(value)
+  return tonumber(value) or 0
+end
+
+-- Ends the batch once every item has ended: `cancelled` if a cancel was asked
+-- for, `expired` if any item expired, `completed` otherwise. Its inputs are no
+-- longer needed then.
+local function batch_maybe_done(batch)
+  local b = redis.call('HMGET', batch, 'status', 'total', 'n_succeeded', 'n_failed', 'n_cancelled', 'n_expired',
+    'cancel_requested', 'inputs_key')
+  if not b[1] or BATCH_TERMINAL[b[1]] then return end
+  if num(b[3]) + num(b[4]) + num(b[5]) + num(b[6]) < num(b[2]) then return end
+  local final = 'completed'
+  if b[1] == 'cancelling' or b[7] then
+    final = 'cancelled'
+  elseif num(b[6]) > 0 then
+    final = 'expired'
+  end
+  redis.call('HSET', batch, 'status', final, 'finished_at', now_text())
+  redis.call('HINCRBY', batch, 'version', 1)
+  if b[8] then redis.call('DEL', b[8]) end
+end
+
+-- `n` items of a batch move from status `from` to status `to`.
+local function batch_items_moved(batch, from, to, n, usage)
+  redis.call('HINCRBY', batch, 'n_' .. from, -n)
+  redis.call('HINCRBY', batch, 'n_' .. to, n)
+  redis.call('HINCRBY', batch, 'version', 1)
+  if usage then
+    local u = cjson.decode(usage)
+    redis.call('HINCRBY', batch, 'prompt_tokens', u['prompt_tokens'] or 0)
+    redis.call('HINCRBY', batch, 'completion_tokens', u['completion_tokens'] or 0)
+  end
+  if to == 'running' and redis.call('HGET', batch, 'status') == 'queued' then
+    redis.call('HSET', batch, 'status', 'running', 'started_at', now_text())
+  end
+  batch_maybe_done(batch)
+end
+
+-- Appends one event to a job: job hash, event stream, channel, event type,
+-- event data JSON, stream maxlen, ttl_s, a table of field/value pairs to HSET
+-- on the job with the event, and the writer's lease token ('' or nil: a writer
+-- that holds none, such as the API cancelling).
+-- Returns the event's sequence number; -1 if the job no longer exists; -2 if
+-- it has finished (it takes no more events); -3 if `fence` no longer holds it.
+local function append_event(job, events, channel, event_type, data, maxlen, ttl_s, updates, fence)
+  local status = redis.call('HGET', job, 'status')
+  if not status then return -1 end
+  if TERMINAL[status] then return -2 end
+  if fence and fence ~= '' and redis.call('HGET', job, 'lease') ~= fence then return -3 end
+  local seq = redis.call('HINCRBY', job, 'seq', 1)
+  local new_status, usage = nil, nil
+  for i = 1, #updates - 1, 2 do
+    if updates[i] == 'status' then new_status = updates[i + 1] end
+    if updates[i] == 'usage' then usage = updates[i + 1] end
+  end
+  if #updates > 0 then
+    redis.call('HSET', job, unpack(updates))
+  end
+  local batch = redis.call('HGET', job, 'batch_key')
+  if batch and new_status and new_status ~= status then
+    batch_items_moved(batch, status, new_status, 1, usage)
+  end
+  local payload = '{"seq":' .. seq .. ',"type":"' .. event_type .. '","data":' .. data .. '}'
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, seq .. '-0', 'e', payload)
+  redis.call('EXPIRE', events, ttl_s)
+  redis.call('PUBLISH', channel, payload)
+  if not batch and (event_type == 'result' or event_type == 'error') then
+    redis.call('PUBLISH', '__JOBS_DONE__', redis.call('HGET', job, 'id') .. ' ' .. payload)
+  end
+  return seq
+end
+
+-- KEYS: job hash, event stream, channel. ARGV: event type, data JSON, maxlen,
+-- ttl_s, fence token ('' for none), then field/value pairs for the job hash.
+redis.register_function('append_event', function(keys, args)
+  return append_event(keys[1], keys[2], keys[3], args[1], args[2], args[3], args[4], {unpack(args, 6)}, args[5])
+end)

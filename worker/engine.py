@@ -1,0 +1,209 @@
+"""A worker process's event loop and everything that runs on it.
+
+One loop per process, on a thread of its own, runs every job of the process
+(worker/job_runner.py) and what keeps them honest: the lease renewal, the
+reaper (worker/reaper.py), the heartbeat, the token writer, the bulk loops
+of a bulk worker (worker/bulk.py) and the wake-ups from Redis. Celery's
+threads only hand interactive jobs over (`take`) and wait until each has
+started, so the number of jobs a process runs is bounded by the LM's limits,
+not by its threads.
+
+Everything is created here, in the process that runs the jobs, once per
+process: never in a parent that later forks (an LM that already talked to
+the provider shares pooled sockets with its children) and never with
+`dspy.configure` (jobs get their LM through `dspy.context`).
+
+Stopping (SIGTERM, Celery's warm shutdown): no new job is taken (a message
+that still arrives is sent back to the queue), claimed jobs that have not
+started are given back, and running jobs are waited for, up to
+`job_time_limit_s`. A second signal stops at once; leases then hand the
+running jobs to another worker.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aioredis
+from celery import Celery
+from redis.exceptions import RedisError
+
+from core import scripts
+from core.queue import RUN_JOB_TASK
+from core.settings import Settings
+from worker import bulk, capacity
+from worker.bulk import BulkLoop
+from worker.capacity import Capacity
+from worker.heartbeat import Heartbeat
+from worker.job_runner import JobRunner
+from worker.job_store import JobStore
+from worker.lm_gate import GatedLM
+from worker.reaper import Reaper
+from worker.runtime import Runtime
+from worker.token_writer import TokenWriter
+from worker.wakeups import Wakeups
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Engine:
+    def __init__(self, settings: Settings, app: Celery) -> None:
+        self._settings = settings
+        self._app = app
+        self._pid = os.getpid()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="job-loop", daemon=True)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._bulk: list[asyncio.Task[None]] = []
+        # Program loads are counted with a plain client: they happen in a thread, off the loop.
+        self.runtime = Runtime(
+            settings,
+            redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=10),
+            lm_class=GatedLM,
+            prepare_lm=self._gate,
+        )
+        self.runner: JobRunner | None = None
+        self._capacity: Capacity | None = None
+        self._heartbeat: Heartbeat | None = None
+
+    def _gate(self, lm: Any) -> Any:
+        assert self._capacity is not None
+        return lm.gate(self._capacity, self._loop)
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if os.getpid() != self._pid:
+            raise RuntimeError("the worker's engine was used across a fork; create it in the process that runs jobs")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    # ---- called from Celery's threads --------------------------------------------------
+
+    def start(self, hostname: str, queues: list[str]) -> None:
+        self._thread.start()
+        self._on_loop(self._start(hostname, queues))
+
+    def take(self, job_id: str, model: str | None) -> None:
+        """An interactive job's message: returns once the job has started (or is not this worker's)."""
+        assert self.runner is not None
+        self._on_loop(self.runner.take(job_id, model))
+
+    def stop_taking(self) -> None:
+        """From Celery's signal handler: take nothing more, give back what waits (it must not block)."""
+        self._loop.call_soon_threadsafe(self._stop_taking)
+
+    def drain(self) -> None:
+        """Wait for the running jobs (up to `job_time_limit_s`), then close."""
+        if self._thread.is_alive():
+            self._on_loop(self._drain())
+
+    # ---- on the loop ---------------------------------------------------------------
+
+    async def _start(self, hostname: str, queues: list[str]) -> None:
+        s = self._settings
+        pool = aioredis.BlockingConnectionPool.from_url(
+            s.redis_url,
+            max_connections=128,
+            timeout=10,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            health_check_interval=30,
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        await scripts.aload(client)
+        wakeups = Wakeups(client, [*capacity.wakeup_channels(s), *bulk.wakeup_channels(s)])
+        self._capacity = Capacity(client, s, wakeups)
+        wakeups.start()
+        worker = f"{hostname}:{os.getpid()}"
+        writer = TokenWriter(client, s, self._loop, self._refused)
+        runner = JobRunner(s, client, self.runtime, self._capacity, writer, self._send, worker)
+        self.runner = runner
+        runner.writer.start()
+        await asyncio.to_thread(self.runtime.warm)
+        runtime = self.runtime
+
+        def live_info() -> dict[str, str]:
+            # Each beat also picks up new artifact versions, so a worker with no jobs
+            # still switches, and reports the version it serves.
+            runtime.refresh()
+            return {"programs": runtime.versions_json()}
+
+        info = {"queues": ",".join(sorted(queues)), "pool": "threads"}
+        self._heartbeat = Heartbeat(client, s, hostname, info, live_info=live_info)
+        await self._heartbeat.beat()
+        reaper = Reaper(client, s, JobStore(client, s), self._send)
+        for coroutine, name in (
+            (self._renew_forever(), "lease-renewal"),
+            (reaper.run_forever(), "reaper"),
+            (self._heartbeat.run_forever(), "heartbeat"),
+        ):
+            self._tasks.append(asyncio.create_task(coroutine, name=name))
+        if s.bulk_queue in queues:
+            for model in s.allowed_models:
+                loop = BulkLoop(s, client, self._capacity, runner, wakeups, model)
+                self._bulk.append(asyncio.create_task(loop.run(), name=f"bulk-{model}"))
+
+    async def _send(self, job_id: str, model: str | None, delay_s: float) -> None:
+        """Send a job's task (again) to the interactive queue."""
+        await asyncio.to_thread(
+            self._app.send_task,
+            RUN_JOB_TASK,
+            args=[job_id, model or ""],
+            task_id=job_id,
+            countdown=delay_s or None,
+            queue=self._settings.interactive_queue,
+        )
+
+    def _refused(self, job_id: str, code: int) -> None:
+        """The token writer was refused a job's event: it finished (cancelled), or is another worker's now."""
+        assert self.runner is not None
+        self.runner.stop_job(job_id, "cancelled" if code == -2 else "fenced")
+
+    async def _renew_forever(self) -> None:
+        assert self.runner is not None and self._capacity is not None
+        store = self.runner.store
+        while True:
+            await asyncio.sleep(self._settings.job_lease_s / 3)
+            try:
+                for job_id in await store.renew(self.runner.leases()):
+                    self.runner.stop_job(job_id, await store.why_lost(job_id))
+                await self._capacity.renew()
+            except RedisError as e:
+                log.warning("could not renew leases: %s", e)
+
+    def _stop_taking(self) -> None:
+        if self.runner is None:
+            return
+        self.runner.stopping = True
+        for task in self._bulk:
+            task.cancel()
+        for run in list(self.runner.runs.values()):
+            if run.attempts == 0 and run.task is not None and run.stop is None:
+                run.stop = "shutdown"
+                run.task.cancel()
+
+    async def _drain(self) -> None:
+        self._stop_taking()
+        runner = self.runner
+        if runner is not None:
+            running = [run.task for run in runner.runs.values() if run.task is not None]
+            if running:
+                log.info("waiting for %d running job(s) to finish before stopping", len(running))
+                await asyncio.wait(running, timeout=self._settings.job_time_limit_s)
+            for run in list(runner.runs.values()):
+                if run.task is not None:
+                    run.stop = "shutdown"
+                    run.task.cancel()
+            await runner.writer.barrier()
+            await runner.close()
+        if self._heartbeat is not None:
+            await self._heartbeat.remove()
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, *self._bulk, return_exceptions=True)

@@ -1,0 +1,242 @@
+"""The worker's reads and writes of job records: each one step in Redis, fenced by the lease token.
+
+A worker that takes a job makes a lease token for it; claiming it (taken,
+waiting for LM capacity), starting an attempt, every token event, renewing
+the lease, retrying and ending it all carry that token, and the functions in
+core/lua/jobs.lua refuse any of them once the token no longer holds the job.
+So a worker that stalled past its lease (a GC pause, a frozen VM, SIGSTOP)
+and wakes up after another worker took the job over writes nothing: it learns
+of it at its next write or renewal and stops.
+"""
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from core import keys, scripts
+from core.events import EventType
+from core.jobs import JobError, JobLinks, JobStatus, job_from_fields
+from core.settings import Settings
+from worker.metrics import Increment, outcome_increments
+
+# What the start functions refuse with (core/lua/jobs.lua).
+NO_JOB, FINISHED, LEASED, BATCH_CANCELLED, EXPIRED = -1, -2, -3, -4, -5
+_QUEUED = json.dumps({"status": JobStatus.queued.value}, separators=(",", ":"))
+
+
+@dataclass
+class Taken:
+    """What a claim or start found: `code` (attempts when started, 0 when claimed, else a refusal above),
+    with the record, or the status it was refused for."""
+
+    code: int
+    fields: dict[str, str]
+    status: str = ""
+
+
+def job_keys(settings: Settings, job_id: str) -> list[str]:
+    """The KEYS of the job functions."""
+    return [
+        keys.job(job_id),
+        keys.job_events(job_id),
+        keys.job_channel(job_id),
+        keys.LEASES,
+        keys.DEADLINES,
+        keys.queued(settings.interactive_queue),
+        keys.METRICS_COUNTERS,
+        keys.METRICS_HISTOGRAMS,
+    ]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=_jsonable)
+
+
+def _jsonable(value: Any) -> Any:
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    return str(value)
+
+
+def _taken(found: list[Any]) -> Taken:
+    code, rest = int(found[0]), found[1]
+    if isinstance(rest, list):
+        return Taken(code, dict(zip(rest[::2], rest[1::2], strict=True)))
+    return Taken(code, {}, str(rest))
+
+
+class JobStore:
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self._redis = client
+        self._settings = settings
+
+    def _lease_expiry(self, now: float) -> str:
+        return repr(now + self._settings.job_lease_s)
+
+    async def claim(self, job_id: str, token: str, worker: str, waiting: Mapping[str, Any]) -> Taken:
+        """Take the job to wait for LM capacity: its lease, and a `waiting` event saying why."""
+        now = time.time()
+        found = await scripts.acall(
+            self._redis,
+            "job_claim",
+            job_keys(self._settings, job_id),
+            [
+                job_id,
+                repr(now),
+                self._lease_expiry(now),
+                token,
+                worker,
+                self._settings.event_stream_maxlen,
+                self._settings.job_ttl_s,
+                dumps(waiting),
+            ],
+        )
+        return _taken(found)
+
+    async def start(self, job_id: str, token: str, worker: str) -> Taken:
+        """Start an attempt: counted, leased, announced by its `running` event."""
+        found = await scripts.acall(
+            self._redis, "job_start", job_keys(self._settings, job_id), self._start_args(job_id, token, worker)
+        )
+        return _taken(found)
+
+    async def start_item(self, job_id: str, token: str, worker: str, fields: Mapping[str, str], retries: str) -> Taken:
+        """Start a picked batch item, creating its record (`fields`) if it has none."""
+        args: list[scripts.Arg] = [*self._start_args(job_id, token, worker), _QUEUED]
+        for pair in fields.items():
+            args += pair
+        found = await scripts.acall(self._redis, "item_start", [*job_keys(self._settings, job_id), retries], args)
+        return _taken(found)
+
+    def _start_args(self, job_id: str, token: str, worker: str) -> list[scripts.Arg]:
+        now = time.time()
+        return [
+            job_id,
+            repr(now),
+            self._lease_expiry(now),
+            token,
+            worker,
+            self._settings.job_max_attempts,
+            self._settings.event_stream_maxlen,
+            self._settings.job_ttl_s,
+        ]
+
+    async def emit(self, job_id: str, token: str, event_type: EventType, data: Mapping[str, Any]) -> int:
+        """One event of the attempt `token` holds; what `append_event` returns."""
+        seq: int = await scripts.acall(
+            self._redis,
+            "append_event",
+            job_keys(self._settings, job_id)[:3],
+            [event_type.value, dumps(data), self._settings.event_stream_maxlen, self._settings.job_ttl_s, token],
+        )
+        return seq
+
+    async def renew(self, leases: Mapping[str, str]) -> list[str]:
+        """Extend the leases `leases` (job id -> token) still hold; the ids of those they no longer hold."""
+        if not leases:
+            return []
+        args: list[scripts.Arg] = [self._lease_expiry(time.time())]
+        for job_id, token in leases.items():
+            args += [job_id, token]
+        lost = await scripts.acall(
+            self._redis, "job_renew", [keys.LEASES, *(keys.job(job_id) for job_id in leases)], args
+        )
+        return [str(job_id) for job_id in lost]
+
+    async def end(
+        self,
+        job_id: str,
+        token: str,
+        fields: Mapping[str, str],
+        event_type: EventType,
+        updates: Mapping[str, str],
+        tokens: Sequence[tuple[str, str]] = (),
+        unstarted: bool = False,
+    ) -> int:
+        """Write the job's terminal state after any whole-field `tokens`; its event carries the public record.
+
+        `token` '' for a writer that holds no lease (then nobody may hold a live one); `unstarted`: only if
+        the job never started. Releases the lease and counts the outcome in the metrics in the same step.
+        Returns the terminal event's sequence number, or the refusal (nothing written)."""
+        final = {**fields, **updates}
+        record = job_from_fields(final, JobLinks.for_job(job_id))
+        events = [(EventType.token.value, dumps({"field": f, "text": t})) for f, t in tokens]
+        events.append((event_type.value, record.model_dump_json()))
+        args: list[scripts.Arg] = [
+            job_id,
+            token,
+            self._settings.event_stream_maxlen,
+            self._settings.job_ttl_s,
+            "unstarted" if unstarted else "",
+            len(events),
+        ]
+        for pair in events:
+            args += pair
+        args.append(len(updates))
+        for pair in updates.items():
+            args += pair
+        args += _metrics_args(outcome_increments(final, self._settings.lm_model))
+        seq: int = await scripts.acall(self._redis, "job_end", job_keys(self._settings, job_id), args)
+        return seq
+
+    async def expire(self, job_id: str, token: str, fields: Mapping[str, str]) -> int:
+        """End a job that was not started before its deadline; what `end` returns (refused if it started)."""
+        created, expires = float(fields["created_at"]), float(fields["expires_at"])
+        error = JobError(
+            type="JobExpired",
+            message=f"not started within {expires - created:g} s of its submission (expires_after_s); it never ran",
+            retryable=False,
+            code=408,
+        )
+        updates = {
+            "status": JobStatus.expired.value,
+            "finished_at": repr(time.time()),
+            "error": error.model_dump_json(),
+        }
+        return await self.end(job_id, token, fields, EventType.error, updates, unstarted=True)
+
+    async def retry(self, job_id: str, token: str, due: float, data: Mapping[str, Any]) -> int:
+        """Back to the queue for another attempt from `due`; 1: send its task again, 2: a batch item
+        (back in its batch's turn), negative: refused."""
+        code: int = await scripts.acall(
+            self._redis,
+            "job_retry",
+            job_keys(self._settings, job_id),
+            [job_id, repr(due), token, self._settings.event_stream_maxlen, self._settings.job_ttl_s, dumps(data)],
+        )
+        return code
+
+    async def why_lost(self, job_id: str) -> str:
+        """Why a lease renewal was refused: `cancelled` (or otherwise finished), else `fenced` (taken over)."""
+        status = await self._redis.hget(keys.job(job_id), "status")
+        return "cancelled" if status is None or JobStatus(str(status)).is_terminal else "fenced"
+
+    async def unclaim(self, job_id: str, token: str) -> int:
+        """Give back a job claimed and not started; 1: send its task again, 2: a batch item, 0: not ours."""
+        code: int = await scripts.acall(
+            self._redis, "job_unclaim", job_keys(self._settings, job_id), [job_id, token, repr(time.time())]
+        )
+        return code
+
+    async def requeue_lost(self, job_id: str, now: float, data: Mapping[str, Any]) -> int:
+        """A job whose lease ran out: 1: send its task again, 2: a batch item, 0: nothing to do."""
+        code: int = await scripts.acall(
+            self._redis,
+            "job_requeue_lost",
+            job_keys(self._settings, job_id),
+            [job_id, repr(now), self._settings.event_stream_maxlen, self._settings.job_ttl_s, dumps(data)],
+        )
+        return code
+
+
+def _metrics_args(increments: list[Increment]) -> list[scripts.Arg]:
+    args: list[scripts.Arg] = []
+    for key, field, amount in increments:
+        hash_code = "h" if key == keys.METRICS_HISTOGRAMS else "c"
+        args += [hash_code, field, "f" if isinstance(amount, float) else "i", repr(amount)]
+    return args

@@ -1,0 +1,169 @@
+"""The reaper every worker runs: jobs whose worker was lost run again, jobs past their deadline expire.
+
+- **A worker died holding a job** (claimed and waiting, or running): its
+  lease runs out. The job goes back to waiting: an interactive job's task is
+  sent again, a batch item goes back to its batch's turn (core/lua/jobs.lua
+  `job_requeue_lost`). The broker's visibility timeout plays no part.
+- **A worker died after taking an interactive job's message and before
+  claiming it.** Interactive workers keep no copy of the messages they take
+  (no ack emulation, core/queue.py), and even with one, `BRPOP` removes a
+  message from the list before kombu records it. Every queued job is noted in
+  its queue's `keys.queued` set, scored by when it was queued, until a worker
+  takes it. A queue is a FIFO list, so the job whose message is next to be
+  taken (the list's tail) marks how far workers have taken: every job queued
+  before it had its message taken already (an empty queue marks the
+  present). A worker takes a message only when a thread is free to claim it
+  (prefetch 1, late acks), so a job taken and not claimed soon after lost its
+  message. The reaper notes the mark each pass; a job queued before a mark
+  noted `queued_lost_after_s` ago, still not claimed and with no copy among
+  kombu's unacknowledged messages, is sent again, even while newer jobs keep
+  the queue busy. A message next in line that gives no mark (a delayed retry,
+  scored by its due time; a copy of a job already started) leaves the earlier
+  marks in force. Marks are taken `_MARK_MARGIN_S` early, for the moment
+  between an API stamping a job and pushing its message, and for API hosts
+  whose clocks differ. A message sent twice is harmless: the second finds the
+  job leased or finished and is dropped.
+- **A job not started by its deadline** (`keys.DEADLINES`) while nobody holds
+  it (still in its queue, or behind a delayed retry's message) ends
+  `expired`; one a worker holds expires there (worker/job_runner.py).
+
+Only one reaper wins each repair: the scripts check and change in one step.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from core import keys, scripts
+from core.jobs import JobStatus
+from core.queue import RUN_JOB_TASK
+from core.settings import Settings
+from worker.job_runner import Send
+from worker.job_store import JobStore
+
+log = logging.getLogger(__name__)
+
+# How much earlier than it appears a mark of how far workers have taken a queue is taken.
+_MARK_MARGIN_S = 1.0
+_LOST = {"status": "retrying", "reason": "the worker running this job was lost", "delay_s": 0}
+
+
+class Reaper:
+    def __init__(
+        self, client: aioredis.Redis, settings: Settings, store: JobStore, send: Send, batch: int = 200
+    ) -> None:
+        self._redis = client
+        self._settings = settings
+        self._store = store
+        self._send = send
+        self._batch = batch
+        # Marks not yet `queued_lost_after_s` old (noted at, mark), and the latest one that is.
+        self._pending_marks: deque[tuple[float, float]] = deque()
+        self._taken_mark: float | None = None
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.reaper_interval_s)
+            try:
+                await self.requeue_lost_workers()
+                await self.resend_lost_messages()
+                await self.expire_overdue()
+            except RedisError as e:
+                log.warning("reaper could not reach Redis: %s", e)
+            except Exception:
+                log.exception("reaper failed; it will try again")
+
+    async def requeue_lost_workers(self) -> int:
+        now = time.time()
+        expired = await self._redis.zrangebyscore(keys.LEASES, "-inf", now, start=0, num=self._batch)
+        requeued = 0
+        for job_id in map(str, expired):
+            code = await self._store.requeue_lost(job_id, now, _LOST)
+            if code:
+                log.warning("job %s lost its worker; it runs again", job_id)
+                requeued += 1
+            if code == 1:
+                await self._send(job_id, await self._model(job_id), 0.0)
+        return requeued
+
+    async def resend_lost_messages(self) -> int:
+        """Send again the interactive jobs whose message was lost (module docstring)."""
+        queue = self._settings.interactive_queue
+        now = time.time()
+        taken_before = await self._taken_before(queue, now)
+        if taken_before is None:
+            return 0
+        waiting = cast(
+            list[tuple[str, float]],
+            await self._redis.zrangebyscore(
+                keys.queued(queue), "-inf", f"({taken_before!r}", start=0, num=self._batch, withscores=True
+            ),
+        )
+        if not waiting:
+            return 0
+        # Taken by a worker with ack emulation and not acknowledged: kombu returns these itself if it died.
+        held = "\n".join(str(m) for m in await self._redis.hvals(keys.KOMBU_UNACKED))
+        resent = 0
+        for job_id, score in waiting:
+            if job_id in held:
+                continue
+            claim = [job_id, repr(score), repr(now)]
+            if await scripts.acall(self._redis, "job_resend_lost", [keys.queued(queue), keys.job(job_id)], claim):
+                log.warning("job %s: queued %.0f s and its message is gone; sending it again", job_id, now - score)
+                await self._send(job_id, await self._model(job_id), 0.0)
+                resent += 1
+        return resent
+
+    async def expire_overdue(self) -> int:
+        now = time.time()
+        due = await self._redis.zrangebyscore(keys.DEADLINES, "-inf", now, start=0, num=self._batch)
+        expired = 0
+        for job_id in map(str, due):
+            fields = cast(dict[str, str], await self._redis.hgetall(keys.job(job_id)))
+            if not fields or fields.get("status") != JobStatus.queued.value or not fields.get("expires_at"):
+                await self._redis.zrem(keys.DEADLINES, job_id)
+                continue
+            if await self._store.expire(job_id, "", fields) > 0:
+                log.info("job %s expired in its queue before any worker started it", job_id)
+                expired += 1
+        return expired
+
+    async def _model(self, job_id: str) -> str | None:
+        model: Any = await self._redis.hget(keys.job(job_id), "model")
+        return str(model) if model else None
+
+    async def _taken_before(self, queue: str, now: float) -> float | None:
+        """A time such that every job queued on `queue` before it had its message taken at least
+        `queued_lost_after_s` ago; None while no mark is that old."""
+        mark = await self._mark(queue, now)
+        if mark is not None:
+            self._pending_marks.append((now, mark))
+        while self._pending_marks and self._pending_marks[0][0] <= now - self._settings.queued_lost_after_s:
+            _, old_mark = self._pending_marks.popleft()
+            # A mark, once true, stays true (its jobs' messages stay taken): the highest one holds.
+            self._taken_mark = old_mark if self._taken_mark is None else max(self._taken_mark, old_mark)
+        return self._taken_mark
+
+    async def _mark(self, queue: str, now: float) -> float | None:
+        """How far workers have taken `queue` now: jobs queued before this time no longer have a message in it."""
+        next_message = await self._redis.lindex(queue, -1)
+        if next_message is None:
+            return now - _MARK_MARGIN_S
+        try:
+            headers = json.loads(next_message)["headers"]
+            job_id = str(headers["id"])
+            marks_nothing = headers.get("eta") is not None or headers.get("task") != RUN_JOB_TASK
+        except (ValueError, KeyError, TypeError):
+            return None
+        if marks_nothing:
+            return None
+        queued_at: float | None = await self._redis.zscore(keys.queued(queue), job_id)
+        # Never past the present: a job retried while an older copy of its message still waits is
+        # scored from its retry's due time.
+        return None if queued_at is None else min(queued_at, now) - _MARK_MARGIN_S

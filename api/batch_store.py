@@ -28,12 +28,12 @@ async def create_batch(
     owner: str | None = None,
     stream: bool = False,
     expires_at_s: float | None = None,
-) -> None:
+) -> dict[str, str]:
     """Store the record and every item's input, and give the batch its turn in the bulk rotation of its
     model's endpoint, in one transaction: all or nothing.
 
     Each item is the program's input fields plus `custom_id` when it has one.
-    `owner` (the creating key's owner id) is stored in the record; its items inherit it.
+    `owner` (the creating key's owner id) is stored in the record; its items inherit it. Returns the record.
     """
     endpoint = endpoint_for(settings, model).id
     fields = new_batch_fields(
@@ -62,6 +62,7 @@ async def create_batch(
     if isinstance(registered, Exception):
         # This Redis lost our functions (a new server): the batch is stored; give it its turn now.
         await scripts.acall(redis, "batch_register", [keys.batch(batch_id)], [])
+    return fields
 
 
 async def delete_batch(redis: aioredis.Redis, batch_id: str) -> None:

@@ -112,23 +112,27 @@ async def read_snapshot(redis: aioredis.Redis, settings: Settings) -> Snapshot:
         open_batches = await _sweep_batches(redis, settings)
         since = time.time() - settings.worker_offline_after_s
         async with redis.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.llen(queue)
+            pipe.llen(settings.interactive_queue)
             pipe.zcard(keys.LEASES)
             pipe.zrangebyscore(keys.WORKERS, since, "+inf")
             pipe.hgetall(keys.METRICS_COUNTERS)
             pipe.hgetall(keys.METRICS_HISTOGRAMS)
-            *depths, in_flight, workers, counters, histograms = await pipe.execute()
+            interactive_depth, in_flight, workers, counters, histograms = await pipe.execute()
         async with redis.pipeline(transaction=False) as pipe:
             for name in workers:
                 pipe.hget(keys.worker(name), "queues")
             worker_queues = cast(list[str | None], await pipe.execute())
-        snapshot.models = await read_capacity(redis, settings, await bulk_waiting(redis, settings))
+        waiting_items = await bulk_waiting(redis, settings)
+        snapshot.models = await read_capacity(redis, settings, waiting_items)
     except RedisError as e:
         log.warning("/metrics: Redis does not answer (%s); serving this process's metrics only", e)
         return snapshot
     snapshot.redis_up = True
-    snapshot.queue_depth = dict(zip(queues, (int(d) for d in depths), strict=True))
+    # Batch items wait as inputs of their batch, not as messages (worker/bulk.py): the bulk queue's depth is them.
+    snapshot.queue_depth = {
+        settings.interactive_queue: int(interactive_depth),
+        settings.bulk_queue: sum(waiting_items.values()),
+    }
     snapshot.in_flight = int(in_flight)
     snapshot.workers = dict.fromkeys(queues, 0)
     for listed in worker_queues:
@@ -152,7 +156,11 @@ class SnapshotCollector(Collector):
         yield up
         if not s.redis_up:
             return
-        depth = GaugeMetricFamily("dspy_jobs_queue_depth", "Messages waiting in each queue.", labels=["queue"])
+        depth = GaugeMetricFamily(
+            "dspy_jobs_queue_depth",
+            "Work waiting in each queue: interactive messages not yet taken, batch items not yet started.",
+            labels=["queue"],
+        )
         for queue, n in s.queue_depth.items():
             depth.add_metric([queue], n)
         yield depth

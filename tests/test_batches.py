@@ -63,7 +63,15 @@ def test_a_batch_of_500_completes_with_counts_that_add_up_and_every_result_in_or
     batch = wait_batch(client, submitted["id"])
 
     assert batch["status"] == "completed"
-    assert batch["counts"] == {"total": 500, "queued": 0, "running": 0, "succeeded": 500, "failed": 0, "cancelled": 0}
+    assert batch["counts"] == {
+        "total": 500,
+        "queued": 0,
+        "running": 0,
+        "succeeded": 500,
+        "failed": 0,
+        "cancelled": 0,
+        "expired": 0,
+    }
     assert batch["usage"]["completion_tokens"] > 0
     results = all_results(client, batch["id"], limit=37)
     assert [r["index"] for r in results] == list(range(500))

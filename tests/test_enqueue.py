@@ -75,7 +75,7 @@ def test_a_job_sent_this_way_runs_and_flower_shows_it_succeeded(make_stack: Call
     wait_for(flower_says_succeeded, 20, "Flower to show the task as succeeded", flower)
     task = httpx.get(f"{flower_url}/api/task/info/{job_id}", auth=auth).json()
     assert task["name"] == RUN_JOB_TASK
-    assert task["args"] == repr([job_id])
+    assert task["args"] == repr([job_id, ""])
     assert task["sent"] is not None, "the task-sent event written with the job reached Flower"
 
 

@@ -111,7 +111,8 @@ def test_queue_depth_streams_and_open_batches_are_read_at_scrape_time(make_stack
 
     assert cancelled == 200
     assert value(during, "dspy_jobs_queue_depth", queue="interactive") == 3
-    assert value(during, "dspy_jobs_queue_depth", queue="bulk") == 1  # the batch's expansion task
+    assert value(during, "dspy_jobs_queue_depth", queue="bulk") == 1  # the batch's item
+    assert value(during, "dspy_jobs_lm_waiting", model=stack.model, priority="bulk") == 1
     assert value(during, "dspy_jobs_sse_streams_open", kind="job") == 1
     assert value(during, "dspy_jobs_batches_open", status="queued") == 1
     assert value(during, "dspy_jobs_workers_online", queue="interactive") == 0

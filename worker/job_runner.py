@@ -333,6 +333,14 @@ class JobRunner:
         }
         seq = await self.store.end(run.job_id, run.token, run.fields, EventType.result, updates, tokens=whole)
         self._log_refusal(run, seq, "its result is dropped")
+        if seq > 0:
+            log.info(
+                "job %s succeeded (attempt %d, %.2f s running, %.2f s waiting for LM capacity)",
+                run.job_id,
+                run.attempts,
+                time.time() - float(run.fields["started_at"]),
+                float(run.fields.get("capacity_wait_s") or 0),
+            )
         return seq > 0
 
     async def _predict(

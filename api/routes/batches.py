@@ -125,7 +125,7 @@ async def submit(
     created_at = now_s()
     expires_after_s = options.expires_after_s or settings.batch_expires_after_s
     try:
-        await batch_store.create_batch(
+        fields = await batch_store.create_batch(
             redis,
             settings,
             batch_id,
@@ -147,7 +147,8 @@ async def submit(
     BATCHES_SUBMITTED.labels(caller.name).inc()
     log.info("batch of %d items submitted (program %s, key %s)", len(items), program, caller.name)
     response.headers["Location"] = f"/batches/{batch_id}"
-    return batch_from_fields(await batch_store.read_batch(redis, batch_id))
+    # The batch as accepted, even if a bulk worker has already picked an item: what the client polls from.
+    return batch_from_fields(fields)
 
 
 @router.get("/{batch_id}", response_model=Batch, responses={404: {"description": "No batch with this id."}})

@@ -1,6 +1,7 @@
 """The API's reads and writes of batches (asyncio Redis)."""
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -57,6 +58,8 @@ async def create_batch(
         pipe.expire(keys.batch_inputs(batch_id), settings.job_ttl_s)
         # /metrics reports batches by status from here (api/metrics.py).
         pipe.zadd(keys.OPEN_BATCHES, {batch_id: created_at_s})
+        if expires_at_s is not None:
+            pipe.zadd(keys.BATCH_DEADLINES, {batch_id: expires_at_s})
         pipe.fcall(scripts.function_name("batch_register"), 1, keys.batch(batch_id))
         *_, registered = await pipe.execute(raise_on_error=False)
     if isinstance(registered, Exception):
@@ -117,8 +120,7 @@ async def request_cancel(redis: aioredis.Redis, batch_id: str, caller: Caller) -
     fields = await read_batch(redis, batch_id, caller)
     if BatchStatus(fields["status"]) in TERMINAL_BATCH_STATUSES:
         raise HTTPException(409, f"batch {batch_id} already {fields['status']}; nothing to cancel")
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.batch(batch_id), mapping={"cancel_requested": "1", "status": BatchStatus.cancelling.value})
-        pipe.hincrby(keys.batch(batch_id), "version", 1)
-        await pipe.execute()
+    if not await scripts.acall(redis, "batch_cancel", [keys.batch(batch_id)], [repr(time.time())]):
+        fields = await read_batch(redis, batch_id)
+        raise HTTPException(409, f"batch {batch_id} already {fields['status']}; nothing to cancel")
     return await read_batch(redis, batch_id)

@@ -17,6 +17,12 @@ serves every test at once:
     [lm:drop]                close the connection mid-stream
     [lm:garbage]             answer text DSPy cannot parse
 
+Whole-server faults and counters, for capacity tests: `POST /_outage`
+(`{"status": 429, "retry_after_s": 2, "for_s": 10}`) answers every request
+with that status for that long; `GET /_stats` says how many requests are
+open now, the most that were open at once, and when the last one arrived
+(`DELETE /_stats` starts counting again).
+
 Every request's model, temperature, max_tokens and stop are kept and served
 at `GET /_requests` so tests can check what reached the LM. A streamed
 request's entry also gets `chunk_times` and `chunk_texts`: the wall-clock
@@ -32,7 +38,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import uvicorn
@@ -136,6 +142,9 @@ class Simulator:
         self.tokens_per_s = tokens_per_s
         self.requests: list[dict[str, Any]] = []
         self.calls: Counter[str] = Counter()
+        self.open = 0
+        self.max_open = 0
+        self.outage: dict[str, float] = {}
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -144,7 +153,27 @@ class Simulator:
         app.get("/_requests")(self.list_requests)
         app.delete("/_requests")(self.clear_requests)
         app.get("/health")(lambda: {"status": "ok"})
+        app.get("/_stats")(self.stats)
+        app.delete("/_stats")(self.reset_stats)
+        app.post("/_outage")(self.start_outage)
         return app
+
+    async def stats(self) -> dict[str, Any]:
+        last = max((r["at"] for r in self.requests), default=None)
+        return {"open": self.open, "max_open": self.max_open, "requests": len(self.requests), "last_at": last}
+
+    async def reset_stats(self) -> dict[str, int]:
+        self.max_open = self.open
+        return {"open": self.open}
+
+    async def start_outage(self, request: Request) -> dict[str, float]:
+        body = await request.json()
+        self.outage = {
+            "status": float(body["status"]),
+            "retry_after_s": float(body.get("retry_after_s", 0)),
+            "until": time.time() + float(body["for_s"]),
+        }
+        return self.outage
 
     async def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": "simulated", "object": "model"}]}
@@ -159,6 +188,28 @@ class Simulator:
         return {"cleared": n}
 
     async def chat(self, request: Request) -> Response:
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        try:
+            response = await self._chat(request)
+        except BaseException:
+            self.open -= 1
+            raise
+        if isinstance(response, StreamingResponse):
+            # Open until its last chunk is sent.
+            response.body_iterator = self._closing(response.body_iterator)
+        else:
+            self.open -= 1
+        return response
+
+    async def _closing(self, chunks: AsyncIterable[Any]) -> AsyncIterator[Any]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            self.open -= 1
+
+    async def _chat(self, request: Request) -> Response:
         body = await request.json()
         messages = body.get("messages", [])
         system = next((m["content"] for m in messages if m.get("role") == "system"), "")
@@ -182,6 +233,15 @@ class Simulator:
         }
         self.requests.append(entry)
         self.calls[question] += 1
+        if self.outage and time.time() < self.outage["until"]:
+            entry["outage"] = True
+            status = int(self.outage["status"])
+            headers = {"Retry-After": f"{self.outage['retry_after_s']:g}"} if status == 429 else {}
+            return JSONResponse(
+                {"error": {"message": f"scripted outage {status}", "type": "scripted", "code": status}},
+                status_code=status,
+                headers=headers,
+            )
 
         if "delay_s" in directives:
             await asyncio.sleep(float(directives["delay_s"]))

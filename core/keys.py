@@ -50,6 +50,10 @@ LEASES = f"{PREFIX}:running"
 # by then (`expires_after_s`); the reaper expires those that stay queued.
 DEADLINES = f"{PREFIX}:deadlines"
 
+# Sorted set: batch id -> unix time its items not started by then expire; the
+# reaper ends them (core/lua/batches.lua `batch_expire`).
+BATCH_DEADLINES = f"{PREFIX}:batches:deadlines"
+
 # Job hash field set once the job's outcome is in the metrics (worker/metrics.py).
 COUNTED_FIELD = "metrics_counted"
 

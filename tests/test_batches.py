@@ -13,7 +13,7 @@ from tests.conftest import Stack
 from tests.test_jobs import expected_result, wait_finished
 
 RequestsFor = Callable[[str], list[dict[str, object]]]
-TERMINAL = ("completed", "cancelled", "failed")
+TERMINAL = ("completed", "cancelled", "failed", "expired")
 
 
 def submit_batch(client: httpx.Client, items: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -36,7 +36,8 @@ def wait_batch(client: httpx.Client, batch_id: str, timeout_s: float = 120) -> d
 
 def assert_counts_add_up(batch: dict[str, Any]) -> None:
     counts = batch["counts"]
-    assert sum(counts[k] for k in ("queued", "running", "succeeded", "failed", "cancelled")) == counts["total"], counts
+    statuses = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
+    assert sum(counts[k] for k in statuses) == counts["total"], counts
 
 
 def all_results(client: httpx.Client, batch_id: str, limit: int) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ def wait_finished(client: httpx.Client, job_id: str, timeout_s: float = 30) -> d
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
+        if job["status"] in ("succeeded", "failed", "cancelled", "expired"):
             return job
         time.sleep(0.05)
     raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")

@@ -25,7 +25,9 @@
   job leased or finished and is dropped.
 - **A job not started by its deadline** (`keys.DEADLINES`) while nobody holds
   it (still in its queue, or behind a delayed retry's message) ends
-  `expired`; one a worker holds expires there (worker/job_runner.py).
+  `expired`; one a worker holds expires there (worker/job_runner.py). A
+  batch past its deadline (`keys.BATCH_DEADLINES`) has its items that no
+  worker picked end `expired` at once.
 
 Only one reaper wins each repair: the scripts check and change in one step.
 """
@@ -74,6 +76,7 @@ class Reaper:
                 await self.requeue_lost_workers()
                 await self.resend_lost_messages()
                 await self.expire_overdue()
+                await self.expire_overdue_batches()
             except RedisError as e:
                 log.warning("reaper could not reach Redis: %s", e)
             except Exception:
@@ -132,6 +135,17 @@ class Reaper:
             if await self._store.expire(job_id, "", fields) > 0:
                 log.info("job %s expired in its queue before any worker started it", job_id)
                 expired += 1
+        return expired
+
+    async def expire_overdue_batches(self) -> int:
+        now = time.time()
+        due = await self._redis.zrangebyscore(keys.BATCH_DEADLINES, "-inf", now, start=0, num=self._batch)
+        expired = 0
+        for batch_id in map(str, due):
+            if await scripts.acall(self._redis, "batch_expire", [keys.batch(batch_id)], [repr(now)]):
+                log.info("batch %s: items not started by its deadline expired", batch_id)
+                expired += 1
+            await self._redis.zrem(keys.BATCH_DEADLINES, batch_id)
         return expired
 
     async def _model(self, job_id: str) -> str | None:

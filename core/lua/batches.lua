@@ -34,16 +34,35 @@ local function requeue_item(batch, job_id, due)
   ensure_in_rotation(batch)
 end
 
+-- Items no worker has picked of a batch that was cancelled or is past its
+-- deadline end here, all at once: they have no record to write, only counts
+-- (their status reads from `settled_from` and `settled_as`). Items waiting for
+-- a retry have records, and end when they are picked. True if it settled any.
+local function settle_unpicked(batch, now)
+  local f = redis.call('HMGET', batch, 'total', 'cursor', 'cancel_requested', 'expires_at')
+  local total, cursor = num(f[1]), num(f[2])
+  if cursor >= total then return false end
+  local ending = nil
+  if f[3] then
+    ending = 'cancelled'
+  elseif f[4] and f[4] ~= '' and tonumber(f[4]) <= now then
+    ending = 'expired'
+  end
+  if not ending then return false end
+  redis.call('HSET', batch, 'cursor', total, 'settled_from', cursor, 'settled_as', ending)
+  batch_items_moved(batch, 'queued', ending, total - cursor, nil)
+  return true
+end
+
 -- KEYS: batch hash. ARGV: none. Called by the API with the batch's creation.
 redis.register_function('batch_register', function(keys, args)
   ensure_in_rotation(keys[1])
   return 1
 end)
 
--- The next item `batch` can run, or nil. Items never picked of a batch that
--- was cancelled or is past its deadline end here, all at once (they have no
--- record to write); items waiting for a retry are returned one by one, and the
--- job script then cancels (or runs) each.
+-- The next item `batch` can run, or nil. Items waiting for a retry are
+-- returned one by one even of a batch that was cancelled, and the job script
+-- then cancels (or runs) each.
 local function pick_from(batch, batch_id, batches_list, owners, owner, now, pick_lease_s)
   local f = redis.call('HMGET', batch, 'status', 'total', 'cursor', 'cancel_requested', 'expires_at', 'retry_key',
     'inputs_key', 'program', 'model', 'temperature', 'stream', 'created_at')
@@ -52,17 +71,7 @@ local function pick_from(batch, batch_id, batches_list, owners, owner, now, pick
     return nil
   end
   local total, cursor = num(f[2]), num(f[3])
-  local ending = nil
-  if f[4] then
-    ending = 'cancelled'
-  elseif f[5] and f[5] ~= '' and tonumber(f[5]) <= now then
-    ending = 'expired'
-  end
-  if ending and cursor < total then
-    redis.call('HSET', batch, 'cursor', total, 'settled_from', cursor, 'settled_as', ending)
-    batch_items_moved(batch, 'queued', ending, total - cursor, nil)
-    cursor = total
-  end
+  if settle_unpicked(batch, now) then cursor = total end
   local item, index = nil, nil
   local due = redis.call('ZRANGEBYSCORE', f[6], '-inf', now, 'LIMIT', 0, 1)
   if due[1] then
@@ -109,4 +118,25 @@ redis.register_function('bulk_pick', function(keys, args)
     end
   end
   return {}
+end)
+
+-- KEYS: batch hash. ARGV: now. The API cancels a batch: items not started
+-- never run; running ones finish. Returns 0 if the batch had already ended.
+redis.register_function('batch_cancel', function(keys, args)
+  local status = redis.call('HGET', keys[1], 'status')
+  if not status or BATCH_TERMINAL[status] then return 0 end
+  redis.call('HSET', keys[1], 'cancel_requested', '1', 'status', 'cancelling')
+  redis.call('HINCRBY', keys[1], 'version', 1)
+  settle_unpicked(keys[1], tonumber(args[1]))
+  batch_maybe_done(keys[1])
+  return 1
+end)
+
+-- KEYS: batch hash. ARGV: now. The reaper ends the items of a batch past its
+-- deadline that no worker has picked. Returns 1 if it ended any.
+redis.register_function('batch_expire', function(keys, args)
+  local status = redis.call('HGET', keys[1], 'status')
+  if not status or BATCH_TERMINAL[status] then return 0 end
+  if settle_unpicked(keys[1], tonumber(args[1])) then return 1 end
+  return 0
 end)

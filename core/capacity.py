@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 
 from core import keys
-from core.settings import Settings
+from core.settings import EMBEDDED_LM_MODEL, Settings
 
 # llama-cpp-python's server runs one request at a time (two locks around the
 # model, llama_cpp/server/app.py); more in flight only queue inside it, where
@@ -78,8 +78,9 @@ def limits_for(settings: Settings, model: str | None = None) -> Limits:
     default = settings.lm_model == model
     max_in_flight = (own.max_in_flight if own else None) or (settings.lm_max_in_flight if default else None)
     if max_in_flight is None:
-        embedded = settings.uses_embedded_lm and default
-        max_in_flight = EMBEDDED_MAX_IN_FLIGHT if embedded else DEFAULT_MAX_IN_FLIGHT
+        # By name, wherever it is served (compose serves it from another host): only our embedded server
+        # answers to it.
+        max_in_flight = EMBEDDED_MAX_IN_FLIGHT if model == EMBEDDED_LM_MODEL else DEFAULT_MAX_IN_FLIGHT
     rpm = (own.rpm if own else None) or (settings.lm_rpm if default else None)
     tpm = (own.tpm if own else None) or (settings.lm_tpm if default else None)
     reserved = math.floor(max_in_flight * settings.lm_interactive_reserve)

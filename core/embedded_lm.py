@@ -77,7 +77,11 @@ def create_app(threads: int) -> ASGIApp:
         chat_format="gemma",
         verbose=False,
     )
-    return MaxCompletionTokensShim(create_llama_app(server_settings=ServerSettings(), model_settings=[model]))
+    # The server answers one request at a time; by default (`interrupt_requests`) it also ends a streaming
+    # answer early, with `[DONE]`, as soon as another request waits, which truncated every streamed job
+    # under any concurrency. Waiting happens in the service's LM capacity instead (core/capacity.py).
+    server = ServerSettings(interrupt_requests=False)
+    return MaxCompletionTokensShim(create_llama_app(server_settings=server, model_settings=[model]))
 
 
 def main() -> None:

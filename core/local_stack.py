@@ -1,6 +1,7 @@
 """`make up`: the whole service in the foreground, on this machine, one Ctrl-C to stop.
 
-Starts, with every log line prefixed by its service (honcho):
+Starts, with every log line prefixed by its service, and restarts any that
+exits (core/supervisor.py):
 - Redis: reuses the one at `REDIS_URL` if it answers; otherwise starts a
   local `redis-server` there (AOF on, data in `.run/redis`); otherwise exits
   saying how to get one.
@@ -14,7 +15,6 @@ When the API is ready it prints the URLs and a `curl` that works as printed.
 
 import os
 import secrets
-import shlex
 import shutil
 import sys
 import threading
@@ -24,15 +24,14 @@ from urllib.parse import urlparse
 
 import httpx
 import redis
-from honcho.manager import Manager
-from honcho.printer import Printer
 
 from core.programs import registered_programs
 from core.settings import Settings, get_settings
+from core.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
-PY = shlex.quote(sys.executable)
+PY = sys.executable
 
 
 def _redis_answers(url: str) -> bool:
@@ -42,7 +41,7 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
-def _redis_command(url: str) -> str | None:
+def _redis_command(url: str) -> list[str] | None:
     """A command starting redis-server at `url`, or None when one already answers."""
     if _redis_answers(url):
         return None
@@ -71,7 +70,7 @@ def _redis_command(url: str) -> str | None:
     ]
     if parsed.password:
         args += ["--requirepass", parsed.password]
-    return shlex.join(args)
+    return args
 
 
 def _lm_answers(api_base: str) -> bool:
@@ -81,12 +80,12 @@ def _lm_answers(api_base: str) -> bool:
         return False
 
 
-def _lm_command(settings: Settings) -> str | None:
+def _lm_command(settings: Settings) -> list[str] | None:
     if not settings.uses_embedded_lm or _lm_answers(str(settings.lm_api_base)):
         return None
     parsed = urlparse(str(settings.lm_api_base))
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 8080
-    return f"{PY} -m core.embedded_lm --host {host} --port {port}"
+    return [PY, "-m", "core.embedded_lm", "--host", host, "--port", str(port)]
 
 
 def _announce_when_ready(settings: Settings, flower_auth: str, generated: bool) -> None:
@@ -126,7 +125,7 @@ def _announce_when_ready(settings: Settings, flower_auth: str, generated: bool) 
    curl -s -X POST '{api}/jobs?wait=60' -H 'Content-Type: application/json'{key_header} \\
         -d '{{"question": "What is the capital of France?"}}'
 
- Ctrl-C stops everything.
+ A service that exits is restarted. Ctrl-C stops everything.
 ================================================================
 """,
         flush=True,
@@ -150,32 +149,22 @@ def main() -> int:
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLOWER_BASIC_AUTH": flower_auth}
 
-    manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
+    supervisor = Supervisor()
+    cwd = str(ROOT)
     if (cmd := _redis_command(settings.redis_url)) is not None:
-        manager.add_process("redis", cmd, env=env, cwd=str(ROOT))
+        supervisor.add("redis", cmd, env, cwd)
     if (cmd := _lm_command(settings)) is not None:
-        manager.add_process("lm", cmd, env=env, cwd=str(ROOT))
+        supervisor.add("lm", cmd, env, cwd)
     # One worker per queue, so a draining batch never delays an interactive job.
     for name, queue in (("worker", settings.interactive_queue), ("bulk", settings.bulk_queue)):
-        manager.add_process(
-            name,
-            f"{PY} -m celery -A worker.celery_app worker -Q {queue} -n {name}@%h --loglevel INFO "
-            "--without-mingle --without-gossip",
-            env=env,
-            cwd=str(ROOT),
-        )
-    manager.add_process(
-        "api",
-        f"{PY} -m uvicorn api.main:app --host {settings.api_host} --port {settings.api_port}",
-        env=env,
-        cwd=str(ROOT),
-    )
-    manager.add_process(
-        "flower", f"{PY} -m celery -A core.queue flower --port={settings.flower_port}", env=env, cwd=str(ROOT)
-    )
+        celery = [PY, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queue, "-n", f"{name}@%h"]
+        supervisor.add(name, [*celery, "--loglevel", "INFO", "--without-mingle", "--without-gossip"], env, cwd)
+    api = [PY, "-m", "uvicorn", "api.main:app", "--host", settings.api_host, "--port", str(settings.api_port)]
+    supervisor.add("api", api, env, cwd)
+    flower = [PY, "-m", "celery", "-A", "core.queue", "flower", f"--port={settings.flower_port}"]
+    supervisor.add("flower", flower, env, cwd)
     threading.Thread(target=_announce_when_ready, args=(settings, flower_auth, generated), daemon=True).start()
-    manager.loop()
-    return int(manager.returncode or 0)
+    return supervisor.run()
 
 
 if __name__ == "__main__":

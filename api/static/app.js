@@ -242,6 +242,11 @@
         clearTokens();
         $('attempt').textContent = data.attempt > 1 ? `attempt ${data.attempt} (retrying)` : '';
       }
+      if (data.status === 'waiting') {
+        // The LM is busy (or paused by its provider): the job waits its turn, no attempt spent.
+        const until = data.until ? ` until ${new Date(data.until * 1000).toLocaleTimeString()}` : '';
+        $('attempt').textContent = `waiting for the model (${data.reason.replaceAll('_', ' ')})${until}`;
+      }
       setBadge($('status'), data.status);
     });
 
@@ -346,7 +351,7 @@
     $('job').hidden = false;
     setState('streaming');
     startClock();
-    if (['succeeded', 'failed', 'cancelled'].includes(body.status)) {
+    if (['succeeded', 'failed', 'cancelled', 'expired'].includes(body.status)) {
       // Cannot happen without ?wait, but a finished record needs no stream.
       finish(body);
       return;

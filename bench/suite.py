@@ -1111,7 +1111,8 @@ def targets(res: Results) -> list[str]:
                 f"Throughput at 1 s LM latency, {clients} clients, `make up`'s defaults: ours {wanted} baseline",
                 f"ours {streaming.run.throughput:.1f} jobs/s streaming (the default), {ours.run.throughput:.1f} not "
                 f"streaming; baseline {base.run.throughput:.1f} jobs/s (ratios "
-                f"{ratio(streaming.run.throughput, base.run.throughput)}, {ratio(ours.run.throughput, base.run.throughput)})",
+                f"{ratio(streaming.run.throughput, base.run.throughput)}, "
+                f"{ratio(ours.run.throughput, base.run.throughput)})",
                 _verdict(beats),
             ]
         )

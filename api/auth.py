@@ -26,7 +26,6 @@ visible to everyone, as before.
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -40,6 +39,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.errors import error_bytes
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ async def _unauthorized(send: Send, reason: str, sse: bool) -> None:
     if sse:
         how += " (or `?api_key=<key>` on event streams)"
     detail = "this API needs a key; " + how if reason == "missing" else "the API key is not valid; " + how
-    body = json.dumps({"detail": detail}).encode()
+    body = error_bytes(detail)
     await send(
         {
             "type": "http.response.start",

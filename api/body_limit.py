@@ -6,10 +6,11 @@ to the limit, and refused as soon as it passes it.
 `/batches` gets its own, larger limit.
 """
 
-import json
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_bytes
 
 
 class BodyLimitMiddleware:
@@ -59,7 +60,7 @@ class BodyLimitMiddleware:
 
 
 async def _refuse(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body is larger than the limit of {limit} bytes"}).encode()
+    body = error_bytes(f"request body is larger than the limit of {limit} bytes")
     await send(
         {
             "type": "http.response.start",

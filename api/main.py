@@ -5,23 +5,24 @@ event logs back. Any Redis failure becomes a 503 with a reason instead of a
 hang or a stack trace.
 """
 
+import json
 import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.auth import AuthMiddleware, parse_api_keys
+from api.auth import PUBLIC_PATHS, AuthMiddleware, parse_api_keys
 from api.body_limit import BodyLimitMiddleware
-from api.errors import document_errors
+from api.errors import document_errors, error_content
 from api.event_hub import EventHub
 from api.metrics import REQUESTS_REFUSED, on_process_exit
 from api.program_catalog import Catalog
@@ -31,6 +32,7 @@ from core import scripts
 from core.gc_tuning import tune_gc
 from core.logging_setup import configure_logging
 from core.queue import make_celery
+from core.redis_clients import async_client
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -41,16 +43,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     # A blocking pool: a burst of requests waits briefly for a connection
     # instead of failing with "Too many connections".
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
+    redis = async_client(
+        settings,
         max_connections=settings.api_redis_max_connections,
-        timeout=settings.api_redis_pool_timeout_s,
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=30,
+        pool_timeout_s=settings.api_redis_pool_timeout_s,
+        socket_timeout_s=5,
     )
-    redis = aioredis.Redis(connection_pool=pool)
     try:
         await scripts.aload(redis)
     except RedisError as e:
@@ -93,12 +91,18 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = _json_safe(jsonable_encoder(exc.errors()))
     message = "; ".join(f"{_field_name(tuple(e['loc']))}: {e['msg']}" for e in errors)
-    return JSONResponse({"detail": errors, "message": message}, status_code=422)
+    return JSONResponse(error_content(message, errors), status_code=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    return JSONResponse(error_content(message), status_code=exc.status_code, headers=exc.headers)
 
 
 async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("Redis error on %s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse({"detail": f"Redis is unavailable ({type(exc).__name__}); retry shortly"}, status_code=503)
+    return JSONResponse(error_content(f"Redis is unavailable ({type(exc).__name__}); retry shortly"), status_code=503)
 
 
 def create_app() -> FastAPI:
@@ -136,6 +140,7 @@ def create_app() -> FastAPI:
             max_age=600,
         )
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RedisError, _redis_unavailable)
     catalog = Catalog(settings)
     app.state.catalog = catalog
@@ -169,7 +174,7 @@ def create_app() -> FastAPI:
     app.include_router(page.router)
     openapi = app.openapi
     # Errors that middleware and handlers give (401, 413, 503) and their shape, in the document.
-    app.openapi = lambda: document_errors(openapi())  # type: ignore[method-assign]
+    app.openapi = lambda: document_errors(openapi(), PUBLIC_PATHS)  # type: ignore[method-assign]
     return app
 
 

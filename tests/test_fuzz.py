@@ -266,6 +266,30 @@ def test_junk_in_paths_and_queries_is_4xx(api: httpx.Client, path: str) -> None:
     response = api.get(path, timeout=10)
 
     assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert_error_shape(response)
+
+
+def assert_error_shape(response: httpx.Response) -> None:
+    """Every error answers `{"message": <one line>, "detail": ...}`, whoever produced it."""
+    body = response.json()
+    assert isinstance(body.get("message"), str) and body["message"], body
+    assert "detail" in body, body
+
+
+def test_every_kind_of_error_answers_with_a_message(api: httpx.Client) -> None:
+    responses = [
+        api.get("/nowhere"),
+        api.put("/jobs", json={}),
+        api.post("/jobs", files={"upload": ("a.txt", b"hello")}),
+        api.post("/jobs", content=b"\xff\xfe", headers={"content-type": "application/json"}),
+        api.post("/jobs", content=b"{}", headers={"content-type": "text/plain"}),
+        api.post("/jobs", content=b"x" * (2 * 1024 * 1024), headers={"content-type": "application/json"}),
+        api.post("/jobs/" + "f" * 32 + "/cancel"),
+    ]
+
+    assert sorted({r.status_code for r in responses}) == [404, 405, 413, 422], [r.status_code for r in responses]
+    for response in responses:
+        assert_error_shape(response)
 
 
 def test_junk_headers_are_4xx(api: httpx.Client) -> None:

@@ -28,13 +28,12 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-import redis
-import redis.asyncio as aioredis
 from celery import Celery
 from redis.exceptions import RedisError
 
 from core import scripts
 from core.queue import RUN_JOB_TASK
+from core.redis_clients import async_client, sync_client
 from core.settings import Settings
 from worker import bulk, capacity
 from worker.bulk import BulkLoop
@@ -64,7 +63,7 @@ class Engine:
         # Program loads are counted with a plain client: they happen in a thread, off the loop.
         self.runtime = Runtime(
             settings,
-            redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=10),
+            sync_client(settings),
             lm_class=GatedLM,
             prepare_lm=self._gate,
         )
@@ -105,16 +104,7 @@ class Engine:
 
     async def _start(self, hostname: str, queues: list[str]) -> None:
         s = self._settings
-        pool = aioredis.BlockingConnectionPool.from_url(
-            s.redis_url,
-            max_connections=128,
-            timeout=10,
-            decode_responses=True,
-            socket_connect_timeout=5,
-            socket_timeout=30,
-            health_check_interval=30,
-        )
-        client = aioredis.Redis(connection_pool=pool)
+        client = async_client(s, max_connections=128)
         await scripts.aload(client)
         wakeups = Wakeups(client, [*capacity.wakeup_channels(s), *bulk.wakeup_channels(s)])
         self._capacity = Capacity(client, s, wakeups)

@@ -8,6 +8,7 @@ import time
 import redis
 
 from core import keys
+from core.redis_clients import sync_client
 from core.settings import get_settings
 
 
@@ -15,7 +16,7 @@ def main() -> int:
     settings = get_settings()
     suffix = f"@{socket.gethostname()}"
     try:
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=2)
+        client = sync_client(settings, socket_timeout_s=2, connect_timeout_s=2)
         beats = client.zrangebyscore(keys.WORKERS, time.time() - settings.worker_offline_after_s, "+inf")
     except redis.RedisError as e:
         print(f"unhealthy: Redis does not answer: {e}")

@@ -2,6 +2,7 @@
 killed workers and a restarted Redis. No job may be lost or finish twice."""
 
 import json
+import os
 import signal
 import threading
 import time
@@ -190,6 +191,68 @@ def test_a_worker_killed_mid_stream_is_replaced_and_the_job_completes_exactly_on
     assert [e["type"] for e in received.events].count("result") == 1
     # A reader that resets its text at each `running` event reads one clean attempt.
     assert received.text()["answer"] == job["result"]["answer"]
+
+
+@pytest.mark.parametrize(
+    ("lm_timeout_s", "wake"),
+    [("2", "while the next attempt runs"), ("60", "while the next attempt runs"), ("60", "after it finished")],
+)
+def test_a_worker_paused_past_its_lease_writes_nothing_when_it_wakes(
+    make_stack: Callable[..., Stack], lm_timeout_s: str, wake: str
+) -> None:
+    """SIGSTOP does what a GC pause, a frozen VM or a network stall does. With a short LM timeout the stale
+    attempt's call times out as it wakes and tries its retry path; with a long one it tries to stream on and
+    finish. Either way it must not write: not a token, not a retry, not a result, not a lease."""
+    stack = make_stack()
+    stack.extra_env = {"LM_TIMEOUT_S": lm_timeout_s}
+    paused = stack.start_worker(name="worker-paused")
+    stack.start_api()
+    r = stack.redis()
+    with stack.client() as client:
+        questions = [unique(f"paused {i} [lm:tps=6]") for i in range(6)]
+        ids = [post_job(client, q)["id"] for q in questions]
+        wait_for(lambda: all(client.get(f"/jobs/{i}").json()["status"] == "running" for i in ids), 15, "all to run")
+        read_events(client, ids[0], stop_after=6)  # streaming has begun
+        other = stack.start_worker(name="worker-other")
+        os.kill(paused.pid, signal.SIGSTOP)
+        try:
+            # JOB_LEASE_S is 3: the other worker takes every job over.
+            def taken_over() -> bool:
+                return all(
+                    r.hget(keys.job(i), "attempts") == "2" and r.hget(keys.job(i), "status") == "running" for i in ids
+                )
+
+            wait_for(taken_over, 20, "the other worker to take every job over", other)
+            if wake == "after it finished":
+                finished = [wait_finished(client, job_id, timeout_s=60) for job_id in ids]
+                records_before_wake = [client.get(f"/jobs/{job_id}").json() for job_id in ids]
+                assert records_before_wake == finished
+        finally:
+            os.kill(paused.pid, signal.SIGCONT)
+        jobs = [wait_finished(client, job_id, timeout_s=60) for job_id in ids]
+        wait_for(lambda: "fenced" in paused.own_log(), 20, "the resumed worker to say it was fenced", paused)
+        time.sleep(3)  # whatever the stale attempts still try, they try now
+        records = [client.get(f"/jobs/{job_id}").json() for job_id in ids]
+        streams = [read_events(client, job_id) for job_id in ids]
+
+    assert other.hostname is not None
+    if wake == "after it finished":
+        assert records == records_before_wake
+    for question, job, record, received in zip(questions, jobs, records, streams, strict=True):
+        assert job["status"] == "succeeded" and job["attempts"] == 2, job
+        assert job["worker"].startswith(other.hostname.split("@")[0]), job["worker"]
+        # The record did not change after it ended, and the stream ends with the record as it is.
+        assert record == job == received.terminal["data"], record["id"]
+        assert [e["type"] for e in received.events].count("result") == 1
+        running = [
+            e["data"]["attempt"] for e in received.events if e["type"] == "status" and e["data"]["status"] == "running"
+        ]
+        assert running == [1, 2], running
+        # Rebuilt as a client does, the stream spells the result: no token of the stale attempt after the
+        # next attempt's `running` event.
+        assert received.text()["answer"] == record["result"]["answer"] == expected_result(question)["answer"]
+        assert received.text()["reasoning"] == record["result"]["reasoning"]
+    assert "fenced" in paused.own_log()
 
 
 def test_two_hundred_jobs_survive_three_worker_kills_and_none_finishes_twice(

@@ -32,6 +32,7 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from core import scripts
+from core.events import JOB_FENCED
 from core.queue import RUN_JOB_TASK
 from core.redis_clients import async_client, sync_client
 from core.settings import Settings
@@ -60,6 +61,7 @@ class Engine:
         self._thread = threading.Thread(target=self._loop.run_forever, name="job-loop", daemon=True)
         self._tasks: list[asyncio.Task[None]] = []
         self._bulk: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         # Program loads are counted with a plain client: they happen in a thread, off the loop.
         self.runtime = Runtime(
             settings,
@@ -150,9 +152,19 @@ class Engine:
         )
 
     def _refused(self, job_id: str, code: int) -> None:
-        """The token writer was refused a job's event: it finished (cancelled), or is another worker's now."""
-        assert self.runner is not None
-        self.runner.stop_job(job_id, "cancelled" if code == -2 else "fenced")
+        """The token writer was refused a job's event: it ended, or is another worker's now."""
+        runner = self.runner
+        assert runner is not None
+        if code == JOB_FENCED:
+            runner.stop_job(job_id, "fenced")
+            return
+
+        async def stop() -> None:
+            runner.stop_job(job_id, await runner.store.why_lost(job_id))
+
+        task = asyncio.create_task(stop())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _renew_forever(self) -> None:
         assert self.runner is not None and self._capacity is not None

@@ -332,7 +332,7 @@ class JobRunner:
             "program_version": program.version,
         }
         seq = await self.store.end(run.job_id, run.token, run.fields, EventType.result, updates, tokens=whole)
-        self._log_refusal(run, seq, "its result is dropped")
+        await self._log_refusal(run, seq, "its result is dropped")
         if seq > 0:
             log.info(
                 "job %s succeeded (attempt %d, %.2f s running, %.2f s waiting for LM capacity)",
@@ -381,7 +381,7 @@ class JobRunner:
         code = await self.store.retry(run.job_id, run.token, time.time() + delay_s, retrying)
         if code == 1:
             await self._send(run.job_id, run.model, delay_s)
-        self._log_refusal(run, code, "no retry")
+        await self._log_refusal(run, code, "no retry")
 
     async def _fail(self, run: Run, e: Exception, attempts: int, program_version: str | None = None) -> bool:
         error = job_error(e, attempts)
@@ -395,15 +395,18 @@ class JobRunner:
         if program_version is not None:
             updates["program_version"] = program_version
         seq = await self.store.end(run.job_id, run.token, run.fields, EventType.error, updates)
-        self._log_refusal(run, seq, "its failure is dropped")
+        await self._log_refusal(run, seq, "its failure is dropped")
         return seq > 0
 
-    def _log_refusal(self, run: Run, code: int, dropped: str) -> None:
-        if code == JOB_FINISHED:
-            log.info("job %s: cancelled while running; %s", run.job_id, dropped)
-        elif code == JOB_FENCED:
+    async def _log_refusal(self, run: Run, code: int, dropped: str) -> None:
+        if code not in (JOB_FINISHED, JOB_FENCED):
+            return
+        why = "fenced" if code == JOB_FENCED else await self.store.why_lost(run.job_id)
+        if why == "fenced":
             run.stop = "fenced"
-            log.warning("job %s: fenced: another worker holds it now; %s", run.job_id, dropped)
+            log.warning("job %s: fenced: another worker took it over; %s", run.job_id, dropped)
+        else:
+            log.info("job %s: cancelled while running; %s", run.job_id, dropped)
 
     async def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)

@@ -212,9 +212,10 @@ class JobStore:
         return code
 
     async def why_lost(self, job_id: str) -> str:
-        """Why a lease renewal was refused: `cancelled` (or otherwise finished), else `fenced` (taken over)."""
+        """Why a write or a lease renewal was refused: `cancelled` (by a client, or the record is gone), else
+        `fenced` (another worker took the job over, and may have finished it)."""
         status = await self._redis.hget(keys.job(job_id), "status")
-        return "cancelled" if status is None or JobStatus(str(status)).is_terminal else "fenced"
+        return "cancelled" if status in (None, JobStatus.cancelled.value) else "fenced"
 
     async def unclaim(self, job_id: str, token: str) -> int:
         """Give back a job claimed and not started; 1: send its task again, 2: a batch item, 0: not ours."""

@@ -3,7 +3,7 @@
 Starts, with every log line prefixed by its service, and restarts any that
 exits (core/supervisor.py):
 - Redis: reuses the one at `REDIS_URL` if it answers; otherwise starts a
-  local `redis-server` there (AOF on, data in `.run/redis`); otherwise exits
+  local `redis-server` there (AOF on, data in `.run/redis-<port>`); otherwise exits
   saying how to get one.
 - the embedded LM (llama-cpp-python serving Gemma 3 270M) when `LM_MODEL`
   and `LM_API_BASE` are left at their defaults and nothing answers there yet;
@@ -53,7 +53,7 @@ def _redis_command(url: str) -> list[str] | None:
             "Install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)\n"
             "or set REDIS_URL to a Redis you run elsewhere."
         )
-    data = RUN_DIR / "redis"
+    data = RUN_DIR / f"redis-{parsed.port or 6379}"
     data.mkdir(parents=True, exist_ok=True)
     args = [
         binary,

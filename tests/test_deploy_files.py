@@ -94,12 +94,20 @@ def test_embedded_lm_is_an_optional_profile_on_the_port_the_default_setting_name
 
 
 def test_services_that_serve_have_healthchecks_and_published_ports_match() -> None:
-    for service in ("redis", "api", "worker", "worker-bulk", "lm"):
+    for service in ("redis", "api", "worker", "worker-bulk", "flower", "lm"):
         assert SERVICES[service]["healthcheck"]["test"], service
     assert SERVICES["api"]["ports"] == [f"{DEFAULTS.api_port}:8000"]
     assert SERVICES["flower"]["ports"] == [f"{DEFAULTS.flower_port}:5555"]
     assert "--port=5555" in SERVICES["flower"]["command"]
     assert '"--port", "8000"' in dockerfile("Dockerfile.api")
+
+
+def test_every_service_is_restarted_when_it_dies_and_workers_may_finish_their_jobs() -> None:
+    """As `make up` does (core/supervisor.py): a process that dies costs its restart, not the stack."""
+    for name, service in SERVICES.items():
+        assert service.get("restart") == "unless-stopped", name
+    for name in ("worker", "worker-bulk"):
+        assert SERVICES[name]["stop_grace_period"], name
 
 
 def test_api_image_copies_the_api_the_shared_core_and_the_program_registry_only() -> None:

@@ -232,6 +232,7 @@ class JobRunner:
             log.info("job %s: given back unstarted (this worker is stopping)", run.job_id)
         elif run.stop is not None:
             log.info("job %s: stopped waiting (%s)", run.job_id, run.stop)
+            await asyncio.shield(record_job_outcome(self._redis, run.job_id, self._settings.lm_model))
 
     # ---- stopping from outside ----------------------------------------------------------
 
@@ -255,7 +256,9 @@ class JobRunner:
         except asyncio.CancelledError:
             if run.stop == "fenced":
                 log.warning(
-                    "job %s: fenced: another worker holds it now; this attempt stopped and wrote nothing", run.job_id
+                    "job %s: fenced: another worker took it over (this one stalled past its lease); this attempt "
+                    "stopped and wrote nothing more",
+                    run.job_id,
                 )
             elif run.stop == "cancelled":
                 log.info("job %s: cancelled while running; stopped", run.job_id)

@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     batch_progress_interval_s: float = 0.5
     batch_results_page_max: int = 1000
     sse_ping_s: float = 15.0
+    # A streaming job's first token is written at once, the next ones at most
+    # this often, joined (worker/token_writer.py): far fewer events for the
+    # same text. 0: every chunk of the LM is its own event.
+    token_coalesce_s: float = Field(0.03, ge=0.0, le=1.0)
     # A client that cannot take an event within this long is disconnected
     # (it can resume with Last-Event-ID); it never slows anyone else.
     sse_send_timeout_s: float = 30.0

@@ -34,7 +34,7 @@ def assert_complete_stream(received: Received, question: str) -> None:
 
 
 def test_tokens_arrive_in_order_and_spell_every_result_field(client: httpx.Client) -> None:
-    question = unique("Why do cats purr? [lm:tps=200]")
+    question = unique("Why do cats purr? [lm:tps=50]")
     received = read_events(client, submit(client, question))
 
     assert_complete_stream(received, question)

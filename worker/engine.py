@@ -201,7 +201,6 @@ class Engine:
                 if run.task is not None:
                     run.stop = "shutdown"
                     run.task.cancel()
-            await runner.writer.barrier()
             await runner.close()
         if self._heartbeat is not None:
             await self._heartbeat.remove()

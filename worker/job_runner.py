@@ -270,6 +270,7 @@ class JobRunner:
             )
         finally:
             self.runs.pop(run.token, None)
+            self.writer.forget(run.job_id)
             if run.slot is not None:
                 await asyncio.shield(self._capacity.release(run.slot, "unused"))
             if not counted and run.stop != "fenced":
@@ -299,7 +300,7 @@ class JobRunner:
             if run.stop is not None:
                 raise _Stopped(run.stop)
             run.streamed += 1
-            self.writer.put(run.job_id, run.token, {"field": field_name, "text": text})
+            self.writer.put(run.job_id, run.token, field_name, text)
 
         async def on_wait(reason: str, paused_until: float | None) -> None:
             await self.store.emit(run.job_id, run.token, EventType.status, self._waiting(run, reason, paused_until))
@@ -325,7 +326,7 @@ class JobRunner:
                 await asyncio.shield(self._capacity.release(scope.reserved, "unused"))
         if stream:
             # Every token is written before the result that ends the stream.
-            await self.writer.barrier()
+            await self.writer.barrier(run.job_id)
         updates = {
             "status": JobStatus.succeeded.value,
             "result": dumps(dict(prediction.items())),
@@ -364,7 +365,7 @@ class JobRunner:
 
     async def _failed_attempt(self, run: Run, e: Exception, stream: bool, program: LoadedProgram) -> bool:
         if stream:
-            await self.writer.barrier()
+            await self.writer.barrier(run.job_id)
         if is_retryable(e) and run.attempts < self._settings.job_max_attempts:
             await self._retry(run, e)
             return False

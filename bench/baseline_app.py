@@ -36,7 +36,7 @@ qa = spec.build()
 qa.load(str(spec.artifact))
 qa.set_lm(None)
 lm = build_lm(settings)
-adapter = build_adapter()
+adapter = build_adapter(settings)
 
 app = FastAPI(title="DSPy direct-call baseline")
 

@@ -114,7 +114,7 @@ def serial_baseline(lm_base: str, calls: int) -> Serial:
     state, _ = parse_artifact(spec.name, spec.artifact, spec.artifact.read_bytes())
     module.load_state(state)
     module.set_lm(None)
-    lm, adapter = build_lm(settings), build_adapter()
+    lm, adapter = build_lm(settings), build_adapter(settings)
     result = Serial()
     started = time.monotonic()
     for n in range(1000, 1000 + calls):

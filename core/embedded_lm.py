@@ -6,26 +6,91 @@ extra): no API key, no model hub, no internet. `make up`, the compose file's
 `lm` service and the end-to-end test all start it through this module, so
 they serve the same model the same way.
 
-llama.cpp's server reads the token limit only from `max_tokens`, and ignores
-`max_completion_tokens`, which current OpenAI clients (DSPy's native engine
-among them) send instead; without a limit the base model writes to the end
-of its context. A small ASGI shim copies one into the other, so every
-client's limit reaches the model.
+A small ASGI shim makes llama-cpp-python's server take two things OpenAI
+clients send in their standard form:
+
+- the token limit: the server reads only `max_tokens` and ignores
+  `max_completion_tokens`, which current OpenAI clients (DSPy's native
+  engine among them) send instead; without a limit the base model writes to
+  the end of its context;
+- structured outputs: the server constrains output to a JSON schema given
+  as `{"type": "json_object", "schema": ...}` and refuses OpenAI's
+  `{"type": "json_schema", "json_schema": {"schema": ...}}` (HTTP 500),
+  which DSPy's JSONAdapter sends; the shim rewrites one into the other.
+
+On a CPU with AMX, llama.cpp (as built here, with GCC 12) crashes on its
+first matrix multiplication: its AMX kernel loads a tile configuration the
+compiler never finished writing (GCC's `_tile_loadconfig` declares 8 of its
+64 bytes as read). `keep_off_amx` keeps llama.cpp off its extra buffer
+types, where that kernel lives; `--allow-amx` turns it off for a build that
+does not crash.
 """
 
 import argparse
 import json
+import logging
 import os
+from pathlib import Path
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.settings import EMBEDDED_LM_MODEL
 
+log = logging.getLogger(__name__)
 MODEL_ALIAS = EMBEDDED_LM_MODEL.split("/", 1)[1]
 
 
-class MaxCompletionTokensShim:
-    """Copies `max_completion_tokens` to `max_tokens` in chat completion requests."""
+def cpu_has_amx() -> bool:
+    try:
+        return " amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def keep_off_amx() -> bool:
+    """Make every model this process loads skip llama.cpp's extra buffer types (AMX repacking: see above).
+
+    llama-cpp-python's `Llama` has no argument for it, so its default model parameters are wrapped; True
+    when the wrapped defaults say so (checked, not assumed), False on a llama-cpp-python without them."""
+    import llama_cpp
+
+    original = llama_cpp.llama_model_default_params
+    if getattr(original, "keeps_off_amx", False):
+        return True
+
+    def default_params() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    default_params.keeps_off_amx = True  # type: ignore[attr-defined]
+    try:
+        llama_cpp.llama_model_default_params = default_params
+        llama_cpp.llama_cpp.llama_model_default_params = default_params
+        took = llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts is False
+    except AttributeError:
+        took = False
+    if not took:
+        llama_cpp.llama_model_default_params = original
+        llama_cpp.llama_cpp.llama_model_default_params = original
+        log.warning("llama-cpp-python is not laid out as core/embedded_lm.py expects; AMX stays on")
+    return took
+
+
+def _standard_request(payload: dict[str, Any]) -> dict[str, Any]:
+    """The request as llama-cpp-python's server takes it (module docstring)."""
+    if "max_completion_tokens" in payload and "max_tokens" not in payload:
+        payload["max_tokens"] = payload.pop("max_completion_tokens")
+    response_format = payload.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        payload["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
+    return payload
+
+
+class OpenAIShim:
+    """Rewrites chat completion requests into what llama-cpp-python's server takes (module docstring)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -45,9 +110,8 @@ class MaxCompletionTokensShim:
             payload = json.loads(body)
         except ValueError:
             payload = None
-        if isinstance(payload, dict) and "max_completion_tokens" in payload and "max_tokens" not in payload:
-            payload["max_tokens"] = payload.pop("max_completion_tokens")
-            body = json.dumps(payload).encode()
+        if isinstance(payload, dict):
+            body = json.dumps(_standard_request(payload)).encode()
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
         sent = False
@@ -81,7 +145,7 @@ def create_app(threads: int) -> ASGIApp:
     # answer early, with `[DONE]`, as soon as another request waits, which truncated every streamed job
     # under any concurrency. Waiting happens in the service's LM capacity instead (core/capacity.py).
     server = ServerSettings(interrupt_requests=False)
-    return MaxCompletionTokensShim(create_llama_app(server_settings=server, model_settings=[model]))
+    return OpenAIShim(create_llama_app(server_settings=server, model_settings=[model]))
 
 
 def main() -> None:
@@ -91,7 +155,13 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--allow-amx", action="store_true", help="let llama.cpp use AMX (only for a build that does not crash)"
+    )
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if cpu_has_amx() and not args.allow_amx and keep_off_amx():
+        log.info("this CPU has AMX: llama.cpp is kept off it (see core/embedded_lm.py; --allow-amx to use it)")
     uvicorn.run(create_app(args.threads), host=args.host, port=args.port, log_level="warning")
 
 

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     # reports no token usage when streaming, and LiteLLM counts the tokens
     # itself, so jobs there still say what they spent.
     lm_engine: Literal["litellm", "auto", "lm15"] | None = None
+    # DSPy's adapter (program/lm.py): `chat` (field headers, streamed as written),
+    # `json` (the signature's JSON schema as a structured output: a server that
+    # constrains decoding to it can only write output that parses), or `auto`:
+    # `json` for the embedded model, `chat` for any other.
+    lm_adapter: Literal["auto", "chat", "json"] = "auto"
     # Models a request may name in `model`. Empty means only `lm_model`: a
     # caller must not be able to spend the operator's key on any model it likes.
     lm_allowed_models: Annotated[list[str], NoDecode] = []

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 def optimize(spec: ProgramSpec, optimizer: str, demos: int) -> tuple[dspy.Module, float | None]:
     settings = get_settings()
     lm = build_lm(settings)
-    with dspy.context(lm=lm, adapter=build_adapter(), disable_history=True):
+    with dspy.context(lm=lm, adapter=build_adapter(settings), disable_history=True):
         if optimizer == "none":
             compiled = spec.build()
         elif optimizer == "labeled":

@@ -352,10 +352,11 @@ class JobRunner:
     ) -> dspy.Prediction:
         inputs = program.inputs(json.loads(run.fields["input"]))
         temperature = float(run.fields["temperature"]) if run.fields.get("temperature") else None
-        lm = self._runtime.lm(run.fields.get("model"), temperature)
+        model = run.fields.get("model")
+        lm, adapter = self._runtime.lm(model, temperature), self._runtime.adapter(model)
         # History and trace off: a long-lived process would otherwise keep every
         # prompt and completion it ever saw.
-        with dspy.context(lm=lm, adapter=self._runtime.adapter, disable_history=True, trace=None, track_usage=True):
+        with dspy.context(lm=lm, adapter=adapter, disable_history=True, trace=None, track_usage=True):
             return await predict(program.module, inputs, on_token, stream, self._run_sync)
 
     async def _run_sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

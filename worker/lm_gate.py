@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import dspy
 
+from program.lm import ServiceLM
 from worker.capacity import Capacity, OnWait, Slot
 
 # Characters per token, for the estimate a call is charged before it runs.
@@ -58,8 +59,8 @@ class CallScope:
 call_scope: contextvars.ContextVar[CallScope | None] = contextvars.ContextVar("call_scope", default=None)
 
 
-class GatedLM(dspy.LM):
-    """`dspy.LM` whose calls each hold a slot of the model's endpoint (module docstring)."""
+class GatedLM(ServiceLM):
+    """The service's LM whose calls each hold a slot of the model's endpoint (module docstring)."""
 
     capacity: Capacity
     loop: asyncio.AbstractEventLoop

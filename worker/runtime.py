@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 from core import keys
 from core.programs import ArtifactError, RegistryError, parse_artifact
 from core.settings import Settings
-from program.lm import build_adapter, build_lm
+from program.lm import ServiceLM, build_adapter, build_lm
 from program.registry import ProgramSpec, program_specs
 from program.schemas import input_model, interface_mismatch, signature_schemas
 
@@ -76,7 +76,7 @@ class Runtime:
         self,
         settings: Settings,
         redis_client: redis.Redis,
-        lm_class: type[dspy.LM] = dspy.LM,
+        lm_class: type[ServiceLM] = ServiceLM,
         prepare_lm: Callable[[dspy.LM], dspy.LM] = lambda lm: lm,
     ) -> None:
         self._settings = settings
@@ -91,7 +91,7 @@ class Runtime:
         # A broken registry stops the worker at start, with the reason.
         self._specs = program_specs(settings)
         self._programs: dict[str, LoadedProgram] = {}
-        self.adapter = build_adapter()
+        self._adapters: dict[str, dspy.Adapter] = {}
 
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:
@@ -115,6 +115,15 @@ class Runtime:
             else:
                 self._override_lms.move_to_end(key)
             return lm
+
+    def adapter(self, model: str | None = None) -> dspy.Adapter:
+        """The model's adapter (program/lm.py), one per model."""
+        name = model or self._settings.lm_model
+        with self._lock:
+            adapter = self._adapters.get(name)
+            if adapter is None:
+                adapter = self._adapters[name] = build_adapter(self._settings, name)
+            return adapter
 
     @property
     def program_names(self) -> list[str]:

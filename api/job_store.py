@@ -155,14 +155,7 @@ async def cancel_job(redis: aioredis.Redis, settings: Settings, job_id: str, cal
     if not JobStatus(fields["status"]).is_terminal:
         updates = {"status": JobStatus.cancelled.value, "finished_at": repr(time.time())}
         record = job_from_fields({**fields, **updates}, JobLinks.for_job(job_id)).model_dump_json()
-        script_keys = [
-            keys.job(job_id),
-            keys.job_events(job_id),
-            keys.job_channel(job_id),
-            keys.LEASES,
-            keys.DEADLINES,
-            keys.queued(settings.interactive_queue),
-        ]
+        script_keys = keys.job_function_keys(job_id, settings.interactive_queue)
         argv: list[scripts.Arg] = [record, settings.event_stream_maxlen, settings.job_ttl_s, len(updates)]
         for pair in updates.items():
             argv += pair

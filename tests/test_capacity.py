@@ -4,9 +4,11 @@ Each test gets its own LM simulator (so its counts and outages are its own)
 and its own Redis.
 """
 
+import hashlib
 import itertools
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -189,3 +191,53 @@ def test_a_worker_killed_while_holding_slots_gives_them_back_within_its_lease(ca
         job = client.post("/jobs", params={"wait": 30}, json={"question": unique("after the kill")}).json()
 
     assert job["status"] == "succeeded"
+
+
+def test_two_api_keys_share_bulk_turns_whatever_their_batch_counts(capacity_stack: MakeStack) -> None:
+    """Turns go round the keys first, then round each key's batches: three batches of one key do not get three
+    times the turns of the other key's one."""
+    key_a, key_b = f"dj_a_{uuid.uuid4().hex}", f"dj_b_{uuid.uuid4().hex}"
+    digests = ",".join(
+        f"{name}:{hashlib.sha256(key.encode()).hexdigest()}" for name, key in (("a", key_a), ("b", key_b))
+    )
+    stack, lm = capacity_stack("--ttft-s", "0.05", LM_MAX_IN_FLIGHT="1", API_KEYS=digests)
+    stack.start_services()
+    with stack.client() as client:
+        a = {"Authorization": f"Bearer {key_a}"}
+        b = {"Authorization": f"Bearer {key_b}"}
+        for n in range(3):
+            items = [{"question": unique(f"keya{n} {i}")} for i in range(20)]
+            assert client.post("/batches", json={"items": items}, headers=a).status_code == 202
+        lone = client.post(
+            "/batches", json={"items": [{"question": unique(f"keyb {i}")} for i in range(20)]}, headers=b
+        ).json()
+        wait_for(
+            lambda: client.get(f"/batches/{lone['id']}", headers=b).json()["status"] == "completed",
+            90,
+            "key b's batch to complete",
+        )
+
+    owners = ["b" if "keyb" in r["question"] else "a" for r in lm_requests(lm)]
+    # Until key b's batch is done, every other turn is key b's.
+    last_b = len(owners) - 1 - owners[::-1].index("b")
+    window = owners[owners.index("b") : last_b + 1]
+    assert window.count("b") == 20 and window.count("a") <= 21, "".join(owners)
+
+
+def test_an_lm_that_is_down_pauses_instead_of_burning_every_queued_jobs_attempts(capacity_stack: MakeStack) -> None:
+    stack, lm = capacity_stack(LM_MAX_IN_FLIGHT="4", LM_BREAKER_FAILURES="3", RETRY_BASE_S="0.5", RETRY_MAX_S="2")
+    stack.start_worker()
+    stack.start_api()
+    with stack.client() as client:
+        httpx.post(f"{lm}/_outage", json={"status": 500, "for_s": 8})
+        ids = [client.post("/jobs", json={"question": unique(f"while it is down {i}")}).json()["id"] for i in range(20)]
+        jobs = [wait_finished(client, job_id, timeout_s=90) for job_id in ids]
+        model = default_model(client)
+
+    assert [job["status"] for job in jobs] == ["succeeded"] * 20, [job["error"] for job in jobs if job["error"]]
+    # The calls that found it down cost their jobs an attempt; the jobs that waited behind the pause did not.
+    failed_calls = sum(1 for r in lm_requests(lm) if r.get("outage"))
+    assert failed_calls < 20, failed_calls
+    assert sum(job["attempts"] - 1 for job in jobs) == failed_calls
+    assert sum(job["attempts"] == 1 for job in jobs) >= 10
+    assert model["pauses_total"] >= 1 and model["failures_total"] == failed_calls

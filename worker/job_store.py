@@ -39,17 +39,7 @@ class Taken:
 
 
 def job_keys(settings: Settings, job_id: str) -> list[str]:
-    """The KEYS of the job functions."""
-    return [
-        keys.job(job_id),
-        keys.job_events(job_id),
-        keys.job_channel(job_id),
-        keys.LEASES,
-        keys.DEADLINES,
-        keys.queued(settings.interactive_queue),
-        keys.METRICS_COUNTERS,
-        keys.METRICS_HISTOGRAMS,
-    ]
+    return keys.job_function_keys(job_id, settings.interactive_queue)
 
 
 def dumps(value: Any) -> str:

@@ -157,3 +157,17 @@ METRICS_COUNTERS = f"{PREFIX}:metrics:counters"
 METRICS_HISTOGRAMS = f"{PREFIX}:metrics:histograms"
 # Sorted set: batch id -> created time, for batches /metrics has not yet seen finish.
 OPEN_BATCHES = f"{PREFIX}:batches:open"
+
+
+def job_function_keys(job_id: str, interactive_queue: str) -> list[str]:
+    """The KEYS every job function of core/lua/jobs.lua takes, in order."""
+    return [
+        job(job_id),
+        job_events(job_id),
+        job_channel(job_id),
+        LEASES,
+        DEADLINES,
+        queued(interactive_queue),
+        METRICS_COUNTERS,
+        METRICS_HISTOGRAMS,
+    ]

@@ -9,7 +9,7 @@ run, side by side:
    the same LM settings and adapter as the workers), one call at a time, on
    questions like the batch's: items/s and parse rate. This is what the
    model can do; the service cannot beat it, only waste it.
-2. **Interactive jobs on an idle service**: `POST /jobs?wait=120`, one at a time.
+2. **Interactive jobs on an idle service**: `POST /jobs?wait=60`, one at a time.
 3. **A batch of `--items` items** ("What is N plus N?"), and interactive jobs
    submitted one at a time while it runs: the batch's items/s against the
    serial figure, its timeouts (`LMTimeoutError`, code 504: there must be
@@ -132,7 +132,7 @@ def serial_baseline(lm_base: str, calls: int) -> Serial:
 def interactive(client: httpx.Client, questions: list[str], latencies: Latencies) -> None:
     for question in questions:
         started = time.monotonic()
-        response = client.post("/jobs", params={"wait": 120}, json={"question": question}, timeout=130)
+        response = client.post("/jobs", params={"wait": 60}, json={"question": question}, timeout=70)
         elapsed = time.monotonic() - started
         job = response.json() if response.status_code in (200, 202) else {}
         status = job.get("status", f"HTTP {response.status_code}")
@@ -175,36 +175,66 @@ def run_batch(client: httpx.Client, items: int, during: Latencies, pause_s: floa
     return result
 
 
-def render(
-    args: argparse.Namespace,
-    serial: Serial,
-    idle: Latencies,
-    during: Latencies,
-    batch: BatchRun,
-    started: datetime.datetime,
-    duration_s: float,
-) -> str:
-    lines = [
-        "# The embedded default under a batch",
-        "",
-        "```sh",
-        command_line("bench.embedded"),
-        "```",
-        "",
-        f"- Run: {started:%Y-%m-%d %H:%M:%S} UTC, took {duration_s / 60:.1f} min",
-        f"- Code: {git_state()}",
-        *[f"- {what}: {value}" for what, value in machine()],
-        "- Packages: " + ", ".join(f"{name} {version}" for name, version in versions(PACKAGES)),
-        "- Service: `make up`'s defaults (the embedded model, one interactive and one bulk worker, the API), a "
-        "private redis-server; the embedded server as `make up` starts it (`python -m core.embedded_lm`).",
-        "",
-        "## Throughput and parse rate",
+@dataclass
+class Results:
+    adapter: str
+    serial: Serial
+    idle: Latencies
+    during: Latencies
+    batch: BatchRun
+
+
+def measure(items: int, serial_calls: int, idle_jobs: int) -> Results:
+    """Start the embedded server and the service with `make up`'s defaults, measure, stop everything."""
+    from core.settings import Settings
+    from program.lm import adapter_name
+
+    procs: list[Proc] = []
+    try:
+        redis_proc, redis_url = start_redis("bench-embedded-redis")
+        if redis_proc is not None:
+            procs.append(redis_proc)
+        port = free_port()
+        lm_base = f"http://127.0.0.1:{port}/v1"
+        lm = Proc("bench-embedded-lm", python_module("core.embedded_lm", "--port", str(port)), {})
+        procs.append(lm)
+        wait_for(lambda: httpx.get(f"{lm_base}/models").status_code == 200, 300, "the embedded LM", lm)
+        print("the server alone, serially", file=sys.stderr)
+        serial = serial_baseline(lm_base, serial_calls)
+        env = {"REDIS_URL": redis_url, "LM_API_BASE": lm_base, "LM_CACHE": "false"}
+        concurrency = str(Settings.model_fields["worker_concurrency"].default)
+        procs.append(start_worker(env, name="bench-embedded-worker", concurrency=int(concurrency)))
+        procs.append(start_worker(env, name="bench-embedded-bulk", queues="bulk", concurrency=int(concurrency)))
+        api, api_url = start_api(env, name="bench-embedded-api")
+        procs.append(api)
+        with httpx.Client(base_url=api_url, timeout=70) as client:
+            print("interactive jobs, idle", file=sys.stderr)
+            idle = Latencies()
+            interactive(client, INTERACTIVE_QUESTIONS[:idle_jobs], idle)
+            print(f"a batch of {items}, interactive jobs beside it", file=sys.stderr)
+            during = Latencies()
+            batch = run_batch(client, items, during, pause_s=2.0)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    return Results(adapter_name(Settings()), serial, idle, during, batch)
+
+
+def section(r: Results) -> list[str]:
+    """The results' tables, for this module's page and for BENCHMARKS.md."""
+    serial, batch = r.serial, r.batch
+    return [
+        f"The embedded model (llama-cpp-python's server over Gemma 3 270M, LM limit 1, `LM_ADAPTER` {r.adapter}), "
+        "one interactive and one bulk worker and the API with `make up`'s defaults, a private redis-server. "
+        f"*The server alone*: the `qa` program called directly, {serial.calls} calls one at a time, the same LM "
+        f'settings and adapter as the workers. *The batch*: "What is N plus N?" for N = 1..{batch.items}, '
+        "interactive jobs (`POST /jobs?wait=60`) submitted one at a time while it ran.",
         "",
         *table(
             ["", "items", "items/s", "vs the server alone", "parsed", "answer right", "timeouts (504)", "failures"],
             [
                 [
-                    "the server alone, one call at a time (`qa` called directly)",
+                    "the server alone, one call at a time",
                     serial.calls,
                     f"{serial.items_per_s:.3f}",
                     "1.00",
@@ -214,7 +244,7 @@ def render(
                     _outcomes(serial.failures),
                 ],
                 [
-                    f"a batch of {batch.items} through the service (with interactive jobs beside it)",
+                    f"a batch of {batch.items} through the service",
                     batch.items,
                     f"{batch.items_per_s:.3f}",
                     f"{batch.items_per_s / serial.items_per_s:.2f}" if serial.items_per_s else "-",
@@ -227,16 +257,16 @@ def render(
         ),
         "",
         "*Parsed*: the program returned a prediction (no `AdapterParseError`). *Answer right*: the answer "
-        "contains 2N for \"What is N plus N?\" (the 270M base model's arithmetic, not the service's).",
+        "contains 2N (the 270M base model's arithmetic, not the service's).",
         "",
-        "## Interactive latency (`POST /jobs?wait=120`, one at a time)",
+        "Interactive jobs, one at a time:",
         "",
         *table(
-            ["", "jobs", "p50 (s)", "p99 (s)", "outcomes"], [["idle", *idle.row()], ["during the batch", *during.row()]]
+            ["", "jobs", "p50 (s)", "p99 (s)", "outcomes"],
+            [["idle", *r.idle.row()], ["during the batch", *r.during.row()]],
         ),
         "",
     ]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -250,34 +280,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.monotonic()
-    procs: list[Proc] = []
-    try:
-        redis_proc, redis_url = start_redis("bench-embedded-redis")
-        if redis_proc is not None:
-            procs.append(redis_proc)
-        port = free_port()
-        lm_base = f"http://127.0.0.1:{port}/v1"
-        lm = Proc("bench-embedded-lm", python_module("core.embedded_lm", "--port", str(port)), {})
-        procs.append(lm)
-        wait_for(lambda: httpx.get(f"{lm_base}/models").status_code == 200, 300, "the embedded LM", lm)
-        print("serial baseline", file=sys.stderr)
-        serial = serial_baseline(lm_base, args.serial_calls)
-        env = {"REDIS_URL": redis_url, "LM_API_BASE": lm_base, "LM_CACHE": "false"}
-        procs.append(start_worker(env, name="bench-embedded-worker", concurrency=8))
-        procs.append(start_worker(env, name="bench-embedded-bulk", queues="bulk", concurrency=8))
-        api, api_url = start_api(env, name="bench-embedded-api")
-        procs.append(api)
-        with httpx.Client(base_url=api_url, timeout=130) as client:
-            print("interactive, idle", file=sys.stderr)
-            idle = Latencies()
-            interactive(client, INTERACTIVE_QUESTIONS[: args.idle_jobs], idle)
-            print(f"a batch of {args.items}", file=sys.stderr)
-            during = Latencies()
-            batch = run_batch(client, args.items, during, pause_s=2.0)
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
-    text = render(args, serial, idle, during, batch, started, time.monotonic() - t0)
+    results = measure(args.items, args.serial_calls, args.idle_jobs)
+    lines = [
+        "# The embedded default under a batch",
+        "",
+        "```sh",
+        command_line("bench.embedded"),
+        "```",
+        "",
+        f"- Run: {started:%Y-%m-%d %H:%M:%S} UTC, took {(time.monotonic() - t0) / 60:.1f} min",
+        f"- Code: {git_state()}",
+        *[f"- {what}: {value}" for what, value in machine()],
+        "- Packages: " + ", ".join(f"{name} {version}" for name, version in versions(PACKAGES)),
+        "",
+        *section(results),
+    ]
+    text = "\n".join(lines)
     args.output.write_text(text)
     print(text)
 

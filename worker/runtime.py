@@ -129,6 +129,18 @@ class Runtime:
     def program_names(self) -> list[str]:
         return list(self._specs)
 
+    def current(self, name: str) -> LoadedProgram | None:
+        """The program as loaded, if its artifact has not changed since (a `stat`: cheap enough for the event
+        loop); None when `program` has to load it."""
+        spec, loaded = self._specs.get(name), self._programs.get(name)
+        if spec is None or loaded is None:
+            return None
+        try:
+            stat = os.stat(spec.artifact)
+        except OSError:
+            return loaded
+        return loaded if loaded.file_state == (stat.st_mtime_ns, stat.st_size) else None
+
     def program(self, name: str) -> LoadedProgram:
         """The program's current version, loading it (again) if its artifact changed."""
         self._check_pid()

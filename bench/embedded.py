@@ -24,7 +24,6 @@ BENCHMARKS.md. Logs: `test-artifacts/bench-embedded-*.log`.
 import argparse
 import datetime
 import signal
-import statistics
 import sys
 import time
 from collections import Counter
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.report import ROOT, command_line, git_state, machine, percentile, table, versions
+from bench.report import ROOT, Dist, command_line, git_state, machine, table, versions
 from tests.support import Proc, free_port, python_module, start_api, start_redis, start_worker, wait_for
 
 OUTPUT = ROOT / "bench" / "results" / "embedded.md"
@@ -60,11 +59,10 @@ class Latencies:
     outcomes: Counter[str] = field(default_factory=Counter)
 
     def row(self) -> list[str]:
-        s = sorted(self.seconds)
-        if not s:
-            return ["-", "-", "-", ", ".join(f"{k}: {v}" for k, v in self.outcomes.items())]
-        p99 = percentile(s, 0.99)
-        return [str(len(s)), f"{statistics.median(s):.2f}", f"{p99:.2f}", _outcomes(self.outcomes)]
+        if not self.seconds:
+            return ["-", "-", "-", _outcomes(self.outcomes)]
+        d = Dist.of(self.seconds)
+        return [str(d.n), f"{d.p50:.2f}", f"{d.p99:.2f}", _outcomes(self.outcomes)]
 
 
 @dataclass

@@ -51,7 +51,8 @@ from typing import Any, TypeVar
 import httpx
 import redis
 
-from bench import embedded, load
+from bench import embedded as embedded_bench
+from bench import load
 from bench.lm_simulator import _apply_stop, _tokens, scripted_answer
 from bench.report import (
     ROOT,
@@ -1054,7 +1055,7 @@ class Results:
     capacity: Capacity | None = None
     sse: SseMemory | None = None
     ttft: Ttft | None = None
-    embedded: embedded.Results | None = None
+    embedded: embedded_bench.Results | None = None
     profiles: list[Profile] = field(default_factory=list)
     idle_rss: dict[str, int] = field(default_factory=dict)
     idle_cores: dict[str, float] = field(default_factory=dict)  # CPU of each process with nothing to do
@@ -1670,7 +1671,7 @@ def render(res: Results) -> str:
     add("## 6. The embedded default under a batch")
     add("")
     if res.embedded is not None:
-        lines += embedded.section(res.embedded)
+        lines += embedded_bench.section(res.embedded)
     else:
         add("Not run (`--scenarios` without 5); `python -m bench.embedded` measures it alone.")
         add("")
@@ -1845,7 +1846,7 @@ async def run_suite(args: argparse.Namespace, stack: Stack, res: Results) -> Non
     if "5" in scenarios:
         # Its own stack (the embedded server would take the CPU of everything above); the others idle meanwhile.
         res.embedded = await asyncio.to_thread(
-            embedded.measure, args.embedded_items, args.embedded_serial_calls, args.embedded_idle_jobs
+            embedded_bench.measure, args.embedded_items, args.embedded_serial_calls, args.embedded_idle_jobs
         )
     if not args.py_spy and not args.no_profile:
         res.notes.append("py-spy not found: no profile (install it in .venv to get one).")

@@ -1,6 +1,6 @@
-"""The README's "Serve your own program", followed as written (against the scripted LM).
+"""docs/programs.md's "Serve your own program", followed as written (against the scripted LM).
 
-The files and commands are read out of the README itself, so the section
+The files and commands are read out of the page itself, so the section
 cannot drift from what works. The reader's folder is a temporary directory
 on `PYTHONPATH` standing in for the repository root, with its own
 `programs.toml` and artifacts directory, so the checkout stays untouched.
@@ -32,9 +32,10 @@ class Block:
 
 
 def section_blocks() -> list[Block]:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("## Serve your own program")
-    section = readme[start : readme.index("\n## ", start + 1)]
+    page = (ROOT / "docs" / "programs.md").read_text()
+    start = page.index("## Serve your own program")
+    end = page.find("\n## ", start + 1)
+    section = page[start : end if end != -1 else len(page)]
     blocks, last = [], 0
     for match in FENCE.finditer(section):
         blocks.append(Block(match.group(1), match.group(2), section[last : match.start()]))
@@ -43,7 +44,7 @@ def section_blocks() -> list[Block]:
 
 
 def file_path(block: Block) -> str:
-    """Where the README says a block goes: its first comment line, or the last file named before it."""
+    """Where the page says a block goes: its first comment line, or the last file named before it."""
     first = block.text.splitlines()[0]
     if first.startswith("# ") and first.endswith(".py"):
         return first[2:]
@@ -52,7 +53,7 @@ def file_path(block: Block) -> str:
     return named[-1]
 
 
-def test_serving_your_own_program_as_the_readme_says(lm_api_base: str, tmp_path: Path) -> None:
+def test_serving_your_own_program_as_the_docs_say(lm_api_base: str, tmp_path: Path) -> None:
     blocks = section_blocks()
     files = [b for b in blocks if b.language in ("python", "json", "toml")]
     commands = [b.text.replace("\\\n", " ") for b in blocks if b.language == "sh"]
@@ -66,7 +67,7 @@ def test_serving_your_own_program_as_the_readme_says(lm_api_base: str, tmp_path:
     for shipped in ("qa.json", "triage.json"):
         shutil.copy(ROOT / "artifacts" / shipped, artifacts)
 
-    stack = private_stack(lm_api_base, "redis-readme")
+    stack = private_stack(lm_api_base, "redis-own-program")
     stack.extra_env = {
         "PYTHONPATH": str(tmp_path),
         "PROGRAMS_FILE": str(tmp_path / "programs.toml"),
@@ -110,5 +111,5 @@ def test_serving_your_own_program_as_the_readme_says(lm_api_base: str, tmp_path:
 
 
 @pytest.mark.parametrize("name", ["module", "trainset"])
-def test_programs_toml_documents_every_key_the_readme_uses(name: str) -> None:
+def test_programs_toml_documents_every_key_the_docs_use(name: str) -> None:
     assert f"# {name} = " in (ROOT / "programs.toml").read_text()

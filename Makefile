@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: up test lint typecheck pytest optimize bench clean
+.PHONY: up test test-unit lint typecheck pytest optimize bench clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -21,7 +21,7 @@ $(VENV)/.synced: $(UV) uv.lock pyproject.toml
 
 ## up: the whole service in the foreground (Redis, embedded LM, worker, API, Flower)
 up: $(VENV)/.synced
-	$(VENV)/bin/python -m core.local_stack
+	$(VENV)/bin/python -m stack.up
 
 ## test: every check: lint, types, then the whole test suite
 test: lint typecheck pytest
@@ -37,6 +37,10 @@ typecheck: $(VENV)/.synced
 pytest: $(VENV)/.synced
 	bash tests/browser/install.sh
 	$(VENV)/bin/python -m pytest
+
+## test-unit: the tests that start no process (seconds; `make test` runs them too)
+test-unit: $(VENV)/.synced
+	$(VENV)/bin/python -m pytest -m "not e2e" -q
 
 ## bench: every benchmark, side by side with the direct-call baseline; writes BENCHMARKS.md
 bench: $(VENV)/.synced

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.support import start_api, start_redis
+from stack.processes import start_api, start_redis
 
 RESULTS = Path(__file__).parent / "results"
 

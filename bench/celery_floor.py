@@ -32,7 +32,7 @@ import redis
 from bench.report import command_line, git_state, machine, proc_cpu_s, table, versions
 from core.queue import make_celery
 from core.settings import get_settings
-from tests.support import Proc, start_redis, wait_for, worker_command
+from stack.processes import Proc, start_redis, wait_for, worker_command
 from worker.task_events import install as publish_task_events_from_a_thread
 
 RESULTS = Path(__file__).parent / "results"

@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from bench.report import ROOT, Dist, command_line, git_state, machine, table, versions
-from tests.support import Proc, free_port, python_module, start_api, start_redis, start_worker, wait_for
+from stack.processes import Proc, free_port, python_module, start_api, start_redis, start_worker, wait_for
 
 OUTPUT = ROOT / "bench" / "results" / "embedded.md"
 PACKAGES = ["dspy", "litellm", "llama-cpp-python", "celery", "redis", "fastapi"]
@@ -195,7 +195,7 @@ def measure(items: int, serial_calls: int, idle_jobs: int) -> Results:
             procs.append(redis_proc)
         port = free_port()
         lm_base = f"http://127.0.0.1:{port}/v1"
-        lm = Proc("bench-embedded-lm", python_module("core.embedded_lm", "--port", str(port)), {})
+        lm = Proc("bench-embedded-lm", python_module("stack.embedded_lm", "--port", str(port)), {})
         procs.append(lm)
         wait_for(lambda: httpx.get(f"{lm_base}/models").status_code == 200, 300, "the embedded LM", lm)
         print("the server alone, serially", file=sys.stderr)

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.sse_bench [--clients 100,500,1000,2000,5000,10000] [--py-spy PATH]
 
 Starts everything it needs (a private redis-server, the scripted LM
-`bench/lm_simulator.py`, one Celery worker, one API process under uvicorn,
+`stack/lm_simulator.py`, one Celery worker, one API process under uvicorn,
 all on 127.0.0.1), runs the scenarios, stops everything, prints a Markdown
 report and writes it to `bench/results/sse.md`. No timing is asserted: this
 measures, it does not judge. Process logs go to `test-artifacts/bench-*.log`.
@@ -78,8 +78,7 @@ from core import keys
 from core.events import TERMINAL_EVENTS, EventType
 from core.queue import make_celery
 from core.settings import Settings
-from tests.sse import read_events
-from tests.support import (
+from stack.processes import (
     ARTIFACTS,
     ROOT,
     Proc,
@@ -90,6 +89,7 @@ from tests.support import (
     start_worker,
     wait_for,
 )
+from stack.sse_client import read_events
 
 RESULTS = ROOT / "bench" / "results" / "sse.md"
 PACKAGES = ["dspy", "celery", "redis", "fastapi", "uvicorn", "sse-starlette", "starlette", "uvloop", "httptools"]
@@ -1278,7 +1278,7 @@ def report(
         add(f"- {name}: {value}")
     add("- Packages: " + ", ".join(f"{n} {v}" for n, v in versions()))
     add(
-        f"- Stack: private redis-server, the scripted LM (`bench/lm_simulator.py`), 1 Celery worker "
+        f"- Stack: private redis-server, the scripted LM (`stack/lm_simulator.py`), 1 Celery worker "
         f"(threads pool), 1 API process (`uvicorn api.main:app`, uvloop + httptools when installed, "
         f"`API_REDIS_MAX_CONNECTIONS={args.api_redis_max_connections}`), all on 127.0.0.1. Clients: raw asyncio "
         f"sockets on uvloop in {args.client_procs} separate process(es), at most {args.connect_concurrency} "

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench [--quick] [--no-profile] [--output BENCHMARKS.md]
 
 Starts everything it needs on 127.0.0.1 (a private redis-server, the scripted
-LM `bench/lm_simulator.py` restarted with each scenario's `--ttft-s` and
+LM `stack/lm_simulator.py` restarted with each scenario's `--ttft-s` and
 `--tokens-per-s`, one interactive Celery worker with the threads pool, one API
 process, the baseline `bench/baseline_app.py`), runs the scenarios, stops
 everything and writes the results, with the machine, the package versions and
@@ -53,7 +53,6 @@ import redis
 
 from bench import embedded as embedded_bench
 from bench import load
-from bench.lm_simulator import _apply_stop, _tokens, scripted_answer
 from bench.report import (
     ROOT,
     CpuDelta,
@@ -77,7 +76,8 @@ from bench.report import established_to_port as established
 from core import keys
 from core.queue import make_celery
 from core.settings import Settings
-from tests.support import ARTIFACTS, Proc, free_port, python_module, start_api, start_redis, start_worker, wait_for
+from stack.lm_simulator import _apply_stop, _tokens, scripted_answer
+from stack.processes import ARTIFACTS, Proc, free_port, python_module, start_api, start_redis, start_worker, wait_for
 
 OUTPUT = ROOT / "BENCHMARKS.md"
 SSE_RESULTS = ROOT / "bench" / "results" / "sse.md"
@@ -235,7 +235,7 @@ class Stack:
             self.lm.stop()
             self.procs.remove(self.lm)
         args = ["--port", str(self.lm_port), "--ttft-s", str(timing.ttft_s), "--tokens-per-s", str(timing.tokens_per_s)]
-        self.lm = Proc("bench-suite-lm", python_module("bench.lm_simulator", *args), {})
+        self.lm = Proc("bench-suite-lm", python_module("stack.lm_simulator", *args), {})
         self.procs.append(self.lm)
         wait_for(lambda: httpx.get(f"{self.lm_base}/health").status_code == 200, 30, "LM simulator", self.lm)
         self.lm_timing = timing
@@ -1398,7 +1398,7 @@ def render(res: Results) -> str:
         "cached in it as in the worker (`worker/dspy_speedups.py`), so the comparison measures the queue."
     )
     add(
-        f"- **LM**: the scripted simulator (`bench/lm_simulator.py`), `LM_CACHE=false`; every question is unique "
+        f"- **LM**: the scripted simulator (`stack/lm_simulator.py`), `LM_CACHE=false`; every question is unique "
         f"and 14 words long, so every answer is the same {res.chunks} chunks (reasoning, answer, key_concepts, "
         f'question_type with their headers). *Ours* sends `"stream": false`: the worker calls the program without '
         f"streaming and writes each field whole, as one `token` event, before the result; *ours, streaming* sends "

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     lm_cache: bool = True
     # Which client DSPy uses. "auto": its native engine where it knows the
     # provider, LiteLLM otherwise; the native engine cost a job 16 ms of
-    # worker CPU against LiteLLM's 41 ms (streaming, bench/lm_simulator.py).
+    # worker CPU against LiteLLM's 41 ms (streaming, stack/lm_simulator.py).
     # Unset means "auto", except for the embedded LM: llama.cpp's server
     # reports no token usage when streaming, and LiteLLM counts the tokens
     # itself, so jobs there still say what they spent.

@@ -68,7 +68,7 @@ def build_lm(
         cache=settings.lm_cache,
         engine=settings.effective_lm_engine,
     )
-    # The embedded server takes OpenAI's JSON schema form (core/embedded_lm.py), which LiteLLM cannot know.
+    # The embedded server takes OpenAI's JSON schema form (stack/embedded_lm.py), which LiteLLM cannot know.
     if lm.model == EMBEDDED_LM_MODEL:
         lm.structured_outputs = True
     return lm

@@ -4,8 +4,14 @@ The shared stack (private redis-server, LM simulator, one worker, one API)
 serves tests that only submit and read jobs. Tests that stop processes, count
 loads or inspect queues build their own stack on their own redis-server so
 they never disturb each other.
+
+Tests that start processes are marked `e2e`; `make test-unit` runs the
+others (`pytest -m "not e2e"`). So that command stays fast and honest, an
+unmarked test may not use a fixture that starts processes (collection
+fails) nor start a process itself (`subprocess.Popen` refuses).
 """
 
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -14,7 +20,33 @@ import httpx
 import pytest
 import redis
 
-from tests.support import Proc, free_port, start_api, start_lm_simulator, start_redis, start_worker, wait_for
+from stack.processes import Proc, free_port, start_api, start_lm_simulator, start_redis, start_worker, wait_for
+
+# The fixtures below that start processes.
+PROCESS_FIXTURES = frozenset({"lm_api_base", "stack", "client", "make_stack", "lm_requests"})
+
+
+class ProcessRefused(RuntimeError):
+    pass
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if used and item.get_closest_marker("e2e") is None:
+            raise pytest.UsageError(f"{item.nodeid} starts processes ({', '.join(sorted(used))}): mark it e2e")
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("e2e") is not None:
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ProcessRefused(f"{request.node.nodeid} is not marked e2e, so it may not start a process: {args[:1]}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+
 
 # Models a job may name besides the default; the simulator answers any.
 OTHER_MODEL = "openai/other-model"
@@ -43,7 +75,6 @@ class Stack:
             "RETRY_BASE_S": "0.1",
             "JOB_LEASE_S": "3",
             "REAPER_INTERVAL_S": "0.5",
-            "BROKER_VISIBILITY_TIMEOUT_S": "15",
             **self.extra_env,
         }
 

@@ -8,9 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import Stack
 from tests.test_jobs import expected_result, wait_finished
+
+pytestmark = pytest.mark.e2e
 
 RequestsFor = Callable[[str], list[dict[str, object]]]
 TERMINAL = ("completed", "cancelled", "failed", "expired")

@@ -15,10 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
+from stack.processes import Proc, start_lm_simulator, wait_for
 from tests.conftest import Stack, private_stack
-from tests.support import Proc, start_lm_simulator, wait_for
 from tests.test_batches import submit_batch, wait_batch
 from tests.test_jobs import unique, wait_finished
+
+pytestmark = pytest.mark.e2e
 
 MakeStack = Callable[..., tuple[Stack, str]]
 

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from core.capacity import DEFAULT_MAX_IN_FLIGHT, EMBEDDED_MAX_IN_FLIGHT, endpoint_for, endpoints, limits_for
 from core.settings import EMBEDDED_LM_MODEL, Settings
-from tests.support import ROOT
+from stack.processes import ROOT
 
 
 def test_the_embedded_model_gets_what_its_server_runs_at_once_wherever_it_is_served() -> None:
@@ -67,6 +67,7 @@ def test_a_bad_limit_is_refused_naming_the_setting(settings: dict[str, object], 
         Settings(**settings)  # type: ignore[arg-type]
 
 
+@pytest.mark.e2e
 def test_the_api_does_not_start_with_a_bad_limit_and_says_which() -> None:
     run = subprocess.run(
         [sys.executable, "-c", "import api.main"],

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from core.settings import Settings
-from tests.support import ROOT
+from stack.processes import ROOT
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
@@ -103,7 +103,7 @@ def test_services_that_serve_have_healthchecks_and_published_ports_match() -> No
 
 
 def test_every_service_is_restarted_when_it_dies_and_workers_may_finish_their_jobs() -> None:
-    """As `make up` does (core/supervisor.py): a process that dies costs its restart, not the stack."""
+    """As `make up` does (stack/supervisor.py): a process that dies costs its restart, not the stack."""
     for name, service in SERVICES.items():
         assert service.get("restart") == "unless-stopped", name
     for name in ("worker", "worker-bulk"):
@@ -137,6 +137,7 @@ def uv() -> str:
     return found
 
 
+@pytest.mark.e2e
 def test_api_dependencies_from_the_lock_file_include_no_dspy() -> None:
     exported = subprocess.run(
         [uv(), "export", "--frozen", "--no-dev", "--no-hashes"], cwd=ROOT, capture_output=True, text=True, check=True

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from stack.processes import ROOT
 from tests.conftest import private_stack
-from tests.support import ROOT
+
+pytestmark = pytest.mark.e2e
 
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```\n", re.M | re.S)
 

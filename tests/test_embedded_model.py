@@ -11,14 +11,16 @@ import httpx
 import pytest
 
 from core.settings import EMBEDDED_LM_MODEL
+from stack.processes import Proc, free_port, python_module, wait_for
 from tests.conftest import Stack, private_stack
-from tests.support import Proc, free_port, python_module, wait_for
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def embedded_lm() -> Iterator[str]:
     port = free_port()
-    proc = Proc("embedded-lm", python_module("core.embedded_lm", "--port", str(port)), {})
+    proc = Proc("embedded-lm", python_module("stack.embedded_lm", "--port", str(port)), {})
     base = f"http://127.0.0.1:{port}/v1"
     wait_for(lambda: httpx.get(f"{base}/models").status_code == 200, 180, "the embedded LM server", proc)
     yield base

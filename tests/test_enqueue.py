@@ -8,14 +8,17 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
 from api.enqueue import TaskMessages
 from core.queue import RUN_JOB_TASK, make_celery
 from core.settings import Settings
+from stack.processes import wait_for
 from tests.conftest import FLOWER_AUTH, Stack
-from tests.support import wait_for
 from tests.test_jobs import expected_result, unique, wait_finished
+
+pytestmark = pytest.mark.e2e
 
 # Differ between any two messages, however they were sent.
 _PER_MESSAGE = {"delivery_tag", "timestamp", "clock"}

@@ -6,10 +6,13 @@ import uuid
 from collections.abc import Callable
 
 import httpx
+import pytest
 
+from stack.sse_client import Received, aread_events, read_events
 from tests.conftest import Stack
-from tests.sse import Received, aread_events, read_events
 from tests.test_jobs import QA_FIELDS, expected_result, unique
+
+pytestmark = pytest.mark.e2e
 
 
 def field_text(value: object) -> str:
@@ -124,7 +127,7 @@ def test_a_cache_hit_still_streams_every_field(make_stack: Callable[[], Stack]) 
 
 
 def stack_cache_dir() -> str:
-    from tests.support import ARTIFACTS
+    from stack.processes import ARTIFACTS
 
     path = ARTIFACTS / f"dspy-cache-{uuid.uuid4().hex[:8]}"
     path.mkdir(parents=True)

@@ -18,10 +18,12 @@ import redis
 from core import keys
 from core.queue import RUN_JOB_TASK, make_celery
 from core.settings import Settings
+from stack.processes import start_redis, wait_for
+from stack.sse_client import read_events
 from tests.conftest import Stack
-from tests.sse import read_events
-from tests.support import start_redis, wait_for
 from tests.test_jobs import expected_result, unique, wait_finished
+
+pytestmark = pytest.mark.e2e
 
 RequestsFor = Callable[[str], list[dict[str, object]]]
 

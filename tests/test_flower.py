@@ -4,10 +4,13 @@ workers whether or not Celery's task events are on."""
 from collections.abc import Callable
 
 import httpx
+import pytest
 
+from stack.processes import wait_for
 from tests.conftest import FLOWER_AUTH, Stack
-from tests.support import wait_for
 from tests.test_jobs import expected_result, unique, wait_finished
+
+pytestmark = pytest.mark.e2e
 
 
 def test_flower_refuses_an_unauthenticated_request(make_stack: Callable[..., Stack]) -> None:

@@ -26,9 +26,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from stack.processes import start_redis
 from tests.conftest import Stack
-from tests.support import start_redis
 from tests.test_jobs import unique, wait_finished
+
+pytestmark = pytest.mark.e2e
 
 KEY = f"dj_fuzz_{uuid.uuid4().hex}"
 AUTH = {"Authorization": f"Bearer {KEY}"}

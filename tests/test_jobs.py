@@ -8,8 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.lm_simulator import scripted_answer
+from stack.lm_simulator import scripted_answer
 from tests.conftest import OTHER_MODEL, Stack
+
+pytestmark = pytest.mark.e2e
 
 QA_FIELDS = ["reasoning", "answer", "key_concepts", "question_type"]
 

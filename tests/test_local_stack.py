@@ -1,4 +1,4 @@
-"""`make up`'s launcher (core/local_stack.py) with real processes: a process that dies is restarted, the API
+"""`make up`'s launcher (stack/up.py) with real processes: a process that dies is restarted, the API
 keeps answering, Ctrl-C stops everything."""
 
 import os
@@ -11,7 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Proc, free_port, start_lm_simulator, wait_for
+from stack.processes import Proc, free_port, start_lm_simulator, wait_for
+
+pytestmark = pytest.mark.e2e
 
 ROLES = {
     "redis": "redis-server",
@@ -56,7 +58,7 @@ def launcher() -> Iterator[tuple[Proc, str]]:
         "WORKER_HEARTBEAT_S": "0.5",
         "JOB_LEASE_S": "3",
     }
-    proc = Proc("local-stack", [sys.executable, "-m", "core.local_stack"], env)
+    proc = Proc("local-stack", [sys.executable, "-m", "stack.up"], env)
     try:
         wait_for(lambda: "DSPy jobs is up" in proc.own_log(), 120, "the stack to be up", proc)
         yield proc, f"http://127.0.0.1:{api_port}"

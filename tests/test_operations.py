@@ -7,11 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
+from stack.processes import Proc, free_port
 from tests.conftest import Stack
-from tests.support import Proc, free_port
 from tests.test_batches import submit_batch, wait_batch
 from tests.test_jobs import unique, wait_finished
+
+pytestmark = pytest.mark.e2e
 
 
 def json_lines(proc: Proc) -> list[dict[str, Any]]:

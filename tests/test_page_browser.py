@@ -17,9 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from stack.processes import ARTIFACTS, ROOT
 from tests.conftest import Stack
-from tests.support import ARTIFACTS, ROOT
 from tests.test_jobs import expected_result, unique
+
+pytestmark = pytest.mark.e2e
 
 BROWSER_DIR = ROOT / "tests" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")

@@ -23,10 +23,12 @@ from pydantic import ValidationError
 
 from core.programs import RegistryError, artifact_path, registered_programs
 from core.settings import Settings
+from stack.processes import ROOT, wait_for
+from stack.sse_client import read_events
 from tests.conftest import Stack, private_stack
-from tests.sse import read_events
-from tests.support import ROOT, wait_for
 from tests.test_jobs import wait_finished
+
+pytestmark = pytest.mark.e2e
 
 NOTE_INPUT = {"priority": 2, "labels": ["billing", "urgent"]}
 

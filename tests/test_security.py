@@ -19,11 +19,13 @@ from httpx_sse import connect_sse
 
 from api.auth import owner_id
 from core import keys
+from stack.processes import ROOT, Proc, free_port, start_redis, start_worker, wait_for
+from stack.sse_client import read_events
 from tests.conftest import Stack
-from tests.sse import read_events
-from tests.support import ROOT, Proc, free_port, start_redis, start_worker, wait_for
 from tests.test_batches import submit_batch, wait_batch
 from tests.test_jobs import unique, wait_finished
+
+pytestmark = pytest.mark.e2e
 
 KEY_A = f"dj_alice_{uuid.uuid4().hex}"
 KEY_B = f"dj_bob_{uuid.uuid4().hex}"

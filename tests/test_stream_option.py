@@ -5,12 +5,15 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 
+from stack.sse_client import read_events
 from tests.conftest import Stack
-from tests.sse import read_events
 from tests.test_batches import submit_batch, wait_batch
 from tests.test_events import assert_complete_stream, field_text
 from tests.test_jobs import QA_FIELDS, expected_result, unique, wait_finished
+
+pytestmark = pytest.mark.e2e
 
 RequestsFor = Callable[[str], list[dict[str, object]]]
 

@@ -5,11 +5,14 @@ import uuid
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from core import keys
+from stack.processes import wait_for
 from tests.conftest import Stack
-from tests.support import wait_for
 from tests.test_jobs import wait_finished
+
+pytestmark = pytest.mark.e2e
 
 
 def test_twenty_jobs_through_one_worker_process_load_the_program_once(make_stack: Callable[[], Stack]) -> None:

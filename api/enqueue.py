@@ -19,7 +19,10 @@ list named after it (priority 0), a direct exchange with the queue's name as
 routing key is the anonymous exchange, and fanout messages are published on
 `/<db>.<exchange>/<routing key>`. Those are kombu's storage format, which
 workers of other versions must read too, so they change rarely; the test
-above notices if they do.
+above notices if they do. It writes no key prefix and no priority, so an
+app configured with kombu's `global_keyprefix` or with message priorities
+is refused when the API starts (`TaskMessages` raises) instead of
+enqueueing where no worker listens.
 
 Batch items travel as no message at all: bulk workers pick them
 (worker/bulk.py).
@@ -60,6 +63,7 @@ class TaskMessages:
     def __init__(self, celery: Celery) -> None:
         self._celery = celery
         self._conf = celery.conf
+        refuse_what_the_messages_cannot_honour(celery)
         self._hostname = anon_nodename()
         self._pid = os.getpid()
         db = (urlparse(str(self._conf.broker_url)).path or "/0").lstrip("/") or "0"
@@ -101,6 +105,25 @@ class TaskMessages:
         }
         envelope = _envelope(self._conf.event_serializer, event, {"hostname": self._hostname}, event_properties)
         return TaskMessage(queue, message, self._event_channel, envelope)
+
+
+class UnsupportedBrokerOption(RuntimeError):
+    pass
+
+
+def refuse_what_the_messages_cannot_honour(celery: Celery) -> None:
+    options = celery.conf.broker_transport_options or {}
+    if options.get("global_keyprefix"):
+        raise UnsupportedBrokerOption(
+            "broker_transport_options.global_keyprefix is set, but the API writes task messages under the "
+            "queue's own name (api/enqueue.py): workers would never see them. Remove the prefix."
+        )
+    prioritised = [q.name for q in celery.amqp.queues.values() if q.max_priority]
+    if prioritised or options.get("priority_steps") or celery.conf.task_default_priority is not None:
+        raise UnsupportedBrokerOption(
+            "message priorities are configured, but the API enqueues every task at priority 0 "
+            "(api/enqueue.py); interactive jobs go first through LM capacity instead (core/capacity.py)."
+        )
 
 
 def _envelope(serializer: str, body: Any, headers: dict[str, Any], properties: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import PUBLIC_PATHS, AuthMiddleware, parse_api_keys
 from api.body_limit import BodyLimitMiddleware
+from api.enqueue import task_messages
 from api.errors import document_errors, error_content
 from api.event_hub import EventHub
 from api.metrics import REQUESTS_REFUSED, on_process_exit
@@ -56,6 +57,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("Redis does not answer at startup (%s); serving 503 until it does", e)
     app.state.redis = redis
     app.state.celery = make_celery(settings)
+    task_messages(app.state.celery)  # refuses broker options the API's messages cannot honour
     app.state.hub = EventHub(redis)
     app.state.streams = StreamSlots(redis, settings)
     await app.state.hub.start()

@@ -9,7 +9,7 @@ and the LM are built exactly as a worker builds them (worker/runtime.py):
 the `qa` program from its registry entry, its artifact loaded, its saved LM
 cleared, the LM and adapter from `program.lm` with the same settings, and
 every call inside `dspy.context` with history and trace off, and DSPy's
-model metadata lookups and type adapters cached as in the worker (worker/dspy_speedups.py),
+model metadata lookups and type adapters cached as in the worker (patches/dspy_caches.py),
 so that a comparison measures the queue and not those fixes.
 """
 
@@ -24,11 +24,12 @@ from fastapi import FastAPI  # noqa: E402
 from pydantic import BaseModel, ConfigDict  # noqa: E402
 
 from core.settings import get_settings  # noqa: E402
+from patches import dspy_caches  # noqa: E402
 from program.lm import build_adapter, build_lm  # noqa: E402
 from program.registry import get_program_spec  # noqa: E402
-from worker.dspy_speedups import install as install_dspy_speedups  # noqa: E402
 
-install_dspy_speedups()
+# Always, whatever DISABLED_PATCHES says: the baseline is the fixed point comparisons are made against.
+dspy_caches.apply()
 
 settings = get_settings()
 spec = get_program_spec(settings, settings.default_program)

@@ -1395,7 +1395,7 @@ def render(res: Results) -> str:
         "`program.acall(question=...)` in the request: the same `qa` program and artifact, the same LM settings "
         "(`program.lm.build_lm`, `build_adapter`), inside `dspy.context(disable_history=True, trace=None)`. No "
         "queue, no record, no streaming, no retries. DSPy's per-call metadata lookups and type adapters are "
-        "cached in it as in the worker (`worker/dspy_speedups.py`), so the comparison measures the queue."
+        "cached in it as in the worker (`patches/dspy_caches.py`), so the comparison measures the queue."
     )
     add(
         f"- **LM**: the scripted simulator (`stack/lm_simulator.py`), `LM_CACHE=false`; every question is unique "

@@ -14,23 +14,13 @@ a job lost at either step (worker/reaper.py). A redelivered message is
 harmless: the job's lease or finished status turns it away. JSON only:
 pickle would let anyone who can write to Redis run code in the workers.
 
-kombu's Redis transport builds a new `redis.Redis` client for nearly every
-command it sends outside its consumer loop (a publish, an ack, a task event,
-the exchange lookup before a publish): `Channel.conn_or_acquire()` calls
-`_create_client()` each time, and constructing a client copies its table of
-response callbacks, about 180 us on the benchmark machine. A task costs
-several of them in the worker and in the API. A client is only a handle on
-the channel's connection pool and is safe to share between threads, so
-`_reuse_redis_clients` makes each channel keep one per pool.
+kombu's Redis client per command is replaced by one per pool: the
+`kombu_clients` patch (patches/kombu_clients.py), installed by the API and
+the worker at start-up.
 """
-
-import contextlib
-from collections.abc import Iterator
-from typing import Any
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
-from kombu.transport import redis as kombu_redis
 
 from core.settings import Settings, get_settings
 
@@ -81,28 +71,6 @@ def make_celery(settings: Settings | None = None) -> Celery:
     )
     return app
 
-
-def _reuse_redis_clients() -> None:
-    """One `redis.Redis` per kombu channel and pool instead of one per command (see above)."""
-    if getattr(kombu_redis.Channel.conn_or_acquire, "reuses_clients", False):
-        return
-
-    @contextlib.contextmanager
-    def conn_or_acquire(self: Any, client: Any = None) -> Iterator[Any]:
-        if client:
-            yield client
-            return
-        pool = self.pool  # replaced by kombu after a connection error: a new pool gets a new client
-        cached = self.__dict__.get("_dj_client")
-        if cached is None or cached[0] is not pool:
-            cached = self.__dict__["_dj_client"] = (pool, self._create_client())
-        yield cached[1]
-
-    conn_or_acquire.reuses_clients = True  # type: ignore[attr-defined]
-    kombu_redis.Channel.conn_or_acquire = conn_or_acquire  # type: ignore[method-assign]
-
-
-_reuse_redis_clients()
 
 # Module-level app for `celery -A core.queue flower`.
 app = make_celery()

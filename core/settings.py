@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     # Flower shows tasks and counts them per worker. Off, Flower still lists
     # the workers (their heartbeats and remote control are separate) and our
     # own records and /metrics are unchanged; the worker saves a Redis
-    # publish every few jobs (worker/task_events.py; what that buys is in
+    # publish every few jobs (patches/celery_task_events.py; what that buys is in
     # bench/results/no_task_events.md against `git show 967ee5b:BENCHMARKS.md`,
     # the run next to it).
     task_events: bool = True
@@ -215,6 +215,10 @@ class Settings(BaseSettings):
     log_payloads: bool = False
     # `/ready` asks the LM's `/models` with this timeout; reported, never fatal.
     ready_lm_timeout_s: float = 2.0
+    # Patches of library internals to leave out, comma-separated names
+    # (patches/__init__.py lists them; each is also skipped by itself, with a
+    # warning, on a library version it was not written for).
+    disabled_patches: Annotated[list[str], NoDecode] = []
     # Read by prometheus-client itself too: set it (to an empty directory,
     # cleared at each start) when the API runs several processes.
     prometheus_multiproc_dir: str | None = None
@@ -228,7 +232,7 @@ class Settings(BaseSettings):
             raise ValueError("CORS_ALLOW_ORIGINS takes explicit origins, not '*'")
         return value
 
-    @field_validator("lm_allowed_models", mode="before")
+    @field_validator("lm_allowed_models", "disabled_patches", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
         if isinstance(value, str):

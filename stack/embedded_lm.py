@@ -21,9 +21,10 @@ clients send in their standard form:
 On a CPU with AMX, llama.cpp (as built here, with GCC 12) crashes on its
 first matrix multiplication: its AMX kernel loads a tile configuration the
 compiler never finished writing (GCC's `_tile_loadconfig` declares 8 of its
-64 bytes as read). `keep_off_amx` keeps llama.cpp off its extra buffer
-types, where that kernel lives; `--allow-amx` turns it off for a build that
-does not crash.
+64 bytes as read). The `llama_cpp_amx` patch (patches/llama_cpp_amx.py)
+keeps llama.cpp off its extra buffer types, where that kernel lives;
+`--allow-amx` (or `DISABLED_PATCHES=llama_cpp_amx`) leaves it on, for a
+build that does not crash.
 """
 
 import argparse
@@ -35,7 +36,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.settings import EMBEDDED_LM_MODEL
+import patches
+from core.settings import EMBEDDED_LM_MODEL, get_settings
 
 log = logging.getLogger(__name__)
 MODEL_ALIAS = EMBEDDED_LM_MODEL.split("/", 1)[1]
@@ -46,36 +48,6 @@ def cpu_has_amx() -> bool:
         return " amx_int8" in Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-
-
-def keep_off_amx() -> bool:
-    """Make every model this process loads skip llama.cpp's extra buffer types (AMX repacking: see above).
-
-    llama-cpp-python's `Llama` has no argument for it, so its default model parameters are wrapped; True
-    when the wrapped defaults say so (checked, not assumed), False on a llama-cpp-python without them."""
-    import llama_cpp
-
-    original = llama_cpp.llama_model_default_params
-    if getattr(original, "keeps_off_amx", False):
-        return True
-
-    def default_params() -> Any:
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    default_params.keeps_off_amx = True  # type: ignore[attr-defined]
-    try:
-        llama_cpp.llama_model_default_params = default_params
-        llama_cpp.llama_cpp.llama_model_default_params = default_params
-        took = llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts is False
-    except AttributeError:
-        took = False
-    if not took:
-        llama_cpp.llama_model_default_params = original
-        llama_cpp.llama_cpp.llama_model_default_params = original
-        log.warning("llama-cpp-python is not laid out as stack/embedded_lm.py expects; AMX stays on")
-    return took
 
 
 def _standard_request(payload: dict[str, Any]) -> dict[str, Any]:
@@ -160,8 +132,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if cpu_has_amx() and not args.allow_amx and keep_off_amx():
-        log.info("this CPU has AMX: llama.cpp is kept off it (see stack/embedded_lm.py; --allow-amx to use it)")
+    if cpu_has_amx() and not args.allow_amx:
+        patches.install(patches.EMBEDDED_LM, get_settings())
     uvicorn.run(create_app(args.threads), host=args.host, port=args.port, log_level="warning")
 
 

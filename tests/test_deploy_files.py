@@ -118,7 +118,7 @@ def test_api_image_copies_the_api_the_shared_core_and_the_program_registry_only(
 
 def test_worker_image_carries_the_program_and_its_artifacts() -> None:
     copied = set(re.findall(r"^COPY (\S+)", dockerfile("Dockerfile.worker"), re.M))
-    assert {"core", "program", "worker", "artifacts", DEFAULTS.programs_file} <= copied
+    assert {"core", "program", "worker", "patches", "artifacts", DEFAULTS.programs_file} <= copied
 
 
 @pytest.mark.parametrize("service", ["api", "worker", "worker-bulk"])

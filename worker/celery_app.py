@@ -14,14 +14,11 @@ import threading
 
 from celery import signals
 
-from core.capacity import endpoints
+import patches
 from core.logging_setup import configure_logging, log_context
 from core.queue import RUN_JOB_TASK, make_celery
 from core.settings import get_settings
-from worker.dspy_speedups import install as install_dspy_speedups
 from worker.engine import Engine
-from worker.streaming import raise_lm_connection_cap
-from worker.task_events import install as publish_task_events_from_a_thread
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +51,7 @@ def _setup_logging(loglevel: int | str | None = None, **_: object) -> None:
 
 @signals.worker_init.connect
 def _install(**_: object) -> None:
-    install_dspy_speedups()
-    publish_task_events_from_a_thread()
-    raise_lm_connection_cap(max(limits.max_in_flight for _, limits in endpoints(settings).values()))
+    patches.install(patches.WORKER, settings)
 
 
 @signals.worker_ready.connect

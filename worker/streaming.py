@@ -12,8 +12,8 @@ jobs cost 28 % less CPU per call of the `qa` program than one loop per
 thread (1.32 against 1.83 ms, bench/results/job_loop.md): DSPy's async LM
 client holds a connection pool per loop, and many loops take turns at the
 GIL. One loop means one connection pool for DSPy's native client, whose
-100-connection cap is raised to what the LM's limits allow
-(`raise_lm_connection_cap`).
+100-connection cap is raised to what the LM's limits allow (the
+`lm15_connections` patch, patches/lm15_connections.py).
 
 A streaming job of a program with `aforward` and DSPy's ChatAdapter (ours)
 has DSPy's LM send each chunk straight to a `FieldParser` (through
@@ -37,7 +37,6 @@ so a client never needs a special case.
 """
 
 import contextlib
-import importlib
 import json
 import logging
 import re
@@ -45,12 +44,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import dspy
-import dspy.clients.execution as dspy_execution
 from dspy.streaming import StreamListener, StreamResponse
-
-# Imported by name: a static import of dspy's vendored package makes mypy read all of dspy.
-ROUTER_CONFIG: Any = importlib.import_module("dspy._vendor.lm15.router").RouterConfig
-DEFAULT_MAX_CONNECTIONS: int = importlib.import_module("dspy._vendor.lm15.transports").DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger(__name__)
 OnToken = Callable[[str, str], None]
@@ -70,28 +64,6 @@ def field_text(value: Any) -> str:
         return value
     dump = getattr(value, "model_dump", None)
     return json.dumps(dump(mode="json") if callable(dump) else value)
-
-
-def raise_lm_connection_cap(connections: int) -> bool:
-    """DSPy's native LM client (lm15) opens at most 100 connections per event loop; with one loop per
-    process that caps the LM calls a worker has in flight. Every client DSPy builds from now on gets
-    `connections` (at least lm15's own default). False (and a warning) on a dspy laid out differently."""
-    config: Any = getattr(dspy_execution, "RouterConfig", None)
-    if getattr(config, "raised_to", None) is not None:
-        return True
-    if config is not ROUTER_CONFIG:
-        log.warning("dspy is not laid out as worker/streaming.py expects; LM calls in flight stay capped at 100")
-        return False
-    cap = max(connections, DEFAULT_MAX_CONNECTIONS)
-
-    def router_config(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("transport") is None:
-            kwargs.setdefault("max_connections", cap)
-        return ROUTER_CONFIG(*args, **kwargs)
-
-    router_config.raised_to = cap  # type: ignore[attr-defined]
-    dspy_execution.RouterConfig = router_config
-    return True
 
 
 def has_async_forward(program: dspy.Module) -> bool:

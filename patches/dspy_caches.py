@@ -27,18 +27,17 @@ two were 14% of the call.
   after starting would not see it; this one never does.
 
 dspy imports these names into the modules that use them, so those module
-attributes are what gets replaced. `install()` first checks they are what it
+attributes are what gets replaced. `apply()` first checks they are what it
 expects and does nothing on a dspy laid out differently (the calls then stay
 as they were: correct, slower), which a test notices.
 
-The benchmark's baseline (`bench/baseline_app.py`) installs them too, so a
+The benchmark's baseline (`bench/baseline_app.py`) applies them too, so a
 comparison with it measures the queue, not these.
 """
 
 import copy
 import functools
 import importlib
-import logging
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -48,7 +47,8 @@ import dspy.clients.costs as costs
 import dspy.clients.model_metadata as model_metadata
 from pydantic import TypeAdapter
 
-log = logging.getLogger(__name__)
+from core.settings import Settings
+
 # Imported by name: a static import of dspy's vendored package makes mypy read all of dspy.
 lm15_proxy = importlib.import_module("dspy._vendor.lm15.transports._proxy")
 
@@ -115,14 +115,13 @@ _REPLACED: list[tuple[Any, str, Any, Any]] = [
 ]
 
 
-def install() -> bool:
-    """Route dspy's calls through the caches; False (and a warning) when dspy is not laid out as expected."""
+def apply(settings: Settings | None = None) -> bool:
+    """Route dspy's calls through the caches; False when dspy is not laid out as expected (then untouched)."""
     if not all(getattr(module, name, None) in (theirs, ours) for module, name, theirs, ours in _REPLACED):
-        log.warning("dspy is not laid out as worker/dspy_speedups.py expects; its per-call costs stay as they are")
         return False
     for module, name, _, ours in _REPLACED:
         setattr(module, name, ours)
-    return True
+    return installed()
 
 
 def installed() -> bool:

@@ -23,6 +23,8 @@ import threading
 
 from celery.worker.consumer.consumer import Consumer
 
+from core.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -58,6 +60,11 @@ def _on_send_event_buffered(self: Consumer) -> None:
     flusher.wake()
 
 
-def install() -> None:
+def apply(settings: Settings) -> bool:
     """Before the worker starts: its event dispatcher takes this method when it is created."""
+    if not callable(getattr(Consumer, "on_send_event_buffered", None)) or not callable(
+        getattr(Consumer, "_flush_events", None)
+    ):
+        return False
     Consumer.on_send_event_buffered = _on_send_event_buffered
+    return Consumer.on_send_event_buffered is _on_send_event_buffered

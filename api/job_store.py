@@ -14,6 +14,7 @@ from api.enqueue import TaskMessage
 from api.event_hub import RESYNC, EventHub
 from core import keys, scripts
 from core.batches import item_fields, unpicked_status
+from core.events import split_event
 from core.jobs import JobLinks, JobStatus, job_from_fields, new_job_fields
 from core.settings import Settings
 
@@ -138,8 +139,7 @@ async def wait_until_finished(
             except TimeoutError:
                 return await read_job(redis, job_id)
             if payload is not RESYNC:
-                # The event is `{"seq":..,"type":..,"data":<record>}` (core/events.py); no need to parse it.
-                return payload[payload.index('"data":') + 7 : -1]
+                return split_event(payload)[2]
 
 
 async def cancel_job(redis: aioredis.Redis, settings: Settings, job_id: str, caller: Caller) -> dict[str, str]:

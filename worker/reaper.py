@@ -37,6 +37,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -56,6 +57,51 @@ _MARK_MARGIN_S = 1.0
 _LOST = {"status": "retrying", "reason": "the worker running this job was lost", "delay_s": 0}
 
 
+class TakenMarks:
+    """How far workers have taken a queue, from the marks the reaper notes each pass (module docstring).
+
+    Pure, with the time passed in: `note(now, mark)` returns a time such that every job queued before it
+    had its message taken at least `lost_after_s` ago, or None while no mark is that old."""
+
+    def __init__(self, lost_after_s: float) -> None:
+        self._lost_after_s = lost_after_s
+        self._pending: deque[tuple[float, float]] = deque()  # (noted at, mark), not yet old enough
+        self._taken: float | None = None
+
+    def note(self, now: float, mark: float | None) -> float | None:
+        if mark is not None:
+            self._pending.append((now, mark))
+        while self._pending and self._pending[0][0] <= now - self._lost_after_s:
+            _, old_mark = self._pending.popleft()
+            # A mark, once true, stays true (its jobs' messages stay taken): the highest one holds.
+            self._taken = old_mark if self._taken is None else max(self._taken, old_mark)
+        return self._taken
+
+
+def marking_job(message: str) -> str | None:
+    """The job whose message `message` (kombu's envelope, next in a queue) is, if it marks how far workers
+    have taken the queue: not a delayed retry (scored by its due time), not another task, not unreadable."""
+    try:
+        headers = json.loads(message)["headers"]
+        job_id = str(headers["id"])
+        marks_nothing = headers.get("eta") is not None or headers.get("task") != RUN_JOB_TASK
+    except (ValueError, KeyError, TypeError):
+        return None
+    return None if marks_nothing else job_id
+
+
+def held_job_ids(unacked: Iterable[str]) -> set[str]:
+    """The task ids of kombu's unacknowledged messages (`unacked` values: `[envelope, exchange, routing
+    key]`). By id, not by substring: batch item `B-1` is not held because `B-12` is."""
+    held = set()
+    for value in unacked:
+        try:
+            held.add(str(json.loads(value)[0]["headers"]["id"]))
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
+    return held
+
+
 class Reaper:
     def __init__(
         self, client: aioredis.Redis, settings: Settings, store: JobStore, send: Send, batch: int = 200
@@ -65,9 +111,7 @@ class Reaper:
         self._store = store
         self._send = send
         self._batch = batch
-        # Marks not yet `queued_lost_after_s` old (noted at, mark), and the latest one that is.
-        self._pending_marks: deque[tuple[float, float]] = deque()
-        self._taken_mark: float | None = None
+        self._marks = TakenMarks(settings.queued_lost_after_s)
 
     async def run_forever(self) -> None:
         while True:
@@ -111,7 +155,7 @@ class Reaper:
         if not waiting:
             return 0
         # Taken by a worker with ack emulation and not acknowledged: kombu returns these itself if it died.
-        held = "\n".join(str(m) for m in await self._redis.hvals(keys.KOMBU_UNACKED))
+        held = held_job_ids(map(str, await self._redis.hvals(keys.KOMBU_UNACKED)))
         resent = 0
         for job_id, score in waiting:
             if job_id in held:
@@ -153,29 +197,15 @@ class Reaper:
         return str(model) if model else None
 
     async def _taken_before(self, queue: str, now: float) -> float | None:
-        """A time such that every job queued on `queue` before it had its message taken at least
-        `queued_lost_after_s` ago; None while no mark is that old."""
-        mark = await self._mark(queue, now)
-        if mark is not None:
-            self._pending_marks.append((now, mark))
-        while self._pending_marks and self._pending_marks[0][0] <= now - self._settings.queued_lost_after_s:
-            _, old_mark = self._pending_marks.popleft()
-            # A mark, once true, stays true (its jobs' messages stay taken): the highest one holds.
-            self._taken_mark = old_mark if self._taken_mark is None else max(self._taken_mark, old_mark)
-        return self._taken_mark
+        return self._marks.note(now, await self._mark(queue, now))
 
     async def _mark(self, queue: str, now: float) -> float | None:
         """How far workers have taken `queue` now: jobs queued before this time no longer have a message in it."""
         next_message = await self._redis.lindex(queue, -1)
         if next_message is None:
             return now - _MARK_MARGIN_S
-        try:
-            headers = json.loads(next_message)["headers"]
-            job_id = str(headers["id"])
-            marks_nothing = headers.get("eta") is not None or headers.get("task") != RUN_JOB_TASK
-        except (ValueError, KeyError, TypeError):
-            return None
-        if marks_nothing:
+        job_id = marking_job(str(next_message))
+        if job_id is None:
             return None
         queued_at: float | None = await self._redis.zscore(keys.queued(queue), job_id)
         # Never past the present: a job retried while an older copy of its message still waits is

@@ -1,0 +1,66 @@
+"""The field parser splits a ChatAdapter completion, however it is cut into chunks, into what DSPy parses."""
+
+import dspy
+import pytest
+
+from worker.field_parser import FieldParser
+
+FIELDS = ["reasoning", "answer"]
+COMPLETION = "[[ ## reasoning ## ]]\n  Paris is the capital.  \n\n[[ ## answer ## ]]\nParis\n\n[[ ## completed ## ]]\n"
+
+
+def stream(chunks: list[str], fields: list[str] = FIELDS) -> dict[str, str]:
+    got: dict[str, str] = {}
+    parser = FieldParser(fields, lambda name, text: got.__setitem__(name, got.get(name, "") + text), set())
+    for chunk in chunks:
+        parser.feed(chunk)
+    parser.finish()
+    return got
+
+
+def every_cut(text: str) -> list[list[str]]:
+    return [[text[:i], text[i:]] for i in range(len(text) + 1)]
+
+
+def test_each_field_gets_the_text_dspy_parses_from_the_same_completion() -> None:
+    signature = dspy.Signature("question -> reasoning, answer")
+    parsed = dspy.ChatAdapter().parse(signature, COMPLETION)
+
+    assert stream([COMPLETION]) == {"reasoning": parsed["reasoning"], "answer": parsed["answer"]}
+
+
+@pytest.mark.parametrize("chunks", every_cut(COMPLETION), ids=lambda c: f"cut at {len(c[0])}")
+def test_a_completion_cut_anywhere_streams_the_same_fields(chunks: list[str]) -> None:
+    assert stream(chunks) == {"reasoning": "Paris is the capital.", "answer": "Paris"}
+
+
+def test_a_completion_one_character_at_a_time_streams_the_same_fields() -> None:
+    assert stream(list(COMPLETION)) == {"reasoning": "Paris is the capital.", "answer": "Paris"}
+
+
+def test_text_under_a_header_that_is_no_output_field_goes_nowhere() -> None:
+    assert stream(["[[ ## notes ## ]]\nignored\n[[ ## answer ## ]]\n42"]) == {"answer": "42"}
+
+
+def test_a_bracket_that_starts_no_header_is_text() -> None:
+    assert stream(["[[ ## answer ## ]]\nlist[0] is [a] and [[b]]"]) == {"answer": "list[0] is [a] and [[b]]"}
+
+
+def test_inner_whitespace_is_kept_and_trailing_whitespace_is_not_sent() -> None:
+    sent: list[str] = []
+    parser = FieldParser(["answer"], lambda _, text: sent.append(text), set())
+    for chunk in ["[[ ## answer ## ]]\n", "one ", " ", "two  ", "\n\n"]:
+        parser.feed(chunk)
+    parser.finish()
+
+    assert "".join(sent) == "one  two"
+    assert sent[-1] == "  two", "held whitespace goes out with the text that follows it"
+
+
+def test_the_fields_that_streamed_are_reported() -> None:
+    streamed: set[str] = set()
+    parser = FieldParser(FIELDS, lambda *_: None, streamed)
+    parser.feed("[[ ## reasoning ## ]]\nbecause\n[[ ## answer ## ]]\n   \n")
+    parser.finish()
+
+    assert streamed == {"reasoning"}, "a field with only whitespace did not stream"

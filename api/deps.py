@@ -12,7 +12,7 @@ from celery import Celery
 from fastapi import Depends, Request
 
 from api.event_hub import EventHub
-from api.rate_limit import StreamSlots
+from api.stream_slots import StreamSlots
 from core.settings import Settings, get_settings
 
 

@@ -27,8 +27,8 @@ from api.errors import document_errors, error_content
 from api.event_hub import EventHub
 from api.metrics import REQUESTS_REFUSED, on_process_exit
 from api.program_catalog import Catalog
-from api.rate_limit import StreamSlots
 from api.routes import batches, events, health, jobs, metrics, models, page, programs
+from api.stream_slots import StreamSlots
 from core import scripts
 from core.gc_tuning import tune_gc
 from core.logging_setup import configure_logging

@@ -142,7 +142,7 @@ PROGRAM_LOADS = f"{PREFIX}:program_loads"
 
 
 def rate_submit(bucket: str) -> str:
-    """Hash: a key's submission token bucket (`tokens`, `ts`), with a TTL (api/rate_limit.py)."""
+    """Hash: a key's submission token bucket (`tokens`, `ts`), with a TTL (api/submission_rate.py)."""
     return f"{PREFIX}:rate:submit:{bucket}"
 
 

@@ -1,7 +1,7 @@
 """The service's Lua: one library of Redis functions, loaded once per Redis, called by name.
 
 Every script lives in `core/lua/`, one file per family (events, batches,
-jobs, capacity), each documenting the KEYS and ARGV of its functions. They
+jobs, capacity, limits), each documenting the KEYS and ARGV of its functions. They
 are loaded together as one library (`FUNCTION LOAD`), so a family can call
 another's local helpers (every family appends events through
 `append_event`) without pasting source into source. Redis keeps functions
@@ -28,7 +28,7 @@ from redis.exceptions import ResponseError
 
 from core import keys
 
-FAMILIES = ("events", "batches", "jobs", "capacity")
+FAMILIES = ("events", "batches", "jobs", "capacity", "limits")
 _LUA = Path(__file__).with_name("lua")
 # Names the Lua cannot know otherwise; everything else it is handed as KEYS.
 _CONSTANTS = {"__JOBS_DONE__": keys.JOBS_DONE, "__COUNTED__": keys.COUNTED_FIELD}

@@ -26,8 +26,8 @@ from api.auth import UNAUTHORIZED, Caller, CallerDep, SseCallerDep
 from api.deps import RedisDep, SettingsDep, StreamsDep
 from api.idempotency import IdempotencyKey
 from api.metrics import BATCHES_SUBMITTED
-from api.rate_limit import check_submission
 from api.schemas import BatchOptions
+from api.submission_rate import check_submission
 from core.batches import TERMINAL_BATCH_STATUSES, Batch, batch_from_fields
 from core.jobs import now_s
 from core.logging_setup import bind

@@ -24,8 +24,8 @@ from api.enqueue import task_messages
 from api.event_hub import EventHub
 from api.idempotency import IdempotencyKey
 from api.metrics import JOBS_SUBMITTED
-from api.rate_limit import check_submission
 from api.schemas import JobOptions
+from api.submission_rate import check_submission
 from core.jobs import Job, JobLinks, job_from_fields, now_s
 from core.logging_setup import bind
 from core.queue import RUN_JOB_TASK

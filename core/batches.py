@@ -35,7 +35,7 @@ class BatchStatus(StrEnum):
 TERMINAL_BATCH_STATUSES = frozenset(
     {BatchStatus.completed, BatchStatus.cancelled, BatchStatus.failed, BatchStatus.expired}
 )
-ITEM_COUNTERS = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
+ITEM_COUNTERS = tuple(status.value for status in JobStatus)  # every status an item can be in
 # The rotation label of batches submitted without an API key (core/lua/batches.lua).
 OPEN_OWNER = "-"
 

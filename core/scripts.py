@@ -27,11 +27,24 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from core import keys
+from core.batches import TERMINAL_BATCH_STATUSES
+from core.jobs import TERMINAL_STATUSES
 
 FAMILIES = ("events", "batches", "jobs", "capacity", "limits")
 _LUA = Path(__file__).with_name("lua")
+
+
 # Names the Lua cannot know otherwise; everything else it is handed as KEYS.
-_CONSTANTS = {"__JOBS_DONE__": keys.JOBS_DONE, "__COUNTED__": keys.COUNTED_FIELD}
+def _lua_set(names: frozenset[str]) -> str:
+    return "{" + ", ".join(f"{name} = true" for name in sorted(names)) + "}"
+
+
+_CONSTANTS = {
+    "__JOBS_DONE__": keys.JOBS_DONE,
+    "__COUNTED__": keys.COUNTED_FIELD,
+    "__TERMINAL_STATUSES__": _lua_set(TERMINAL_STATUSES),
+    "__TERMINAL_BATCH_STATUSES__": _lua_set(TERMINAL_BATCH_STATUSES),
+}
 _REGISTERED = re.compile(r"redis\.register_function\('(\w+)'")
 
 Arg = str | int | float

@@ -351,11 +351,6 @@
     $('job').hidden = false;
     setState('streaming');
     startClock();
-    if (['succeeded', 'failed', 'cancelled', 'expired'].includes(body.status)) {
-      // Cannot happen without ?wait, but a finished record needs no stream.
-      finish(body);
-      return;
-    }
     follow(body);
   }
 

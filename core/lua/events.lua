@@ -3,10 +3,11 @@
 -- A job's events are written only here (append_event), so a status change and
 -- its event can never disagree, a finished job takes no more events, and a
 -- writer whose lease was taken over is refused (core/events.py describes the
--- format; worker/job_life.py the lease).
+-- format; worker/job_store.py the lease). The terminal statuses come from
+-- core/jobs.py and core/batches.py (core/scripts.py writes them in).
 
-local TERMINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
-local BATCH_TERMINAL = {completed = true, cancelled = true, failed = true, expired = true}
+local TERMINAL = __TERMINAL_STATUSES__
+local BATCH_TERMINAL = __TERMINAL_BATCH_STATUSES__
 
 local function now_text()
   local t = redis.call('TIME')

@@ -51,7 +51,8 @@ def test_job_lifecycle_metrics_from_the_api_and_the_workers(make_stack: Callable
         jobs = [wait_finished(client, job_id) for job_id in [*ok, garbage, retried]]
         batch_id = submit_batch(client, [{"question": unique(f"batch {i}")} for i in range(4)])["id"]
         assert wait_batch(client, batch_id)["status"] == "completed"
-        time.sleep(0.5)  # the last job's outcome is recorded just after its record is final
+        # A job's outcome is counted just after its record is final.
+        wait_for(lambda: value(scrape(client), "dspy_jobs_finished_total") == 9, 10, "every outcome counted")
         samples = scrape(client)
 
     assert [j["status"] for j in jobs] == ["succeeded"] * 3 + ["failed", "succeeded"]
@@ -90,7 +91,7 @@ def test_a_job_is_counted_once_however_often_its_message_is_delivered(make_stack
 
         make_celery(Settings(redis_url=stack.redis_url)).send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id)
         wait_for(lambda: stack.redis().llen("interactive") == 0, 10, "the redelivered message to be taken")
-        time.sleep(0.5)
+        time.sleep(0.5)  # the redelivered message has had the time to be counted, if it were
         samples = scrape(client)
 
     assert value(samples, "dspy_jobs_finished_total", status="succeeded") == 1

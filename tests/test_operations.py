@@ -38,8 +38,16 @@ def test_json_logs_carry_the_job_and_batch_ids_in_the_api_and_the_worker(make_st
         assert wait_finished(client, job_id)["status"] == "succeeded"
         batch_id = submit_batch(client, [{"question": unique(f"logged item {i}")} for i in range(2)])["id"]
         assert wait_batch(client, batch_id)["status"] == "completed"
-    time.sleep(0.5)
 
+    def both_items_logged() -> bool:
+        return (
+            sum(
+                f"{batch_id}-" in line.get("job_id", "") and "succeeded" in line["message"] for line in json_lines(bulk)
+            )
+            == 2
+        )
+
+    wait_for(both_items_logged, 10, "the bulk worker's lines about both items", bulk)
     api_lines, worker_lines, bulk_lines = json_lines(api), json_lines(worker), json_lines(bulk)
     for line in api_lines + worker_lines + bulk_lines:
         assert {"ts", "level", "logger", "message"} <= set(line), line
@@ -59,9 +67,9 @@ def test_json_logs_carry_the_job_and_batch_ids_in_the_api_and_the_worker(make_st
 
 def test_text_logs_are_the_default_and_name_the_job_too(stack: Stack, client: httpx.Client) -> None:
     job_id = client.post("/jobs", params={"wait": 20}, json={"question": unique("plain text")}).json()["id"]
-    time.sleep(0.3)
-
     worker = next(proc for proc in stack.procs if proc.name == "worker")
+    wait_for(lambda: f"[job_id={job_id}]" in worker.own_log(), 10, "the worker's lines about the job", worker)
+
     worker_log = worker.own_log()
     lines = [line for line in worker_log.splitlines() if f"[job_id={job_id}]" in line]
     assert lines and not any(line.startswith("{") for line in lines)

@@ -271,8 +271,12 @@ def test_an_artifact_built_for_other_fields_is_refused_and_the_loaded_version_ke
     del state["metadata"]["signature"]["input"]["properties"]["priority"]
     try:
         path.write_text(json.dumps(state))
-        # Both workers have looked at the new file once their heartbeat came round.
-        time.sleep(1.5)
+
+        def every_worker_refused_it() -> bool:
+            logs = [p.own_log() for p in programs_stack.procs if p.hostname]
+            return all("was built for other fields than the code's signature" in log for log in logs)
+
+        wait_for(every_worker_refused_it, 10, "both workers to look at the new file and refuse it")
 
         note = unique_note("Still served")
         job = api.post("/programs/extractor/jobs", params={"wait": 20}, json={"input": {"note": note, **NOTE_INPUT}})

@@ -31,7 +31,7 @@ JOBS_DONE = f"{PREFIX}:jobs:done"
 
 def queued(queue: str) -> str:
     """Sorted set: job id -> unix time it was (re)queued on `queue` (due time, for a delayed retry),
-    until a worker starts it. How a job whose message was lost is found again (worker/leases.py)."""
+    until a worker starts it. How a job whose message was lost is found again (worker/reaper.py)."""
     return f"{PREFIX}:queued:{queue}"
 
 

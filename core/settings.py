@@ -171,7 +171,7 @@ class Settings(BaseSettings):
     # A job still `queued` this long after its message was taken from the
     # queue, with no worker holding that message, lost it (a worker was
     # killed between taking it and starting the job): it is enqueued again,
-    # whether or not newer jobs still wait in the queue (worker/leases.py).
+    # whether or not newer jobs still wait in the queue (worker/reaper.py).
     queued_lost_after_s: float = 10.0
     retry_base_s: float = 1.0
     retry_max_s: float = 60.0

@@ -59,7 +59,7 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "Redis or the queue is unavailable; nothing was stored."},
 }
 
-# One batch item as the bulk worker reads it (worker/batches.py): the input fields, plus `custom_id`.
+# One batch item as the bulk worker reads it (worker/bulk.py): the input fields, plus `custom_id`.
 StoredItem = dict[str, Any]
 
 

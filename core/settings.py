@@ -67,8 +67,8 @@ class Settings(BaseSettings):
     lm_num_retries: int = 0
     lm_cache: bool = True
     # Which client DSPy uses. "auto": its native engine where it knows the
-    # provider, LiteLLM otherwise; the native engine cost a job 16 ms of
-    # worker CPU against LiteLLM's 41 ms (streaming, stack/lm_simulator.py).
+    # provider, LiteLLM otherwise; the native engine costs a streaming job
+    # well under half of LiteLLM's worker CPU.
     # Unset means "auto", except for the embedded LM: llama.cpp's server
     # reports no token usage when streaming, and LiteLLM counts the tokens
     # itself, so jobs there still say what they spent.
@@ -179,9 +179,7 @@ class Settings(BaseSettings):
     # Flower shows tasks and counts them per worker. Off, Flower still lists
     # the workers (their heartbeats and remote control are separate) and our
     # own records and /metrics are unchanged; the worker saves a Redis
-    # publish every few jobs (patches/celery_task_events.py; what that buys is in
-    # bench/results/no_task_events.md against `git show 967ee5b:BENCHMARKS.md`,
-    # the run next to it).
+    # publish every few jobs (bench/results/no_task_events.md).
     task_events: bool = True
     idempotency_ttl_s: int = 24 * 3600
     api_redis_max_connections: int = 200

@@ -4,12 +4,7 @@ On an event loop (our threads pool on Redis), Celery buffers task events
 (received, started, succeeded...) and flushes them from that loop: one Redis
 PUBLISH per flush, on the thread that also takes messages off the queue and
 hands them to the pool. Under load that thread waited on those round trips,
-and for the GIL after each, so jobs started later: added latency at 200
-clients was 15.9 / 82.3 ms p50 / p99 with events flushed there
-(`git show 64fe78b:BENCHMARKS.md`), 8.7 / 47.2 ms with events off
-(bench/results/no_task_events.md) and 7.9 / 29.7 ms with this module
-(`git show 967ee5b:BENCHMARKS.md`): `make bench` runs on one machine within
-two hours.
+and for the GIL after each, so jobs started later (bench/results/patches.md).
 
 Here the loop only wakes a flusher thread, which publishes whatever has
 accumulated. Celery 5.7's `EventDispatcher.flush` publishes under the

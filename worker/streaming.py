@@ -8,10 +8,9 @@ nobody watches token by token should not pay for it.
 Every job of a worker process runs on the process's event loop
 (worker/engine.py): a program with `aforward` is awaited there, one without
 it runs `forward` in a thread of its own (`run_sync`). One loop for all
-jobs cost 28 % less CPU per call of the `qa` program than one loop per
-thread (1.32 against 1.83 ms, bench/results/job_loop.md): DSPy's async LM
-client holds a connection pool per loop, and many loops take turns at the
-GIL. One loop means one connection pool for DSPy's native client, whose
+jobs costs less CPU per call than one loop per thread
+(bench/results/job_loop.md): DSPy's async LM client holds a connection
+pool per loop, and many loops take turns at the GIL. One loop means one connection pool for DSPy's native client, whose
 100-connection cap is raised to what the LM's limits allow (the
 `lm15_connections` patch, patches/lm15_connections.py).
 

@@ -42,7 +42,7 @@ NOOP_TASK = "bench.noop"
 app = make_celery(get_settings())
 
 
-@signals.worker_init.connect
+@signals.celeryd_after_setup.connect
 def _install(**_: object) -> None:
     # As the service's worker does.
     patches.install((patches.KOMBU_CLIENTS, patches.CELERY_TASK_EVENTS), get_settings())

@@ -2,8 +2,9 @@
 
 Each patch is a module here with an `apply(settings) -> bool` that makes the
 change and then checks it took. `install` is called by the entry points (the
-worker at `worker_init`, the API at start-up, the embedded LM server in its
-`main`), never by an import. For each patch it logs one line: installed, off
+worker at Celery's `celeryd_after_setup`, once its logging is set up and
+before it consumes; the embedded LM server in its `main`), never by an
+import. For each patch it logs one line: installed, off
 (named in `DISABLED_PATCHES`), skipped because the library is not the version
 the patch was written for (a warning: the code then runs unpatched, correct
 and slower), or did not take (a warning). It never stops a process.

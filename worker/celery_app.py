@@ -49,7 +49,7 @@ def _setup_logging(loglevel: int | str | None = None, **_: object) -> None:
     configure_logging(settings, level=loglevel or None)
 
 
-@signals.worker_init.connect
+@signals.celeryd_after_setup.connect
 def _install(**_: object) -> None:
     patches.install(patches.WORKER, settings)
 

@@ -5,6 +5,7 @@ the way the scripted LM is, so it checks what must hold for any question:
 the job succeeds and every output field is parsed into its type.
 """
 
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -12,6 +13,7 @@ import pytest
 
 from core.settings import EMBEDDED_LM_MODEL
 from stack.processes import Proc, free_port, python_module, wait_for
+from stack.sse_client import read_events
 from tests.conftest import Stack, private_stack
 
 pytestmark = pytest.mark.e2e
@@ -84,3 +86,18 @@ def test_a_triage_ticket_comes_back_typed_from_the_shipped_artifact(embedded_sta
     assert result["category"] in ("billing", "bug", "account", "feature_request", "other")
     assert isinstance(result["urgency"], int)
     assert isinstance(result["summary"], str) and result["summary"].strip()
+
+
+def test_a_streamed_answer_spells_the_result_without_the_json_around_it(embedded_stack: Stack) -> None:
+    """The embedded model writes one JSON object (JSONAdapter); a client watching sees each field's text."""
+    with embedded_stack.client() as client:
+        job_id = client.post("/jobs", json={"question": "What is the capital of Italy?"}).json()["id"]
+        received = read_events(client, job_id)
+
+    job = received.terminal["data"]
+    assert job["status"] == "succeeded", job["error"]
+    text = received.text()
+    assert text["reasoning"] == job["result"]["reasoning"]
+    assert text["answer"] == job["result"]["answer"]
+    assert text["question_type"] == job["result"]["question_type"]
+    assert json.loads(text["key_concepts"]) == job["result"]["key_concepts"]

@@ -23,7 +23,10 @@ py-spy put `streamify` and the listeners at half of a streaming job's
 worker CPU. The parser splits the completion at ChatAdapter's
 `[[ ## field ## ]]` headers the way the adapter parses it (each field's
 text stripped, headers never shown), so the streamed text of a field is the
-text the adapter turns into its value.
+text the adapter turns into its value. With DSPy's JSONAdapter (the embedded
+model's) a `JsonFieldParser` does the same for the JSON object the model
+writes: string values decoded, typed values as their JSON, never the quotes,
+keys and commas around them (which `dspy.streamify`'s listeners let through).
 
 Any other program or adapter goes through `dspy.streamify` with listeners
 created fresh for every job (a listener that has finished drops later
@@ -44,7 +47,10 @@ from typing import Any
 import dspy
 from dspy.streaming import StreamListener, StreamResponse
 
-from worker.field_parser import FieldParser, OnToken
+from worker.field_parser import FieldParser, JsonFieldParser, OnToken
+
+Parser = FieldParser | JsonFieldParser
+_PARSERS: dict[type, type[Parser]] = {dspy.ChatAdapter: FieldParser, dspy.JSONAdapter: JsonFieldParser}
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +89,9 @@ async def predict(
     streamed: set[str] = set()
     if not stream:
         prediction = await (program.acall(**inputs) if has_async_forward(program) else run_sync(program, **inputs))
-    elif has_async_forward(program) and type(dspy.settings.adapter) is dspy.ChatAdapter:
-        prediction = await _parsed(program, inputs, FieldParser(fields, on_token, streamed))
+    elif has_async_forward(program) and type(dspy.settings.adapter) in _PARSERS:
+        parser = _PARSERS[type(dspy.settings.adapter)](fields, on_token, streamed)
+        prediction = await _parsed(program, inputs, parser)
     else:
         prediction = await _streamified(program, fields, inputs, on_token, streamed, run_sync)
     for name in fields:
@@ -111,7 +118,7 @@ class _Stop(BaseException):
 class _ToParser:
     """What DSPy's LM sends each chunk to (`settings.send_stream`)."""
 
-    def __init__(self, parser: FieldParser) -> None:
+    def __init__(self, parser: Parser) -> None:
         self._parser = parser
 
     async def send(self, chunk: Any) -> None:
@@ -127,7 +134,7 @@ class _ToParser:
             raise _Stop(e) from e
 
 
-async def _parsed(program: dspy.Module, inputs: dict[str, Any], parser: FieldParser) -> dspy.Prediction:
+async def _parsed(program: dspy.Module, inputs: dict[str, Any], parser: Parser) -> dspy.Prediction:
     with dspy.context(send_stream=_ToParser(parser)):
         try:
             prediction: dspy.Prediction = await program.acall(**inputs)

@@ -3,9 +3,12 @@
 A benchmark's report must say where and how it was measured: `machine()`
 (CPU model, cores, RAM, OS, Python, redis-server), `versions()` of the
 packages on the measured path, and `command_line()` to run it again.
-`/proc` readers give the CPU seconds and resident memory of any process.
+`/proc` readers give the CPU seconds and resident memory of any process;
+`run_loop` and `exit_on_signal` are how a benchmark's main runs and stops.
 """
 
+import asyncio
+import bisect
 import contextlib
 import importlib.metadata
 import os
@@ -17,14 +20,16 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,6 +196,9 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[index]
 
 
+WITHIN_S = 0.100  # the latency bound `Dist.within` counts against
+
+
 @dataclass
 class Dist:
     n: int
@@ -198,15 +206,21 @@ class Dist:
     p99: float
     max: float
     mean: float
+    within: float  # share of the values ≤ WITHIN_S
 
     @classmethod
     def of(cls, values: Iterable[float]) -> "Dist":
         ordered = sorted(values)
         if not ordered:
             nan = float("nan")
-            return cls(0, nan, nan, nan, nan)
+            return cls(0, nan, nan, nan, nan, nan)
         return cls(
-            len(ordered), percentile(ordered, 50), percentile(ordered, 99), ordered[-1], sum(ordered) / len(ordered)
+            len(ordered),
+            percentile(ordered, 50),
+            percentile(ordered, 99),
+            ordered[-1],
+            sum(ordered) / len(ordered),
+            bisect.bisect_right(ordered, WITHIN_S) / len(ordered),
         )
 
 
@@ -259,3 +273,23 @@ def find_py_spy() -> str:
         if local.exists():
             return str(local)
     return ""
+
+
+# --------------------------------------------------------------------------------------------
+# Running a benchmark
+# --------------------------------------------------------------------------------------------
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on uvloop when it is installed, on asyncio's loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    result: T = uvloop.run(main)
+    return result
+
+
+def exit_on_signal(signum: int, frame: object) -> None:
+    """A SIGTERM handler: exit, so that `finally` blocks stop every process the benchmark started."""
+    raise SystemExit(128 + signum)

@@ -10,11 +10,10 @@ import dspy.adapters.utils as adapter_utils
 import dspy.clients.capabilities as capabilities
 import dspy.clients.costs as costs
 import pytest
-from kombu.transport import redis as kombu_redis
 
 import patches
 from core.settings import Settings
-from patches import dspy_caches, kombu_clients, lm15_connections
+from patches import dspy_caches, lm15_connections
 from stack.processes import ROOT
 
 
@@ -25,7 +24,6 @@ def test_every_patch_takes_on_the_pinned_versions() -> None:
     outcomes = patches.install(everything, hosted)
 
     assert outcomes == {p.name: "installed" for p in everything}
-    assert kombu_clients.installed()
     assert dspy_caches.installed()
     assert capabilities.model_info is costs.model_info is dspy_caches.model_info
     assert adapter_utils.TypeAdapter is dspy_caches.type_adapter
@@ -39,22 +37,22 @@ def test_every_patch_is_registered_with_its_module() -> None:
 
 
 def test_a_patch_named_in_disabled_patches_is_not_installed(caplog: pytest.LogCaptureFixture) -> None:
-    settings = Settings(disabled_patches="kombu_clients,dspy_caches")
+    settings = Settings(disabled_patches="lm15_connections,dspy_caches")
     caplog.set_level(logging.INFO, logger="patches")
 
-    outcomes = patches.install((patches.KOMBU_CLIENTS, patches.DSPY_CACHES), settings)
+    outcomes = patches.install((patches.LM15_CONNECTIONS, patches.DSPY_CACHES), settings)
 
-    assert outcomes == {"kombu_clients": "off", "dspy_caches": "off"}
-    assert "patch kombu_clients is off" in caplog.text
+    assert outcomes == {"lm15_connections": "off", "dspy_caches": "off"}
+    assert "patch dspy_caches is off" in caplog.text
 
 
 def test_a_patch_written_for_another_version_skips_itself_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    elsewhere = patches.Patch("kombu_elsewhere", "patches.kombu_clients", "-", (("kombu", "0.0.1"),))
+    elsewhere = patches.Patch("dspy_elsewhere", "patches.dspy_caches", "-", (("dspy", "0.0.1"),))
 
     outcomes = patches.install((elsewhere,), Settings())
 
-    assert outcomes == {"kombu_elsewhere": "skipped"}
-    assert "kombu is 5.7.0, the patch was written for 0.0.1" in caplog.text
+    assert outcomes == {"dspy_elsewhere": "skipped"}
+    assert "dspy is 3.4.1, the patch was written for 0.0.1" in caplog.text
 
 
 def test_an_unknown_name_in_disabled_patches_is_refused_naming_the_setting() -> None:
@@ -76,34 +74,13 @@ def test_the_dspy_caches_answer_what_dspy_answers() -> None:
     assert dspy_caches.getproxies() == dspy_caches._getproxies()
 
 
-def test_kombu_channels_keep_one_client_per_pool() -> None:
-    kombu_clients.apply(Settings())
-
-    class Channel:
-        pool = object()
-        made = 0
-
-        def _create_client(self) -> object:
-            Channel.made += 1
-            return object()
-
-    channel = Channel()
-    with kombu_clients.conn_or_acquire(channel) as first, kombu_clients.conn_or_acquire(channel) as second:
-        assert first is second
-    channel.pool = object()  # kombu replaces its pool after a connection error
-    with kombu_clients.conn_or_acquire(channel) as third:
-        assert third is not first
-    assert Channel.made == 2
-    assert kombu_redis.Channel.conn_or_acquire is kombu_clients.conn_or_acquire
-
-
 @pytest.mark.e2e
 def test_importing_the_worker_and_the_api_installs_no_patch() -> None:
     check = (
-        "import kombu.transport.redis as k, dspy.clients.execution as e;"
-        "original = k.Channel.conn_or_acquire, e.RouterConfig;"
+        "import dspy.clients.execution as e, dspy.adapters.utils as u;"
+        "original = e.RouterConfig, u.TypeAdapter;"
         "import worker.celery_app, api.main;"
-        "assert (k.Channel.conn_or_acquire, e.RouterConfig) == original, 'a patch was installed on import'"
+        "assert (e.RouterConfig, u.TypeAdapter) == original, 'a patch was installed on import'"
     )
     run = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
 

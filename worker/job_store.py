@@ -130,12 +130,8 @@ class JobStore:
         """Extend the leases `leases` (job id -> token) still hold; the ids of those they no longer hold."""
         if not leases:
             return []
-        args: list[scripts.Arg] = [self._lease_expiry(time.time())]
-        for job_id, token in leases.items():
-            args += [job_id, token]
-        lost = await scripts.acall(
-            self._redis, "job_renew", [keys.LEASES, *(keys.job(job_id) for job_id in leases)], args
-        )
+        script_keys, args = renew_call(leases, self._lease_expiry(time.time()))
+        lost = await scripts.acall(self._redis, "job_renew", script_keys, args)
         return [str(job_id) for job_id in lost]
 
     async def end(
@@ -157,20 +153,15 @@ class JobStore:
         record = job_from_fields(final, JobLinks.for_job(job_id))
         events = [(EventType.token.value, dumps({"field": f, "text": t})) for f, t in tokens]
         events.append((event_type.value, record.model_dump_json()))
-        args: list[scripts.Arg] = [
+        args = end_args(
             job_id,
             token,
-            self._settings.event_stream_maxlen,
-            self._settings.job_ttl_s,
-            "unstarted" if unstarted else "",
-            len(events),
-        ]
-        for pair in events:
-            args += pair
-        args.append(len(updates))
-        for pair in updates.items():
-            args += pair
-        args += _metrics_args(outcome_increments(final, self._settings.lm_model))
+            self._settings,
+            unstarted,
+            events,
+            updates,
+            outcome_increments(final, self._settings.lm_model),
+        )
         seq: int = await scripts.acall(self._redis, "job_end", job_keys(self._settings, job_id), args)
         return seq
 
@@ -223,6 +214,41 @@ class JobStore:
             [job_id, repr(now), self._settings.event_stream_maxlen, self._settings.job_ttl_s, dumps(data)],
         )
         return code
+
+
+def renew_call(leases: Mapping[str, str], expires: str) -> tuple[list[str], list[scripts.Arg]]:
+    """KEYS and ARGV of `job_renew`: the leases set and each job's record; the new expiry, then (id, token)s."""
+    args: list[scripts.Arg] = [expires]
+    for job_id, token in leases.items():
+        args += [job_id, token]
+    return [keys.LEASES, *(keys.job(job_id) for job_id in leases)], args
+
+
+def end_args(
+    job_id: str,
+    token: str,
+    settings: Settings,
+    unstarted: bool,
+    events: Sequence[tuple[str, str]],
+    updates: Mapping[str, str],
+    increments: list[Increment],
+) -> list[scripts.Arg]:
+    """ARGV of `job_end`, laid out as core/lua/jobs.lua reads it: job id, token, maxlen, ttl_s, require,
+    n, n (event type, data) pairs, m, m field/value pairs, then (hash, field, op, amount) increments."""
+    args: list[scripts.Arg] = [
+        job_id,
+        token,
+        settings.event_stream_maxlen,
+        settings.job_ttl_s,
+        "unstarted" if unstarted else "",
+        len(events),
+    ]
+    for pair in events:
+        args += pair
+    args.append(len(updates))
+    for pair in updates.items():
+        args += pair
+    return args + _metrics_args(increments)
 
 
 def _metrics_args(increments: list[Increment]) -> list[scripts.Arg]:

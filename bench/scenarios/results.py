@@ -186,7 +186,7 @@ def automatic_notes(res: Results) -> list[str]:
                 f"{r.max_lm_in_flight} / LM time per answer. DSPy's native engine (lm15), which `LM_ENGINE=auto` "
                 f"picks for this model, pools at most 100 connections per client "
                 f"(`dspy/_vendor/lm15/transports/_limits.py`, `DEFAULT_MAX_CONNECTIONS`); the worker raises that "
-                f"cap to its concurrency (`worker/streaming.py`)."
+                f"cap to the LM's limit (`patches/lm15_connections.py`)."
             )
             break
     ours = find_run(res.overhead, OURS, res.args.overhead_clients)

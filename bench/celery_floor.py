@@ -15,8 +15,8 @@ measures that part by itself, for the settings that change it:
 For each combination it starts a private redis-server, fills the interactive
 queue with `--messages` task messages (sent through Celery, as the batch
 expansion sends them), starts one worker of this module's app (our
-`make_celery` app, a task that returns at once; `-P threads -c
---concurrency`), and measures the
+`make_celery` app, the task-event flusher of patches/celery_task_events.py, a task
+that returns at once; `-P threads -c --concurrency`), and measures the
 worker's and redis-server's CPU (/proc) while the worker drains the middle
 of the queue: from when a tenth of the messages are gone to when a tenth
 are left, divided by the messages taken meanwhile (with prefetch bounded by
@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 
 import redis
+from celery import signals
 
+import patches
 from bench.report import command_line, git_state, machine, proc_cpu_s, table, versions
 from core.queue import make_celery
 from core.settings import get_settings
@@ -38,6 +40,12 @@ RESULTS = Path(__file__).parent / "results"
 NOOP_TASK = "bench.noop"
 
 app = make_celery(get_settings())
+
+
+@signals.celeryd_after_setup.connect
+def _install(**_: object) -> None:
+    # As the service's worker does.
+    patches.install((patches.KOMBU_CLIENTS, patches.CELERY_TASK_EVENTS), get_settings())
 
 
 @app.task(name=NOOP_TASK)

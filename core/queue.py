@@ -13,6 +13,10 @@ worker claims it and leased while one holds it, and the reaper sends again
 a job lost at either step (worker/reaper.py). A redelivered message is
 harmless: the job's lease or finished status turns it away. JSON only:
 pickle would let anyone who can write to Redis run code in the workers.
+
+kombu's Redis client per command is replaced by one per pool: the
+`kombu_clients` patch (patches/kombu_clients.py), installed by the worker at
+start-up.
 """
 
 from celery import Celery

@@ -9,8 +9,7 @@ import. For each patch it logs one line: installed, off
 the patch was written for (a warning: the code then runs unpatched, correct
 and slower), or did not take (a warning). It never stops a process.
 
-What each one buys, measured with it on and off, is in bench/results/patches.md; the
-patches whose gain was within the run-to-run spread were removed (named there).
+What each one buys, measured with it on and off, is in bench/results/patches.md.
 """
 
 import importlib
@@ -32,6 +31,18 @@ class Patch:
     written_for: tuple[tuple[str, str], ...]  # (distribution, version)
 
 
+KOMBU_CLIENTS = Patch(
+    "kombu_clients",
+    "patches.kombu_clients",
+    "kombu's Redis channel keeps one client per connection pool instead of building one per command",
+    (("kombu", "5.7.0"),),
+)
+CELERY_TASK_EVENTS = Patch(
+    "celery_task_events",
+    "patches.celery_task_events",
+    "Celery's buffered task events are published from a thread of their own, not the consumer's loop",
+    (("celery", "5.7.0"),),
+)
 DSPY_CACHES = Patch(
     "dspy_caches",
     "patches.dspy_caches",
@@ -50,9 +61,9 @@ LLAMA_CPP_AMX = Patch(
     "llama.cpp is kept off its AMX kernel, which crashes this build on a CPU with AMX",
     (("llama-cpp-python", "0.3.36"),),
 )
-ALL = {p.name: p for p in (DSPY_CACHES, LM15_CONNECTIONS, LLAMA_CPP_AMX)}
+ALL = {p.name: p for p in (KOMBU_CLIENTS, CELERY_TASK_EVENTS, DSPY_CACHES, LM15_CONNECTIONS, LLAMA_CPP_AMX)}
 
-WORKER = (DSPY_CACHES, LM15_CONNECTIONS)
+WORKER = (KOMBU_CLIENTS, CELERY_TASK_EVENTS, DSPY_CACHES, LM15_CONNECTIONS)
 EMBEDDED_LM = (LLAMA_CPP_AMX,)
 
 

@@ -10,10 +10,11 @@ import dspy.adapters.utils as adapter_utils
 import dspy.clients.capabilities as capabilities
 import dspy.clients.costs as costs
 import pytest
+from kombu.transport import redis as kombu_redis
 
 import patches
 from core.settings import Settings
-from patches import dspy_caches, lm15_connections
+from patches import dspy_caches, kombu_clients, lm15_connections
 from stack.processes import ROOT
 
 
@@ -72,6 +73,27 @@ def test_the_dspy_caches_answer_what_dspy_answers() -> None:
         assert dspy_caches.type_adapter(annotation) is dspy_caches.type_adapter(annotation)
     assert dspy_caches.type_adapter(list[str]).validate_python(["a"]) == ["a"]
     assert dspy_caches.getproxies() == dspy_caches._getproxies()
+
+
+def test_kombu_channels_keep_one_client_per_pool() -> None:
+    kombu_clients.apply(Settings())
+
+    class Channel:
+        pool = object()
+        made = 0
+
+        def _create_client(self) -> object:
+            Channel.made += 1
+            return object()
+
+    channel = Channel()
+    with kombu_clients.conn_or_acquire(channel) as first, kombu_clients.conn_or_acquire(channel) as second:
+        assert first is second
+    channel.pool = object()  # kombu replaces its pool after a connection error
+    with kombu_clients.conn_or_acquire(channel) as third:
+        assert third is not first
+    assert Channel.made == 2
+    assert kombu_redis.Channel.conn_or_acquire is kombu_clients.conn_or_acquire
 
 
 @pytest.mark.e2e

@@ -135,7 +135,8 @@ def test_a_429_with_retry_after_pauses_every_worker_and_jobs_in_its_window_all_s
         httpx.post(f"{lm}/_outage", json={"status": 429, "retry_after_s": 2, "for_s": 10})
         window_ends = time.time() + 10
         first = client.post("/jobs", json={"question": unique("first into the window")}).json()["id"]
-        wait_for(lambda: len(lm_requests(lm)) >= 1, 10, "the first call to be refused")
+        # Once the refusal has paused the model: calls granted before the pause existed would be refused too.
+        wait_for(lambda: default_model(client)["paused_until"] is not None, 10, "the first refusal to pause the model")
         jobs = [first] + [
             client.post("/jobs", json={"question": unique(f"in the window {i}")}).json()["id"] for i in range(9)
         ]

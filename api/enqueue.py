@@ -118,7 +118,7 @@ def refuse_what_the_messages_cannot_honour(celery: Celery) -> None:
             "broker_transport_options.global_keyprefix is set, but the API writes task messages under the "
             "queue's own name (api/enqueue.py): workers would never see them. Remove the prefix."
         )
-    prioritised = [q.name for q in celery.amqp.queues.values() if q.max_priority]
+    prioritised = any(q.max_priority for q in celery.amqp.queues.values())
     if prioritised or options.get("priority_steps") or celery.conf.task_default_priority is not None:
         raise UnsupportedBrokerOption(
             "message priorities are configured, but the API enqueues every task at priority 0 "

@@ -1,4 +1,5 @@
-"""The field parser splits a ChatAdapter completion, however it is cut into chunks, into what DSPy parses."""
+"""The field parsers split a completion (ChatAdapter's sections, JSONAdapter's object), however it is cut
+into chunks, into what DSPy parses."""
 
 import json
 
@@ -11,13 +12,18 @@ FIELDS = ["reasoning", "answer"]
 COMPLETION = "[[ ## reasoning ## ]]\n  Paris is the capital.  \n\n[[ ## answer ## ]]\nParis\n\n[[ ## completed ## ]]\n"
 
 
-def stream(chunks: list[str], fields: list[str] = FIELDS) -> dict[str, str]:
+def collect(parser_class: type[FieldParser | JsonFieldParser], chunks: list[str], fields: list[str]) -> dict[str, str]:
+    """Each field's text as a client joins it, the completion fed in `chunks`."""
     got: dict[str, str] = {}
-    parser = FieldParser(fields, lambda name, text: got.__setitem__(name, got.get(name, "") + text), set())
+    parser = parser_class(fields, lambda name, text: got.__setitem__(name, got.get(name, "") + text), set())
     for chunk in chunks:
         parser.feed(chunk)
     parser.finish()
     return got
+
+
+def stream(chunks: list[str], fields: list[str] = FIELDS) -> dict[str, str]:
+    return collect(FieldParser, chunks, fields)
 
 
 def every_cut(text: str) -> list[list[str]]:
@@ -79,12 +85,7 @@ JSON_COMPLETION = (
 
 
 def json_stream(chunks: list[str], fields: list[str] = JSON_FIELDS) -> dict[str, str]:
-    got: dict[str, str] = {}
-    parser = JsonFieldParser(fields, lambda name, text: got.__setitem__(name, got.get(name, "") + text), set())
-    for chunk in chunks:
-        parser.feed(chunk)
-    parser.finish()
-    return got
+    return collect(JsonFieldParser, chunks, fields)
 
 
 def expected_json_fields() -> dict[str, str]:

@@ -10,9 +10,10 @@ Every job of a worker process runs on the process's event loop
 it runs `forward` in a thread of its own (`run_sync`). One loop for all
 jobs costs less CPU per call than one loop per thread
 (bench/results/job_loop.md): DSPy's async LM client holds a connection
-pool per loop, and many loops take turns at the GIL. One loop means one connection pool for DSPy's native client, whose
-100-connection cap is raised to what the LM's limits allow (the
-`lm15_connections` patch, patches/lm15_connections.py).
+pool per loop, and many loops take turns at the GIL. One loop means one
+connection pool for DSPy's native client, whose 100-connection cap is
+raised to what the LM's limits allow (the `lm15_connections` patch,
+patches/lm15_connections.py).
 
 A streaming job of a program with `aforward` and DSPy's ChatAdapter (ours)
 has DSPy's LM send each chunk straight to a `FieldParser` (through

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from fastapi import HTTPException
 
 from api.auth import Caller
-from core import keys, scripts
+from core import keys, replication, scripts
 from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus, item_id, new_batch_fields, unpicked_status
 from core.capacity import endpoint_for
 from core.settings import Settings
@@ -65,6 +65,7 @@ async def create_batch(
     if isinstance(registered, Exception):
         # This Redis lost our functions (a new server): the batch is stored; give it its turn now.
         await scripts.acall(redis, "batch_register", [keys.batch(batch_id)], [])
+    await replication.confirm(redis, settings, keys.batch(batch_id), settings.job_ttl_s)
     return fields
 
 
@@ -116,11 +117,11 @@ async def read_items(redis: aioredis.Redis, batch: dict[str, str], start: int, s
     return items
 
 
-async def request_cancel(redis: aioredis.Redis, batch_id: str, caller: Caller) -> dict[str, str]:
+async def request_cancel(redis: aioredis.Redis, settings: Settings, batch_id: str, caller: Caller) -> dict[str, str]:
     fields = await read_batch(redis, batch_id, caller)
     if BatchStatus(fields["status"]) in TERMINAL_BATCH_STATUSES:
         raise HTTPException(409, f"batch {batch_id} already {fields['status']}; nothing to cancel")
-    if not await scripts.acall(redis, "batch_cancel", [keys.batch(batch_id)], [repr(time.time())]):
+    if not await replication.acall(redis, settings, "batch_cancel", [keys.batch(batch_id)], [repr(time.time())]):
         fields = await read_batch(redis, batch_id)
         raise HTTPException(409, f"batch {batch_id} already {fields['status']}; nothing to cancel")
     return await read_batch(redis, batch_id)

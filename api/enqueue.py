@@ -66,7 +66,9 @@ class TaskMessages:
         refuse_what_the_messages_cannot_honour(celery)
         self._hostname = anon_nodename()
         self._pid = os.getpid()
-        db = (urlparse(str(self._conf.broker_url)).path or "/0").lstrip("/") or "0"
+        # A Sentinel broker lists one URL per Sentinel, `;`-separated, each naming the database.
+        first_url = str(self._conf.broker_url).split(";", 1)[0]
+        db = (urlparse(first_url).path or "/0").lstrip("/") or "0"
         # kombu's Redis transport: fanout_prefix and fanout_patterns, both on by default.
         self._event_channel = f"/{db}.{_EVENT_EXCHANGE}/task.sent"
 

@@ -12,7 +12,7 @@ from fastapi import HTTPException
 from api.auth import Caller
 from api.enqueue import TaskMessage
 from api.event_hub import RESYNC, EventHub
-from core import keys, scripts
+from core import keys, replication, scripts
 from core.batches import item_fields, unpicked_status
 from core.events import split_event
 from core.jobs import JobLinks, JobStatus, job_from_fields, new_job_fields
@@ -64,7 +64,7 @@ async def create_job(
     ]
     for pair in fields.items():
         argv += pair
-    await scripts.acall(redis, "job_create", script_keys, argv)
+    await replication.acall(redis, settings, "job_create", script_keys, argv)
     return fields
 
 
@@ -162,7 +162,7 @@ async def cancel_job(redis: aioredis.Redis, settings: Settings, job_id: str, cal
         # A batch item no worker has picked has no record yet: it is created, cancelled.
         for pair in fields.items():
             argv += pair
-        if await scripts.acall(redis, "job_cancel", script_keys, argv) > 0:
+        if await replication.acall(redis, settings, "job_cancel", script_keys, argv) > 0:
             return {**fields, **updates}
         fields = await read_job(redis, job_id) or fields
     raise HTTPException(409, f"job {job_id} already {fields['status']}; nothing to cancel")

@@ -34,6 +34,7 @@ from core.gc_tuning import tune_gc
 from core.logging_setup import configure_logging
 from core.queue import make_celery
 from core.redis_clients import async_client
+from core.replication import NotReplicated
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,15 @@ async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_content(f"Redis is unavailable ({type(exc).__name__}); retry shortly"), status_code=503)
 
 
+async def _not_replicated(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("write not confirmed on replicas on %s %s: %s", request.method, request.url.path, exc)
+    message = (
+        f"Redis could not confirm this on a replica ({exc}), so a failover could lose it; retry shortly "
+        "(with the same Idempotency-Key, a retry returns what this request may have created)"
+    )
+    return JSONResponse(error_content(message), status_code=503, headers={"Retry-After": "1"})
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="DSPy jobs",
@@ -144,6 +154,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RedisError, _redis_unavailable)
+    app.add_exception_handler(NotReplicated, _not_replicated)
     catalog = Catalog(settings)
     app.state.catalog = catalog
     default = catalog.default_models

@@ -25,8 +25,8 @@ import time
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
-from urllib.parse import urlparse
 
+from core import redis_clients
 from core.queue import RUN_JOB_TASK
 from core.settings import Settings
 
@@ -170,9 +170,7 @@ def secrets_of(settings: Settings) -> list[str]:
         if secret is not None:
             value = secret.get_secret_value()
             found += [value, *value.split(":", 1)[1:]]  # user:password: the password alone too
-    password = urlparse(settings.redis_url).password
-    if password:
-        found.append(password)
+    found += redis_clients.secrets(settings)
     return [s for s in found if len(s) >= 4]
 
 

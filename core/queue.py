@@ -22,6 +22,7 @@ start-up.
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
+from core.redis_clients import broker_transport_options, broker_url
 from core.settings import Settings, get_settings
 
 RUN_JOB_TASK = "dspy_jobs.run_job"
@@ -29,7 +30,7 @@ RUN_JOB_TASK = "dspy_jobs.run_job"
 
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("dspy_jobs", broker=settings.redis_url, set_as_current=False)
+    app = Celery("dspy_jobs", broker=broker_url(settings), set_as_current=False)
     queues = (settings.interactive_queue, settings.bulk_queue)
     app.conf.update(
         task_serializer="json",
@@ -45,7 +46,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         # Threads only hand jobs to the worker's event loop (worker/engine.py).
         worker_pool="threads",
         worker_concurrency=settings.worker_concurrency,
-        broker_transport_options={"ack_emulation": False},
+        broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         # A worker's publish (a retry, a job sent again) while Redis is down fails
         # within seconds instead of blocking behind kombu's default retries.

@@ -1,4 +1,4 @@
-"""Every Redis client the service makes (Celery's own aside), built here with one policy.
+"""Every Redis client the service makes, and Celery's broker address, built here with one policy.
 
 - **A stale connection costs a retry, not an error.** After Redis restarts,
   every pooled connection is dead; the first command on each failed with
@@ -9,13 +9,23 @@
   callers see the error at once.
 - **Blocking pools**, sized by the caller: a burst waits briefly for a
   connection instead of failing with "Too many connections".
+- **Sentinel when configured** (`REDIS_SENTINELS`): each new connection asks
+  the Sentinels for the current primary, and a connection to a primary that
+  was demoted is dropped on its first `READONLY`, so after a failover every
+  client finds the new primary by itself. The broker goes through kombu's
+  `sentinel://` transport to the same primary.
 - Replies are decoded to `str`, parsed by hiredis.
 """
 
+from typing import Any
+from urllib.parse import quote, urlparse
+
 import redis
 import redis.asyncio as aioredis
+import redis.sentinel
+from redis.asyncio import sentinel as aiosentinel
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import AbstractBackoff, ExponentialBackoff, ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -24,34 +34,139 @@ from core.settings import Settings
 
 _HEALTH_CHECK_S = 30
 _RETRY_ERRORS = (RedisConnectionError, RedisTimeoutError)
+# A Sentinel that does not answer is skipped for the next one; it must not stall a connect.
+_SENTINEL_TIMEOUT_S = 1.0
 
 
-def _backoff() -> ExponentialWithJitterBackoff:
+def _backoff() -> AbstractBackoff:
     return ExponentialWithJitterBackoff(base=0.05, cap=0.5)
 
 
+def retries_spanning(retry_s: float) -> tuple[AbstractBackoff, int]:
+    """A backoff (0.05 s doubling to 0.5 s, then 0.5 s each) and as many retries as add up to `retry_s`."""
+    backoff = ExponentialBackoff(base=0.05, cap=0.5)
+    slept, retries = 0.0, 0
+    while slept < retry_s:
+        retries += 1
+        slept += backoff.compute(retries)
+    return backoff, retries
+
+
+def database(settings: Settings) -> int:
+    return int((urlparse(settings.redis_url).path or "/0").lstrip("/") or 0)
+
+
+def password(settings: Settings) -> str | None:
+    if settings.redis_password is not None:
+        return settings.redis_password.get_secret_value()
+    return urlparse(settings.redis_url).password
+
+
+def secrets(settings: Settings) -> list[str]:
+    """Every Redis password the settings hold, for the log filter."""
+    found = [password(settings)]
+    if settings.redis_sentinel_password is not None:
+        found.append(settings.redis_sentinel_password.get_secret_value())
+    return [s for s in found if s]
+
+
+def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"socket_timeout": _SENTINEL_TIMEOUT_S, "socket_connect_timeout": _SENTINEL_TIMEOUT_S}
+    if settings.redis_sentinel_password is not None:
+        kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
+    return kwargs
+
+
+def _primary_kwargs(settings: Settings) -> dict[str, Any]:
+    """What a connection to the primary needs beyond its address, as REDIS_URL and the settings say."""
+    kwargs: dict[str, Any] = {"db": database(settings), "password": password(settings)}
+    url = urlparse(settings.redis_url)
+    if url.username:
+        kwargs["username"] = url.username
+    if url.scheme == "rediss":
+        kwargs["ssl"] = True
+    return kwargs
+
+
+class _AsyncBlockingSentinelPool(aiosentinel.SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's address lookup with the blocking pool's wait for a free connection."""
+
+
+class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
+    """The same, for synchronous clients."""
+
+
 def async_client(
-    settings: Settings, max_connections: int, pool_timeout_s: float = 10.0, socket_timeout_s: float = 30.0
+    settings: Settings,
+    max_connections: int,
+    pool_timeout_s: float = 10.0,
+    socket_timeout_s: float = 30.0,
+    retry_s: float = 0.0,
 ) -> aioredis.Redis:
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=max_connections,
-        timeout=pool_timeout_s,
-        decode_responses=True,
-        socket_connect_timeout=5,
-        socket_timeout=socket_timeout_s,
-        health_check_interval=_HEALTH_CHECK_S,
-        retry=AsyncRetry(_backoff(), retries=1, supported_errors=_RETRY_ERRORS),
-    )
+    """A pooled client; a command failing on its connection is sent once more, or for `retry_s` seconds."""
+    backoff, retries = retries_spanning(retry_s) if retry_s > 0 else (_backoff(), 1)
+    retry = AsyncRetry(backoff, retries=retries, supported_errors=_RETRY_ERRORS)
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "timeout": pool_timeout_s,
+        "decode_responses": True,
+        "socket_connect_timeout": 5,
+        "socket_timeout": socket_timeout_s,
+        "health_check_interval": _HEALTH_CHECK_S,
+        "retry": retry,
+    }
+    if settings.redis_sentinels:
+        sentinels = aiosentinel.Sentinel(settings.sentinel_addresses(), sentinel_kwargs=_sentinel_kwargs(settings))
+        client: aioredis.Redis = sentinels.master_for(
+            settings.redis_master_name,
+            connection_pool_class=_AsyncBlockingSentinelPool,
+            **_primary_kwargs(settings),
+            **options,
+        )
+        return client
+    pool = aioredis.BlockingConnectionPool.from_url(settings.redis_url, password=password(settings), **options)
     return aioredis.Redis(connection_pool=pool)
 
 
 def sync_client(settings: Settings, socket_timeout_s: float = 10.0, connect_timeout_s: float = 5.0) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=connect_timeout_s,
-        socket_timeout=socket_timeout_s,
-        health_check_interval=_HEALTH_CHECK_S,
-        retry=Retry(_backoff(), retries=1, supported_errors=_RETRY_ERRORS),
-    )
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": connect_timeout_s,
+        "socket_timeout": socket_timeout_s,
+        "health_check_interval": _HEALTH_CHECK_S,
+        "retry": Retry(_backoff(), retries=1, supported_errors=_RETRY_ERRORS),
+    }
+    if settings.redis_sentinels:
+        sentinels = redis.sentinel.Sentinel(settings.sentinel_addresses(), sentinel_kwargs=_sentinel_kwargs(settings))
+        client: redis.Redis = sentinels.master_for(
+            settings.redis_master_name,
+            connection_pool_class=_BlockingSentinelPool,
+            max_connections=50,
+            timeout=connect_timeout_s,
+            **_primary_kwargs(settings),
+            **options,
+        )
+        return client
+    return redis.Redis.from_url(settings.redis_url, password=password(settings), **options)
+
+
+def broker_url(settings: Settings) -> str:
+    """Celery's broker: REDIS_URL, or one `sentinel://` address per Sentinel (kombu tries them in turn)."""
+    secret = password(settings)
+    if not settings.redis_sentinels:
+        if settings.redis_password is None:
+            return settings.redis_url
+        url = urlparse(settings.redis_url)
+        auth = f"{quote(url.username or '')}:{quote(settings.redis_password.get_secret_value(), safe='')}@"
+        return url._replace(netloc=auth + url.netloc.rpartition("@")[2]).geturl()
+    auth = f":{quote(secret, safe='')}@" if secret else ""
+    db = database(settings)
+    return ";".join(f"sentinel://{auth}{address}/{db}" for address in settings.redis_sentinels)
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    # No kombu ack emulation: core/queue.py says why.
+    options: dict[str, Any] = {"ack_emulation": False}
+    if settings.redis_sentinels:
+        options |= {"master_name": settings.redis_master_name, "sentinel_kwargs": _sentinel_kwargs(settings)}
+    return options

@@ -136,3 +136,26 @@ async def _apipe(client: aioredis.Redis, calls: Sequence[Call]) -> list[Any]:
             pipe.fcall(function_name(name), len(keys_), *keys_, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
     return results
+
+
+async def acall_then_wait(
+    client: aioredis.Redis, name: str, keys_: Sequence[str], args: Sequence[Arg], replicas: int, timeout_ms: int
+) -> tuple[Any, int]:
+    """`acall`, then `WAIT replicas timeout_ms` on the same connection, in one round trip.
+
+    WAIT counts the replicas that hold this connection's writes, so it must follow the
+    call on its connection: a pipeline keeps both on one. Returns the call's result and
+    the replicas that acknowledged it."""
+    fn = function_name(name)
+    for _ in range(2):
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.fcall(fn, len(keys_), *keys_, *args)
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            result, acked = await pipe.execute(raise_on_error=False)
+        if not _missing(result):
+            break
+        await aload(client)
+    for outcome in (result, acked):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return result, int(acked)

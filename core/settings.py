@@ -42,6 +42,24 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # --- Redis high availability (core/redis_clients.py, docs/operations.md) --
+    # "host:port,host:port": every client asks these Sentinels for the primary
+    # named `redis_master_name`; REDIS_URL then gives only the database number
+    # (and TLS, with rediss://).
+    redis_sentinels: Annotated[list[str], NoDecode] = []
+    redis_master_name: str = "dspy-jobs"
+    # Password of the primary and replicas (else REDIS_URL's), and of the Sentinels.
+    redis_password: SecretStr | None = None
+    redis_sentinel_password: SecretStr | None = None
+    # Replicas that must hold a write before the API answers 202 for it (and a
+    # worker counts a result as stored): unset means 1 with Sentinels, 0 without.
+    redis_min_replicas_acked: int | None = Field(None, ge=0)
+    redis_replica_ack_timeout_s: float = Field(1.0, gt=0)
+    # How long a worker's Redis command keeps being retried while Redis does not
+    # answer (a failover: Sentinel's down-after time plus the promotion), so a
+    # running job's tokens and result wait for the new primary instead of being
+    # lost and the job run again. The API does not wait: it answers 503 at once.
+    worker_redis_retry_s: float = Field(10.0, ge=0)
 
     # --- Local stack (`make up`) -------------------------------------------------
     api_host: str = "127.0.0.1"
@@ -230,9 +248,18 @@ class Settings(BaseSettings):
             raise ValueError("CORS_ALLOW_ORIGINS takes explicit origins, not '*'")
         return value
 
-    @field_validator("lm_allowed_models", "disabled_patches", mode="before")
+    @field_validator("redis_sentinels")
     @classmethod
-    def _split_models(cls, value: object) -> object:
+    def _sentinels_are_host_port(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"REDIS_SENTINELS: {address!r} is not host:port")
+        return value
+
+    @field_validator("lm_allowed_models", "disabled_patches", "redis_sentinels", mode="before")
+    @classmethod
+    def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
@@ -246,6 +273,15 @@ class Settings(BaseSettings):
                 f"({self.lm_model}) nor in LM_ALLOWED_MODELS"
             )
         return self
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [(host.strip("[]"), int(port)) for host, _, port in (a.rpartition(":") for a in self.redis_sentinels)]
+
+    @property
+    def replicas_to_ack(self) -> int:
+        if self.redis_min_replicas_acked is not None:
+            return self.redis_min_replicas_acked
+        return 1 if self.redis_sentinels else 0
 
     @property
     def allowed_models(self) -> list[str]:

@@ -151,7 +151,8 @@ def main() -> int:
 
     supervisor = Supervisor()
     cwd = str(ROOT)
-    if (cmd := _redis_command(settings.redis_url)) is not None:
+    # With Sentinels, Redis is yours to run (docker-compose.yml's `ha` profile shows one way).
+    if not settings.redis_sentinels and (cmd := _redis_command(settings.redis_url)) is not None:
         supervisor.add("redis", cmd, env, cwd)
     if (cmd := _lm_command(settings)) is not None:
         supervisor.add("lm", cmd, env, cwd)

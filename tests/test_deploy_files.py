@@ -22,6 +22,7 @@ from stack.processes import ROOT
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 DEFAULTS = Settings()
+HA_SERVICES = {"redis-replica-1", "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3"}
 
 
 def dockerfile(name: str) -> str:
@@ -37,7 +38,7 @@ def module_of(command: list[str]) -> str:
 
 
 def test_compose_runs_the_whole_stack() -> None:
-    assert set(SERVICES) == {"redis", "api", "worker", "worker-bulk", "flower", "lm"}
+    assert set(SERVICES) == {"redis", "api", "worker", "worker-bulk", "flower", "lm", *HA_SERVICES}
 
 
 @pytest.mark.parametrize("service", ["worker", "worker-bulk", "flower", "lm"])
@@ -81,6 +82,31 @@ def test_redis_is_persistent_password_protected_and_not_published() -> None:
     assert "${REDIS_PASSWORD" in COMPOSE["x-app-env"]["REDIS_URL"]
 
 
+def test_the_ha_profile_adds_two_replicas_of_redis_and_three_sentinels_watching_it() -> None:
+    for name in HA_SERVICES:
+        assert SERVICES[name]["profiles"] == ["ha"], name
+    for name in ("redis-replica-1", "redis-replica-2"):
+        command = SERVICES[name]["command"]
+        assert "--replicaof redis 6379" in command
+        assert "--appendonly yes" in command and "noeviction" in command
+        assert "--requirepass" in command and "--masterauth" in command
+    # A demoted primary must authenticate to the new one.
+    assert "--masterauth" in SERVICES["redis"]["command"]
+    sentinels = sorted(n for n in HA_SERVICES if n.startswith("sentinel"))
+    for name in sentinels:
+        config = SERVICES[name]["command"][0]
+        monitor = re.search(r"sentinel monitor (\S+) redis 6379 (\d+)", config)
+        assert monitor, config
+        assert monitor.group(1) == DEFAULTS.redis_master_name
+        assert 1 < int(monitor.group(2)) <= len(sentinels)  # a majority must agree the primary is down
+        assert f"auth-pass {DEFAULTS.redis_master_name} ${{REDIS_PASSWORD" in config
+        assert "port 26379" in config
+    example = re.search(r"REDIS_SENTINELS=(\S+) docker compose --profile ha", (ROOT / "docker-compose.yml").read_text())
+    assert example and sorted(a.split(":")[0] for a in example.group(1).split(",")) == sentinels
+    assert all(a.endswith(":26379") for a in example.group(1).split(","))
+    assert COMPOSE["x-app-env"]["REDIS_SENTINELS"] == "${REDIS_SENTINELS:-}"
+
+
 def test_flower_requires_credentials() -> None:
     assert ":?" in SERVICES["flower"]["environment"]["FLOWER_BASIC_AUTH"]
 
@@ -94,7 +120,7 @@ def test_embedded_lm_is_an_optional_profile_on_the_port_the_default_setting_name
 
 
 def test_services_that_serve_have_healthchecks_and_published_ports_match() -> None:
-    for service in ("redis", "api", "worker", "worker-bulk", "flower", "lm"):
+    for service in ("redis", "api", "worker", "worker-bulk", "flower", "lm", *HA_SERVICES):
         assert SERVICES[service]["healthcheck"]["test"], service
     assert SERVICES["api"]["ports"] == [f"{DEFAULTS.api_port}:8000"]
     assert SERVICES["flower"]["ports"] == [f"{DEFAULTS.flower_port}:5555"]

@@ -106,7 +106,7 @@ class Engine:
 
     async def _start(self, hostname: str, queues: list[str]) -> None:
         s = self._settings
-        client = async_client(s, max_connections=128)
+        client = async_client(s, max_connections=128, retry_s=s.worker_redis_retry_s)
         await scripts.aload(client)
         wakeups = Wakeups(client, [*capacity.wakeup_channels(s), *bulk.wakeup_channels(s)])
         self._capacity = Capacity(client, s, wakeups)

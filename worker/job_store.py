@@ -10,6 +10,7 @@ of it at its next write or renewal and stops.
 """
 
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,11 +18,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from core import keys, scripts
+from core import keys, replication, scripts
 from core.events import EventType
 from core.jobs import JobError, JobLinks, JobStatus, job_from_fields
 from core.settings import Settings
 from worker.metrics import Increment, outcome_increments
+
+log = logging.getLogger(__name__)
 
 # What the start functions refuse with (core/lua/jobs.lua).
 NO_JOB, FINISHED, LEASED, BATCH_CANCELLED, EXPIRED = -1, -2, -3, -4, -5
@@ -162,7 +165,14 @@ class JobStore:
             updates,
             outcome_increments(final, self._settings.lm_model),
         )
-        seq: int = await scripts.acall(self._redis, "job_end", job_keys(self._settings, job_id), args)
+        try:
+            seq: int = await replication.acall(
+                self._redis, self._settings, "job_end", job_keys(self._settings, job_id), args
+            )
+        except replication.NotReplicated as e:
+            # Stored on the primary; if it fails over first, the job runs again (core/replication.py).
+            log.warning("job %s: its end is not confirmed on a replica: %s", job_id, e)
+            return int(e.result)
         return seq
 
     async def expire(self, job_id: str, token: str, fields: Mapping[str, str]) -> int:

@@ -211,10 +211,10 @@ async def download_batch_results(
     response_model=Batch,
     responses={404: {"description": "No batch."}, 409: {"description": "The batch already finished."}},
 )
-async def cancel_batch(batch_id: str, redis: RedisDep, caller: CallerDep) -> Batch:
+async def cancel_batch(batch_id: str, redis: RedisDep, settings: SettingsDep, caller: CallerDep) -> Batch:
     """Cancel: items not yet started never run; running ones finish; the batch ends `cancelled`."""
     bind(batch_id=batch_id)
-    batch = batch_from_fields(await batch_store.request_cancel(redis, batch_id, caller))
+    batch = batch_from_fields(await batch_store.request_cancel(redis, settings, batch_id, caller))
     log.info("batch cancel requested by key %s", caller.name)
     return batch
 

@@ -1,0 +1,154 @@
+"""A Redis primary, its replicas and a quorum of Sentinels on loopback, for tests and benchmarks.
+
+Sentinels notice a dead primary after `DOWN_AFTER_MS` and promote a
+replica; `kill_primary` + `wait_for_failover` drive that, and `restart` brings
+a killed server back as a replica of whichever primary is current (started
+as one from the outset, so it can never answer as a stale primary).
+"""
+
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from stack.processes import ARTIFACTS, Proc, free_port, wait_for
+
+MASTER_NAME = "dspy-jobs"
+DOWN_AFTER_MS = 1000
+_FAILOVER_TIMEOUT_MS = 5000
+
+
+def _redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("a Sentinel group needs redis-server on PATH")
+    return binary
+
+
+def _server_command(port: int, replica_of: int | None) -> list[str]:
+    workdir = ARTIFACTS / f"redis-ha-{port}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    cmd += ["--dir", str(workdir), "--maxmemory-policy", "noeviction"]
+    if replica_of is not None:
+        cmd += ["--replicaof", "127.0.0.1", str(replica_of)]
+    return cmd
+
+
+def _answers(port: int) -> bool:
+    return bool(redis.Redis(port=port, socket_connect_timeout=0.5).ping())
+
+
+@dataclass
+class SentinelGroup:
+    servers: dict[int, Proc] = field(default_factory=dict)  # by port
+    sentinels: dict[int, Proc] = field(default_factory=dict)
+    master_name: str = MASTER_NAME
+
+    @classmethod
+    def start(cls, replicas: int = 2, sentinels: int = 3) -> "SentinelGroup":
+        group = cls()
+        primary = free_port()
+        group._start_server(primary, None)
+        for _ in range(replicas):
+            group._start_server(free_port(), primary)
+        group._wait_for_replicas(primary, replicas)
+        for _ in range(sentinels):
+            group._start_sentinel(free_port(), primary)
+        wait_for(lambda: group._sentinels_agree(primary, replicas, sentinels), 30, "Sentinels to see the group")
+        return group
+
+    def _start_server(self, port: int, replica_of: int | None) -> None:
+        proc = Proc(f"redis-ha-{port}", _server_command(port, replica_of), {})
+        wait_for(lambda: _answers(port), 10, f"redis-server on {port}", proc)
+        self.servers[port] = proc
+
+    def _start_sentinel(self, port: int, primary: int) -> None:
+        workdir = ARTIFACTS / f"sentinel-{port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        conf = workdir / "sentinel.conf"
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"sentinel monitor {self.master_name} 127.0.0.1 {primary} 2\n"
+            f"sentinel down-after-milliseconds {self.master_name} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {self.master_name} {_FAILOVER_TIMEOUT_MS}\n"
+            f"sentinel parallel-syncs {self.master_name} 2\n"
+        )
+        proc = Proc(f"sentinel-{port}", [_redis_binary(), str(conf), "--sentinel"], {})
+        wait_for(lambda: _answers(port), 10, f"sentinel on {port}", proc)
+        self.sentinels[port] = proc
+
+    def _wait_for_replicas(self, primary: int, replicas: int) -> None:
+        client = redis.Redis(port=primary, decode_responses=True)
+
+        def synced() -> bool:
+            info = client.info("replication")
+            online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+            return sum(1 for r in online if r.get("state") == "online") >= replicas
+
+        wait_for(synced, 30, f"{replicas} replicas in sync with {primary}")
+
+    def _sentinels_agree(self, primary: int, replicas: int, sentinels: int) -> bool:
+        for port in self.sentinels:
+            client = redis.Redis(port=port, decode_responses=True)
+            state: dict[str, Any] = client.sentinel_master(self.master_name)  # type: ignore[assignment]
+            if int(state["port"]) != primary or int(state["num-slaves"]) < replicas:
+                return False
+            if int(state["num-other-sentinels"]) < sentinels - 1:
+                return False
+        return True
+
+    @property
+    def sentinel_addresses(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
+
+    def env(self) -> dict[str, str]:
+        """What a service process needs to go through these Sentinels."""
+        return {
+            "REDIS_SENTINELS": self.sentinel_addresses,
+            "REDIS_MASTER_NAME": self.master_name,
+            "REDIS_URL": f"redis://127.0.0.1:{self.primary_port()}/0",
+        }
+
+    def primary_port(self) -> int:
+        """The primary the Sentinels name now."""
+        for port in self.sentinels:
+            try:
+                address = redis.Redis(port=port, socket_timeout=1).sentinel_get_master_addr_by_name(self.master_name)
+                return int(address[1])  # type: ignore[index]
+            except (redis.RedisError, OSError, TypeError):
+                continue
+        raise RuntimeError("no Sentinel answers")
+
+    def primary(self) -> redis.Redis:
+        return redis.Redis(port=self.primary_port(), decode_responses=True)
+
+    def kill_primary(self) -> int:
+        port = self.primary_port()
+        self.servers[port].stop(signal.SIGKILL)
+        return port
+
+    def wait_for_failover(self, old: int, timeout_s: float = 30) -> int:
+        """The new primary's port, once the Sentinels name one and it accepts writes."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            port = self.primary_port()
+            if port != old:
+                try:
+                    if redis.Redis(port=port, socket_timeout=1).info("replication")["role"] == "master":
+                        return port
+                except (redis.RedisError, OSError):
+                    pass
+            time.sleep(0.1)
+        raise TimeoutError(f"no failover from {old} within {timeout_s}s")
+
+    def restart(self, port: int) -> None:
+        """Bring a stopped server back, as a replica of the current primary."""
+        self._start_server(port, self.primary_port())
+
+    def stop(self) -> None:
+        for proc in [*self.sentinels.values(), *self.servers.values()]:
+            proc.stop()

@@ -110,10 +110,7 @@ async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 async def _not_replicated(request: Request, exc: Exception) -> JSONResponse:
     log.warning("write not confirmed on replicas on %s %s: %s", request.method, request.url.path, exc)
-    message = (
-        f"Redis could not confirm this on a replica ({exc}), so a failover could lose it; retry shortly "
-        "(with the same Idempotency-Key, a retry returns what this request may have created)"
-    )
+    message = f"Redis could not confirm this on a replica ({exc}), so a failover could lose it: not accepted; retry"
     return JSONResponse(error_content(message), status_code=503, headers={"Retry-After": "1"})
 
 

@@ -169,6 +169,24 @@ def test_the_same_idempotency_key_with_another_body_is_422(client: httpx.Client)
     assert "Idempotency-Key" in response.json()["detail"]
 
 
+def test_a_repeat_whose_original_was_never_stored_creates_the_job_instead_of_replaying_nothing(
+    client: httpx.Client, stack: Stack
+) -> None:
+    """As after a failover that kept the key's claim and lost the job it named."""
+    question = unique("lost once")
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    lost = client.post("/jobs", json={"question": question}, headers=headers).json()["id"]
+    wait_finished(client, lost)
+    stack.redis().delete(keys.job(lost), keys.job_events(lost))
+
+    repeat = client.post("/jobs", json={"question": question}, headers=headers)
+    again = client.post("/jobs", json={"question": question}, headers=headers)
+
+    assert repeat.status_code == 202 and repeat.json()["id"] != lost
+    assert again.json()["id"] == repeat.json()["id"]  # and the key now names the new job
+    assert wait_finished(client, repeat.json()["id"])["status"] == "succeeded"
+
+
 # --- killed workers ----------------------------------------------------------------
 
 

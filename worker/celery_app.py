@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 settings = get_settings()
 app = make_celery(settings)
+# Reconnects to the broker within a second or two of a Redis failover (worker/consumer.py).
+app.conf.worker_consumer = "worker.consumer:Consumer"
 
 _engine_lock = threading.Lock()
 _engine: Engine | None = None

@@ -28,6 +28,7 @@ from api.idempotency import IdempotencyKey
 from api.metrics import BATCHES_SUBMITTED
 from api.schemas import BatchOptions
 from api.submission_rate import check_submission
+from core import keys
 from core.batches import TERMINAL_BATCH_STATUSES, Batch, batch_from_fields
 from core.jobs import now_s
 from core.logging_setup import bind
@@ -116,7 +117,9 @@ async def submit(
     batch_id = uuid.uuid4().hex
     idempotency_key = caller.scoped(idempotency_key)
     digest = idempotency.body_digest({"program": program, "items": items, **options.model_dump()})
-    original_id = await idempotency.claim(redis, idempotency_key, digest, batch_id, settings.idempotency_ttl_s)
+    original_id = await idempotency.claim(
+        redis, idempotency_key, digest, batch_id, settings.idempotency_ttl_s, keys.batch
+    )
     if original_id is not None:
         bind(batch_id=original_id)
         response.headers["Idempotent-Replayed"] = "true"

@@ -26,6 +26,7 @@ from api.idempotency import IdempotencyKey
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import JobOptions
 from api.submission_rate import check_submission
+from core import keys
 from core.jobs import Job, JobLinks, job_from_fields, now_s
 from core.logging_setup import bind
 from core.queue import RUN_JOB_TASK
@@ -106,7 +107,7 @@ async def submit(
     job_id = uuid.uuid4().hex
     idempotency_key = caller.scoped(idempotency_key)
     digest = idempotency.body_digest({"program": program, "input": inputs, **options.model_dump()})
-    original_id = await idempotency.claim(redis, idempotency_key, digest, job_id, settings.idempotency_ttl_s)
+    original_id = await idempotency.claim(redis, idempotency_key, digest, job_id, settings.idempotency_ttl_s, keys.job)
     if original_id is not None:
         bind(job_id=original_id)
         response.headers["Idempotent-Replayed"] = "true"

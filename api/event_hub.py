@@ -40,6 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core import keys
 from core.events import TERMINAL_EVENTS, split_event
+from core.redis_clients import on_primary
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,12 @@ class EventHub:
                 continue
             if message is not None:
                 self._dispatch(message)
+            connection = self._pubsub.connection
+            if connection is not None and not on_primary(self._redis, connection):
+                # The Sentinels moved the primary while this connection stayed open to the old one,
+                # which no longer sees what workers publish: reconnect (and resubscribe, and resync).
+                log.warning("event hub is subscribed to a server that is no longer the primary; moving")
+                await connection.disconnect()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         name = message["channel"]

@@ -10,6 +10,8 @@ from bench.scenarios.report_sections import section_in_flight, section_profiles,
 from bench.scenarios.results import Results, automatic_notes, targets
 
 SSE_RESULTS = ROOT / "bench" / "results" / "sse.md"
+# Written by their own commands (bench/failover.py, bench/redis_cost.py); shown here as they are.
+REDIS_RESULTS = (ROOT / "bench" / "results" / "failover.md", ROOT / "bench" / "results" / "redis_ceiling.md")
 PACKAGES = [
     "dspy",
     "litellm",
@@ -145,6 +147,17 @@ def section_sse_bench(res: Results) -> list[str]:
     return lines
 
 
+def section_redis(res: Results) -> list[str]:
+    """## Redis: each results file of bench/failover.py and bench/redis_cost.py, its headings one level down."""
+    lines: list[str] = []
+    for path in REDIS_RESULTS:
+        if path.exists():
+            text = path.read_text().strip()
+            lines += [re.sub(r"^(#+) ", r"#\1 ", line) for line in text.splitlines()]
+            lines += ["", f"(from [bench/results/{path.name}](bench/results/{path.name}))", ""]
+    return lines
+
+
 def section_notes(res: Results) -> list[str]:
     """## Notes, when there are any."""
     lines: list[str] = []
@@ -169,6 +182,7 @@ def render(res: Results) -> str:
         *section_profiles(res),
         *section_embedded(res),
         *section_sse_bench(res),
+        *section_redis(res),
         *section_notes(res),
     ]
     return "\n".join(lines).rstrip() + "\n"

@@ -12,6 +12,7 @@ or repeated an event or whose tokens differ from the result, seconds of 503,
 seconds until completions recover.
 
     .venv/bin/python -m bench.failover --rounds 3 --runs 3    # writes bench/results/failover.md
+    .venv/bin/python -m bench.failover --down-after-ms 1000  # failover-down-after-1000.md
 """
 
 import argparse
@@ -30,9 +31,9 @@ import httpx
 from httpx_sse import connect_sse
 
 from stack.processes import Proc, start_api, start_lm_simulator, start_worker
-from stack.redis_ha import SentinelGroup
+from stack.redis_ha import DOWN_AFTER_MS, SentinelGroup
 
-RESULTS = Path(__file__).parent / "results" / "failover.md"
+RESULTS = Path(__file__).parent / "results"
 _TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 _TRANSIENT = (httpx.TransportError,)
 
@@ -83,6 +84,7 @@ class Report:
     rounds: list[Round]
     accepted: int
     lost: list[str]
+    lost_accepted_after_kill_s: list[float]  # for each lost job: when it was accepted, from the kill before it
     unfinished: list[str]
     failed: list[str]
     ran_twice: list[str]
@@ -95,11 +97,13 @@ class Report:
     batch_counts: dict[str, int]
     workers_kept_serving: bool
     submit_rate_per_s: float
+    down_after_ms: int
 
     def summary(self) -> dict[str, Any]:
         return {
             "accepted": self.accepted,
             "lost": len(self.lost),
+            "lost_accepted_after_kill_s": [round(t, 1) for t in self.lost_accepted_after_kill_s],
             "unfinished": len(self.unfinished),
             "failed": len(self.failed),
             "ran_twice": len(self.ran_twice),
@@ -225,8 +229,14 @@ def _recovered_after(finished: list[float], killed_at: float, rate: float) -> fl
     return None
 
 
-def run(rounds: int = 3, rate_per_s: float = 10.0, between_s: float = 8.0, batch_items: int = 60) -> Report:
-    group = SentinelGroup.start()
+def run(
+    rounds: int = 3,
+    rate_per_s: float = 10.0,
+    between_s: float = 8.0,
+    batch_items: int = 60,
+    down_after_ms: int = DOWN_AFTER_MS,
+) -> Report:
+    group = SentinelGroup.start(down_after_ms=down_after_ms)
     procs: list[Proc] = []
     try:
         lm, lm_api_base = start_lm_simulator("lm-failover", "--ttft-s", "0.1", "--tokens-per-s", "400")
@@ -265,6 +275,7 @@ def run(rounds: int = 3, rate_per_s: float = 10.0, between_s: float = 8.0, batch
         failed: list[str] = []
         ran_twice: list[str] = []
         accepted = [s for s in load.submitted if s.job_id is not None]
+        by_id = {s.job_id: s for s in accepted}
         deadline = time.monotonic() + 90
         for job in accepted:
             assert job.job_id is not None
@@ -328,6 +339,9 @@ def run(rounds: int = 3, rate_per_s: float = 10.0, between_s: float = 8.0, batch
             rounds=done_rounds,
             accepted=len(accepted),
             lost=lost,
+            lost_accepted_after_kill_s=[
+                _after_kill(by_id[job_id].accepted_s or 0.0, [r.killed_at_s for r in done_rounds]) for job_id in lost
+            ],
             unfinished=unfinished,
             failed=failed,
             ran_twice=ran_twice,
@@ -340,11 +354,17 @@ def run(rounds: int = 3, rate_per_s: float = 10.0, between_s: float = 8.0, batch
             batch_counts=batch_counts,
             workers_kept_serving=kept,
             submit_rate_per_s=rate_per_s,
+            down_after_ms=down_after_ms,
         )
     finally:
         for proc in reversed(procs):
             proc.stop()
         group.stop()
+
+
+def _after_kill(at_s: float, kills: list[float]) -> float:
+    before = [k for k in kills if k <= at_s]
+    return at_s - max(before) if before else at_s - min(kills)
 
 
 def _timestamp(iso: str) -> float:
@@ -354,6 +374,7 @@ def _timestamp(iso: str) -> float:
 _COLUMNS = {
     "accepted": "accepted",
     "lost": "lost",
+    "lost_accepted_after_kill_s": "lost ones accepted after a kill (s)",
     "unfinished": "unfinished",
     "failed": "failed",
     "ran_twice": "ran twice",
@@ -377,7 +398,8 @@ def _write(reports: list[Report], command: str) -> None:
         "",
         f"Machine: {platform.processor() or platform.machine()}, run {when}. Command: `{command}`",
         "",
-        "Primary + 2 replicas + 3 Sentinels on loopback (down-after 1 s), REDIS_MIN_REPLICAS_ACKED at its default (1),",
+        f"Primary + 2 replicas + 3 Sentinels on loopback (down-after-milliseconds {reports[0].down_after_ms}), "
+        "REDIS_MIN_REPLICAS_ACKED at its default (1),",
         f"{reports[0].submit_rate_per_s:g} jobs/s submitted (half streaming, every fourth followed over SSE), one "
         f"{reports[0].batch_items}-item batch, one interactive and one bulk worker, one API, scripted LM.",
         "",
@@ -389,7 +411,12 @@ def _write(reports: list[Report], command: str) -> None:
         lines.append(f"| {i} | " + " | ".join(str(summary[k]) for k in _COLUMNS) + " |")
     unavailable = [u for r in reports for u in r.summary()["unavailable_s"]]
     lines += ["", f"503 per failover: median {statistics.median(unavailable):.1f} s, max {max(unavailable):.1f} s.", ""]
-    RESULTS.write_text("\n".join(lines))
+    name = (
+        "failover.md"
+        if reports[0].down_after_ms == DOWN_AFTER_MS
+        else f"failover-down-after-{reports[0].down_after_ms}.md"
+    )
+    (RESULTS / name).write_text("\n".join(lines))
 
 
 def main() -> None:
@@ -397,10 +424,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="failovers per run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", type=float, default=10.0, help="jobs submitted per second")
+    parser.add_argument("--down-after-ms", type=int, default=DOWN_AFTER_MS, help="Sentinel's down-after-milliseconds")
     args = parser.parse_args()
     reports = []
     for i in range(args.runs):
-        report = run(rounds=args.rounds, rate_per_s=args.rate)
+        report = run(rounds=args.rounds, rate_per_s=args.rate, down_after_ms=args.down_after_ms)
         print(f"run {i + 1}: {json.dumps(report.summary())}", flush=True)
         reports.append(report)
     _write(

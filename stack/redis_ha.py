@@ -1,6 +1,6 @@
 """A Redis primary, its replicas and a quorum of Sentinels on loopback, for tests and benchmarks.
 
-Sentinels notice a dead primary after `DOWN_AFTER_MS` and promote a
+Sentinels notice a dead primary after `down_after_ms` and promote a
 replica; `kill_primary` + `wait_for_failover` drive that, and `restart` brings
 a killed server back as a replica of whichever primary is current (started
 as one from the outset, so it can never answer as a stale primary).
@@ -17,8 +17,11 @@ import redis
 from stack.processes import ARTIFACTS, Proc, free_port, wait_for
 
 MASTER_NAME = "dspy-jobs"
-DOWN_AFTER_MS = 1000
-_FAILOVER_TIMEOUT_MS = 5000
+# Sentinel pings each server once a second: at 1000 ms one late reply marks a
+# healthy primary down, and runs saw a second failover right after the first
+# (bench/results/failover-down-after-1000.md). Three missed pings it is.
+DOWN_AFTER_MS = 3000
+_FAILOVER_TIMEOUT_MS = 10000
 
 
 def _redis_binary() -> str:
@@ -47,10 +50,11 @@ class SentinelGroup:
     servers: dict[int, Proc] = field(default_factory=dict)  # by port
     sentinels: dict[int, Proc] = field(default_factory=dict)
     master_name: str = MASTER_NAME
+    down_after_ms: int = DOWN_AFTER_MS
 
     @classmethod
-    def start(cls, replicas: int = 2, sentinels: int = 3) -> "SentinelGroup":
-        group = cls()
+    def start(cls, replicas: int = 2, sentinels: int = 3, down_after_ms: int = DOWN_AFTER_MS) -> "SentinelGroup":
+        group = cls(down_after_ms=down_after_ms)
         primary = free_port()
         group._start_server(primary, None)
         for _ in range(replicas):
@@ -73,7 +77,7 @@ class SentinelGroup:
         conf.write_text(
             f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
             f"sentinel monitor {self.master_name} 127.0.0.1 {primary} 2\n"
-            f"sentinel down-after-milliseconds {self.master_name} {DOWN_AFTER_MS}\n"
+            f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
             f"sentinel failover-timeout {self.master_name} {_FAILOVER_TIMEOUT_MS}\n"
             f"sentinel parallel-syncs {self.master_name} 2\n"
         )

@@ -20,6 +20,12 @@ for a queue (the connection dropped, or the waiter fell so far behind that
 its queue filled up) it clears the queue and puts `RESYNC` in it: the waiter
 re-reads the state and goes on.
 
+A subscription can also go quiet without any error (after a Sentinel
+failover it was seen resubscribed to nothing, or left on a replaced
+primary): when the hub has heard nothing for a few seconds it publishes a
+ping on its own channel, and one that does not come back makes it reconnect
+and resync.
+
 Each event is encoded once, as the bytes of its SSE frame, however many
 clients receive it: the hub reads its sequence number and type by position
 (`core.events.split_event`) and wraps its data, still JSON, without parsing
@@ -30,17 +36,19 @@ a delivery (bench/results/sse.md, section 5).
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core import keys
 from core.events import TERMINAL_EVENTS, split_event
-from core.redis_clients import on_primary
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,48 @@ Event = LiveEvent | None
 Done = str | None
 
 
+# What the hub publishes on `keys.JOBS_DONE` to hear itself; no job has this id.
+_PING = "hub-ping"
+
+
+class Liveness:
+    """When a quiet hub should ping itself, and when an unanswered ping means it is deaf.
+
+    A subscription can go silent without an error (see `EventHub._reconnect`); any
+    message proves it alive, and after `quiet_s` without one the hub publishes a
+    ping on its own channel. No answer within `quiet_s` more: deaf."""
+
+    def __init__(self, quiet_s: float = 3.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._quiet_s = quiet_s
+        self._clock = clock
+        self._last_heard = clock()
+        self._ping: tuple[str, float] | None = None  # nonce, sent at
+
+    def heard(self) -> None:
+        self._last_heard = self._clock()
+
+    def answered(self, nonce: str) -> None:
+        if self._ping is not None and self._ping[0] == nonce:
+            self._ping = None
+
+    def ping_due(self) -> str | None:
+        """A nonce to publish, when the hub has been quiet long enough and no ping is out."""
+        now = self._clock()
+        if self._ping is not None or now - self._last_heard < self._quiet_s:
+            return None
+        nonce = uuid.uuid4().hex
+        self._ping = (nonce, now)
+        return nonce
+
+    def deaf(self) -> bool:
+        """True once per ping that went unanswered too long (the next one starts afresh)."""
+        if self._ping is None or self._clock() - self._ping[1] < self._quiet_s:
+            return False
+        self._ping = None
+        self._last_heard = self._clock()
+        return True
+
+
 class _Channel:
     def __init__(self) -> None:
         self.queues: set[asyncio.Queue[Event]] = set()
@@ -83,6 +133,7 @@ class EventHub:
         self._queue_size = queue_size
         self._subscribe_timeout_s = subscribe_timeout_s
         self._reader: asyncio.Task[None] | None = None
+        self._liveness = Liveness()
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_forever(), name="event-hub-reader")
@@ -157,18 +208,29 @@ class EventHub:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
                 log.warning("event hub lost Redis (%s); resubscribing", e)
-                self._done_subscribed.clear()
-                self._resync_all()
+                self._lost_redis()
                 await asyncio.sleep(0.5)
                 continue
             if message is not None:
+                self._liveness.heard()
                 self._dispatch(message)
-            connection = self._pubsub.connection
-            if connection is not None and not on_primary(self._redis, connection):
-                # The Sentinels moved the primary while this connection stayed open to the old one,
-                # which no longer sees what workers publish: reconnect (and resubscribe, and resync).
-                log.warning("event hub is subscribed to a server that is no longer the primary; moving")
-                await connection.disconnect()
+            if self._liveness.deaf():
+                await self._reconnect()
+            elif (nonce := self._liveness.ping_due()) is not None:
+                with contextlib.suppress(RedisError):
+                    await self._redis.publish(keys.JOBS_DONE, f"{_PING} {nonce}")
+
+    def _lost_redis(self) -> None:
+        self._done_subscribed.clear()
+        self._resync_all()
+
+    async def _reconnect(self) -> None:
+        # Connected and subscribed as far as redis-py knows, yet deaf: seen after a Sentinel
+        # failover (a connection left on a replaced primary, or resubscribed to nothing).
+        log.warning("event hub heard nothing from Redis, not even its own ping; reconnecting")
+        self._lost_redis()
+        if self._pubsub.connection is not None:
+            await self._pubsub.connection.disconnect()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         name = message["channel"]
@@ -193,6 +255,9 @@ class EventHub:
             self._resync_all()
         elif message["type"] == "message":
             job_id, _, payload = str(message["data"]).partition(" ")
+            if job_id == _PING:
+                self._liveness.answered(payload)
+                return
             for queue in self._done.get(job_id, ()):
                 queue.put_nowait(payload)
 

@@ -44,11 +44,6 @@ def _env(group: SentinelGroup, lm_api_base: str) -> dict[str, str]:
         "LM_MODEL": "openai/simulated",
         "LM_API_BASE": lm_api_base,
         "LM_CACHE": "false",
-        "WORKER_HEARTBEAT_S": "0.5",
-        "WORKER_OFFLINE_AFTER_S": "3",
-        "JOB_LEASE_S": "3",
-        "REAPER_INTERVAL_S": "0.5",
-        "RETRY_BASE_S": "0.1",
     }
 
 

@@ -131,14 +131,6 @@ class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.Blockin
         return super().get_connection(*args, **kwargs)
 
 
-def on_primary(client: aioredis.Redis, connection: Any) -> bool:
-    """False only for an open connection of a Sentinel pool to a server that is no longer its primary."""
-    primary = getattr(client.connection_pool, "master_address", None)
-    if primary is None or connection is None or not connection.is_connected:
-        return True
-    return bool((connection.host, connection.port) == primary)
-
-
 def async_client(
     settings: Settings,
     max_connections: int,

@@ -1,11 +1,11 @@
-"""Redis settings into clients and a broker address; a client noticing a moved primary (no Redis needed)."""
+"""How the Redis settings become clients and a broker address (no Redis needed)."""
 
 import pytest
 from pydantic import ValidationError
 
 from api.enqueue import TaskMessages
 from core.queue import make_celery
-from core.redis_clients import broker_transport_options, broker_url, on_primary, retries_spanning, secrets
+from core.redis_clients import broker_transport_options, broker_url, retries_spanning, secrets
 from core.settings import Settings
 
 
@@ -74,26 +74,3 @@ def test_a_workers_retries_span_at_least_the_time_it_was_asked_to_ride_out(retry
     slept = sum(backoff.compute(n) for n in range(1, retries + 1))
     assert slept >= retry_s
     assert slept - backoff.compute(retries) < retry_s  # and not one retry more
-
-
-class _Connection:
-    def __init__(self, host: str, port: int, connected: bool = True) -> None:
-        self.host, self.port, self.is_connected = host, port, connected
-
-
-class _Pool:
-    def __init__(self, master_address: tuple[str, int] | None) -> None:
-        self.master_address = master_address
-
-
-class _Client:
-    def __init__(self, master_address: tuple[str, int] | None) -> None:
-        self.connection_pool = _Pool(master_address)
-
-
-def test_a_connection_left_open_to_a_replaced_primary_is_noticed() -> None:
-    assert on_primary(_Client(("10.0.0.1", 6379)), _Connection("10.0.0.1", 6379))  # type: ignore[arg-type]
-    assert not on_primary(_Client(("10.0.0.2", 6379)), _Connection("10.0.0.1", 6379))  # type: ignore[arg-type]
-    # Not yet connected, or not a Sentinel pool (no primary address): nothing to move.
-    assert on_primary(_Client(("10.0.0.2", 6379)), _Connection("10.0.0.1", 6379, connected=False))  # type: ignore[arg-type]
-    assert on_primary(_Client(None), _Connection("10.0.0.1", 6379))  # type: ignore[arg-type]

@@ -77,6 +77,7 @@ Done = str | None
 
 # What the hub publishes on `keys.JOBS_DONE` to hear itself; no job has this id.
 _PING = "hub-ping"
+_READ_DEADLINE_S = 5.0
 
 
 class Liveness:
@@ -200,12 +201,21 @@ class EventHub:
         return True
 
     async def _read_forever(self) -> None:
-        # Also keeps the connection subscribed to something: redis-py refuses
-        # to read a pub/sub connection that has no subscription.
-        await self._pubsub.subscribe(keys.JOBS_DONE)
+        subscribed = False
         while True:
             try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                # get_message returns within its timeout, or should: after a Sentinel failover
+                # the hub was seen to go deaf for good, its reader never coming back from Redis.
+                async with asyncio.timeout(_READ_DEADLINE_S):
+                    if not subscribed:
+                        # Also keeps the connection subscribed to something: redis-py refuses
+                        # to read a pub/sub connection that has no subscription.
+                        await self._pubsub.subscribe(keys.JOBS_DONE, *self._channels)
+                        subscribed = True
+                    message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+            except TimeoutError:
+                subscribed = await self._replace_connection("a read of Redis did not return")
+                continue
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
                 log.warning("event hub lost Redis (%s); resubscribing", e)
                 self._lost_redis()
@@ -215,7 +225,7 @@ class EventHub:
                 self._liveness.heard()
                 self._dispatch(message)
             if self._liveness.deaf():
-                await self._reconnect()
+                subscribed = await self._replace_connection("it heard nothing, not even its own ping")
             elif (nonce := self._liveness.ping_due()) is not None:
                 with contextlib.suppress(RedisError):
                     await self._redis.publish(keys.JOBS_DONE, f"{_PING} {nonce}")
@@ -224,13 +234,15 @@ class EventHub:
         self._done_subscribed.clear()
         self._resync_all()
 
-    async def _reconnect(self) -> None:
-        # Connected and subscribed as far as redis-py knows, yet deaf: seen after a Sentinel
-        # failover (a connection left on a replaced primary, or resubscribed to nothing).
-        log.warning("event hub heard nothing from Redis, not even its own ping; reconnecting")
+    async def _replace_connection(self, why: str) -> bool:
+        """Start over on a new pub/sub connection (subscribed again by the read loop); returns False."""
+        log.warning("event hub: %s; reconnecting", why)
         self._lost_redis()
-        if self._pubsub.connection is not None:
-            await self._pubsub.connection.disconnect()
+        old, self._pubsub = self._pubsub, self._redis.pubsub()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_READ_DEADLINE_S):
+                await old.aclose()
+        return False
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         name = message["channel"]

@@ -32,6 +32,7 @@ from httpx_sse import connect_sse
 
 from stack.processes import Proc, start_api, start_lm_simulator, start_worker
 from stack.redis_ha import DOWN_AFTER_MS, SentinelGroup
+from stack.sse_client import keepalive
 
 RESULTS = Path(__file__).parent / "results"
 _TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
@@ -189,6 +190,8 @@ class Load:
                                 "retry", request=source.response.request, response=source.response
                             )
                         for sse in source.iter_sse():
+                            if keepalive(sse):
+                                continue
                             followed.seqs.append(int(sse.id))
                             data = json.loads(sse.data)
                             if sse.event == "status" and data.get("status") == "running":

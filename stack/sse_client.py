@@ -33,6 +33,11 @@ class Received:
         return self.events[-1]
 
 
+def keepalive(sse: Any) -> bool:
+    """The server's keep-alive comment, which httpx-sse hands over as an empty `message` event."""
+    return bool(sse.event == "message" and not sse.data)
+
+
 def _event(sse: Any) -> dict[str, Any]:
     return {"seq": int(sse.id), "type": sse.event, "data": json.loads(sse.data)}
 
@@ -46,6 +51,8 @@ def read_events(
     with connect_sse(client, "GET", f"/jobs/{job_id}/events", headers=headers) as source:
         source.response.raise_for_status()
         for sse in source.iter_sse():
+            if keepalive(sse):
+                continue
             received.events.append(_event(sse))
             if stop_after is not None and len(received.events) >= stop_after:
                 break
@@ -57,5 +64,6 @@ async def aread_events(client: httpx.AsyncClient, job_id: str) -> Received:
     async with aconnect_sse(client, "GET", f"/jobs/{job_id}/events") as source:
         source.response.raise_for_status()
         async for sse in source.aiter_sse():
-            received.events.append(_event(sse))
+            if not keepalive(sse):
+                received.events.append(_event(sse))
     return received

@@ -15,7 +15,6 @@ replica and REDIS_MIN_REPLICAS_ACKED=1 to show what the `WAIT` costs.
 import argparse
 import concurrent.futures
 import functools
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -25,10 +24,15 @@ from pathlib import Path
 import httpx
 import redis
 
+from bench.report import machine
 from stack.processes import Proc, start_api, start_lm_simulator, start_redis, start_worker, wait_for
 
 RESULTS = Path(__file__).parent / "results" / "redis_ceiling.md"
 _IDLE_S = 10.0
+
+
+def _machine() -> str:
+    return ", ".join(f"{what} {value}" for what, value in machine() if what in ("CPU", "Cores", "RAM", "redis-server"))
 
 
 @dataclass
@@ -211,8 +215,7 @@ def main() -> None:
     lines = [
         "# What a job costs Redis, and the ceiling of one primary",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, run {when}. "
-        f"Command: `.venv/bin/python -m bench.redis_cost --jobs {args.jobs}`",
+        f"Machine: {_machine()}; run {when}. Command: `.venv/bin/python -m bench.redis_cost --jobs {args.jobs}`",
         "",
         "One API, one interactive and one bulk worker with make up's defaults, scripted LM answering at once;",
         "Redis figures are deltas of INFO commandstats and the main thread's CPU, less the idle stack's rate.",

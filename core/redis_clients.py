@@ -6,13 +6,15 @@
   again. A command that fails on its connection is sent once more on a new
   one (redis-py's `Retry`), and connections idle for `_HEALTH_CHECK_S` are
   checked before use. While Redis is really down the retry fails too, and
-  callers see the error at once.
+  callers see the error at once; a worker's client instead keeps retrying
+  for `WORKER_REDIS_RETRY_S`, long enough to ride out a failover.
 - **Blocking pools**, sized by the caller: a burst waits briefly for a
   connection instead of failing with "Too many connections".
 - **Sentinel when configured** (`REDIS_SENTINELS`): each new connection asks
-  the Sentinels for the current primary, and a connection to a primary that
-  was demoted is dropped on its first `READONLY`, so after a failover every
-  client finds the new primary by itself. The broker goes through kombu's
+  the Sentinels for the current primary, pools ask again every
+  `_PRIMARY_CHECK_S` while their connections stay open, and a connection to
+  a primary that was demoted is dropped on its first `READONLY`, so after a
+  failover every client finds the new primary by itself. The broker goes through kombu's
   `sentinel://` transport to the same primary.
 - Replies are decoded to `str`, parsed by hiredis.
 """

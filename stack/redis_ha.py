@@ -31,18 +31,20 @@ def _redis_binary() -> str:
     return binary
 
 
-def _server_command(port: int, replica_of: int | None) -> list[str]:
+def _server_command(port: int, replica_of: int | None, password: str | None) -> list[str]:
     workdir = ARTIFACTS / f"redis-ha-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     cmd = [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     cmd += ["--dir", str(workdir), "--maxmemory-policy", "noeviction"]
     if replica_of is not None:
         cmd += ["--replicaof", "127.0.0.1", str(replica_of)]
+    if password is not None:
+        cmd += ["--requirepass", password, "--masterauth", password]
     return cmd
 
 
-def _answers(port: int) -> bool:
-    return bool(redis.Redis(port=port, socket_connect_timeout=0.5).ping())
+def _answers(port: int, password: str | None = None) -> bool:
+    return bool(redis.Redis(port=port, password=password, socket_connect_timeout=0.5).ping())
 
 
 @dataclass
@@ -51,10 +53,13 @@ class SentinelGroup:
     sentinels: dict[int, Proc] = field(default_factory=dict)
     master_name: str = MASTER_NAME
     down_after_ms: int = DOWN_AFTER_MS
+    password: str | None = None  # of the servers (the Sentinels have none)
 
     @classmethod
-    def start(cls, replicas: int = 2, sentinels: int = 3, down_after_ms: int = DOWN_AFTER_MS) -> "SentinelGroup":
-        group = cls(down_after_ms=down_after_ms)
+    def start(
+        cls, replicas: int = 2, sentinels: int = 3, down_after_ms: int = DOWN_AFTER_MS, password: str | None = None
+    ) -> "SentinelGroup":
+        group = cls(down_after_ms=down_after_ms, password=password)
         primary = free_port()
         group._start_server(primary, None)
         for _ in range(replicas):
@@ -66,8 +71,8 @@ class SentinelGroup:
         return group
 
     def _start_server(self, port: int, replica_of: int | None) -> None:
-        proc = Proc(f"redis-ha-{port}", _server_command(port, replica_of), {})
-        wait_for(lambda: _answers(port), 10, f"redis-server on {port}", proc)
+        proc = Proc(f"redis-ha-{port}", _server_command(port, replica_of, self.password), {})
+        wait_for(lambda: _answers(port, self.password), 10, f"redis-server on {port}", proc)
         self.servers[port] = proc
 
     def _start_sentinel(self, port: int, primary: int) -> None:
@@ -80,13 +85,14 @@ class SentinelGroup:
             f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
             f"sentinel failover-timeout {self.master_name} {_FAILOVER_TIMEOUT_MS}\n"
             f"sentinel parallel-syncs {self.master_name} 2\n"
+            + (f"sentinel auth-pass {self.master_name} {self.password}\n" if self.password else "")
         )
         proc = Proc(f"sentinel-{port}", [_redis_binary(), str(conf), "--sentinel"], {})
         wait_for(lambda: _answers(port), 10, f"sentinel on {port}", proc)
         self.sentinels[port] = proc
 
     def _wait_for_replicas(self, primary: int, replicas: int) -> None:
-        client = redis.Redis(port=primary, decode_responses=True)
+        client = redis.Redis(port=primary, password=self.password, decode_responses=True)
 
         def synced() -> bool:
             info = client.info("replication")
@@ -111,11 +117,14 @@ class SentinelGroup:
 
     def env(self) -> dict[str, str]:
         """What a service process needs to go through these Sentinels."""
-        return {
+        env = {
             "REDIS_SENTINELS": self.sentinel_addresses,
             "REDIS_MASTER_NAME": self.master_name,
             "REDIS_URL": f"redis://127.0.0.1:{self.primary_port()}/0",
         }
+        if self.password:
+            env["REDIS_PASSWORD"] = self.password
+        return env
 
     def primary_port(self) -> int:
         """The primary the Sentinels name now."""
@@ -128,7 +137,7 @@ class SentinelGroup:
         raise RuntimeError("no Sentinel answers")
 
     def primary(self) -> redis.Redis:
-        return redis.Redis(port=self.primary_port(), decode_responses=True)
+        return redis.Redis(port=self.primary_port(), password=self.password, decode_responses=True)
 
     def kill_primary(self) -> int:
         port = self.primary_port()
@@ -142,7 +151,8 @@ class SentinelGroup:
             port = self.primary_port()
             if port != old:
                 try:
-                    if redis.Redis(port=port, socket_timeout=1).info("replication")["role"] == "master":
+                    server = redis.Redis(port=port, password=self.password, socket_timeout=1)
+                    if server.info("replication")["role"] == "master":
                         return port
                 except (redis.RedisError, OSError):
                     pass

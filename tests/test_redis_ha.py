@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from bench import failover
-from stack.processes import ARTIFACTS, Proc, start_api, start_redis, start_worker, wait_for
+from stack.processes import ARTIFACTS, Proc, start_api, start_redis, start_worker, wait_for, worker_command
 from stack.redis_ha import SentinelGroup
 from tests.conftest import FLOWER_AUTH, Stack
 
@@ -106,3 +106,29 @@ def test_worker_and_api_connected_before_a_failover_serve_after_it_without_resta
     finally:
         api.stop()
         worker.stop()
+
+
+def test_a_password_protected_group_serves_jobs_with_redis_password_and_keeps_it_out_of_the_logs(
+    lm_api_base: str,
+) -> None:
+    group = SentinelGroup.start(password="s3cret-redis-pw")
+    env = Stack(group.env()["REDIS_URL"], lm_api_base, extra_env=group.env()).env
+    assert "s3cret" not in env["REDIS_URL"]  # the password reaches the service as REDIS_PASSWORD only
+    procs: list[Proc] = []
+    try:
+        worker = Proc("worker-ha-password", worker_command("worker.celery_app", "interactive", 4, "pw@test"), env)
+        procs.append(worker)
+        api, base = start_api(env, name="api-ha-password")
+        procs.append(api)
+        with httpx.Client(base_url=base, timeout=30) as client:
+
+            def served() -> bool:
+                job = client.post("/jobs", params={"wait": 20}, json={"question": "behind a password"})
+                return bool(job.json().get("status") == "succeeded")
+
+            wait_for(served, 60, "a job through password-protected Sentinel", worker)
+        assert "s3cret-redis-pw" not in worker.own_log() + api.own_log()
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        group.stop()

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-from bench.report import machine
+from bench.report import results_header
 from stack.processes import Proc, start_api, start_lm_simulator, start_worker
 from stack.redis_ha import DOWN_AFTER_MS, SentinelGroup
 from stack.sse_client import keepalive
@@ -37,10 +37,6 @@ from stack.sse_client import keepalive
 RESULTS = Path(__file__).parent / "results"
 _TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 _TRANSIENT = (httpx.TransportError,)
-
-
-def _machine() -> str:
-    return ", ".join(f"{what} {value}" for what, value in machine() if what in ("CPU", "Cores", "RAM", "redis-server"))
 
 
 def _env(group: SentinelGroup, lm_api_base: str) -> dict[str, str]:
@@ -394,12 +390,8 @@ _COLUMNS = {
 
 
 def _write(reports: list[Report], command: str) -> None:
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
-        "# Failover: the Redis primary killed under load",
-        "",
-        f"Machine: {_machine()}; run {when}. Command: `{command}`",
-        "",
+        *results_header("Failover: the Redis primary killed under load", command),
         f"Primary + 2 replicas + 3 Sentinels on loopback (down-after-milliseconds {reports[0].down_after_ms}), "
         "REDIS_MIN_REPLICAS_ACKED at its default (1),",
         f"{reports[0].submit_rate_per_s:g} jobs/s submitted (half streaming, every fourth followed over SSE), one "

@@ -24,15 +24,11 @@ from pathlib import Path
 import httpx
 import redis
 
-from bench.report import machine
+from bench.report import results_header
 from stack.processes import Proc, start_api, start_lm_simulator, start_redis, start_worker, wait_for
 
 RESULTS = Path(__file__).parent / "results" / "redis_ceiling.md"
 _IDLE_S = 10.0
-
-
-def _machine() -> str:
-    return ", ".join(f"{what} {value}" for what, value in machine() if what in ("CPU", "Cores", "RAM", "redis-server"))
 
 
 @dataclass
@@ -211,12 +207,9 @@ def main() -> None:
     args = parser.parse_args()
     costs, waits = measure(args.jobs)
     alone_p50, alone_p99, waited_p50, waited_p99 = wait_round_trip()
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = f".venv/bin/python -m bench.redis_cost --jobs {args.jobs}"
     lines = [
-        "# What a job costs Redis, and the ceiling of one primary",
-        "",
-        f"Machine: {_machine()}; run {when}. Command: `.venv/bin/python -m bench.redis_cost --jobs {args.jobs}`",
-        "",
+        *results_header("What a job costs Redis, and the ceiling of one primary", command),
         "One API, one interactive and one bulk worker with make up's defaults, scripted LM answering at once;",
         "Redis figures are deltas of INFO commandstats and the main thread's CPU, less the idle stack's rate.",
         "The ceiling is 1 / (Redis CPU per job): one Redis main thread spends a whole core on nothing else.",

@@ -61,6 +61,13 @@ def machine() -> list[tuple[str, str]]:
     ]
 
 
+def results_header(title: str, command: str) -> list[str]:
+    """The first lines of a results file: what it measures, on which machine, when, by which command."""
+    rows = ", ".join(f"{what} {value}" for what, value in machine() if what in ("CPU", "Cores", "RAM", "redis-server"))
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return [f"# {title}", "", f"Machine: {rows}; run {when}. Command: `{command}`", ""]
+
+
 def versions(packages: Iterable[str]) -> list[tuple[str, str]]:
     out = []
     for name in packages:

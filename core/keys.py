@@ -2,8 +2,10 @@
 
 Celery's own keys (queues named in settings, `unacked*`, `_kombu.*`) live in
 the same database; all of ours start with `dj:` so they never collide. A job's
-keys share the hash tag `{<job id>}`, so the scripts that touch several of them
-also run on Redis Cluster.
+keys share the hash tag `{<job id>}`, a batch's `{<batch id>}`, an LM endpoint's
+`{<endpoint>}`. The job functions also touch shared keys (the lease and deadline
+sets, the queued set, the metrics hashes), so those are not yet Cluster-ready
+(docs/operations.md, "How far one Redis goes").
 """
 
 PREFIX = "dj"

@@ -20,11 +20,12 @@ for a queue (the connection dropped, or the waiter fell so far behind that
 its queue filled up) it clears the queue and puts `RESYNC` in it: the waiter
 re-reads the state and goes on.
 
-A subscription can also go quiet without any error (after a Sentinel
-failover it was seen resubscribed to nothing, or left on a replaced
-primary): when the hub has heard nothing for a few seconds it publishes a
-ping on its own channel, and one that does not come back makes it reconnect
-and resync.
+A subscription can also go quiet without any error: after a Sentinel
+failover the hub was seen to go deaf for good (bench/results/
+failover-before-hub-guard.md; the cause inside redis-py was not found). So a
+read of Redis that does not return within `_READ_DEADLINE_S`, or a ping the
+hub publishes on its own channel after a few quiet seconds that does not come
+back, makes it start over on a new connection and resync.
 
 Each event is encoded once, as the bytes of its SSE frame, however many
 clients receive it: the hub reads its sequence number and type by position
@@ -83,7 +84,7 @@ _READ_DEADLINE_S = 5.0
 class Liveness:
     """When a quiet hub should ping itself, and when an unanswered ping means it is deaf.
 
-    A subscription can go silent without an error (see `EventHub._reconnect`); any
+    A subscription can go silent without an error (see the module's docstring); any
     message proves it alive, and after `quiet_s` without one the hub publishes a
     ping on its own channel. No answer within `quiet_s` more: deaf."""
 

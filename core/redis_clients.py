@@ -96,38 +96,42 @@ def _primary_kwargs(settings: Settings) -> dict[str, Any]:
 _PRIMARY_CHECK_S = 0.5
 
 
-class _AsyncBlockingSentinelPool(aiosentinel.SentinelConnectionPool, aioredis.BlockingConnectionPool):
-    """Sentinel's address lookup with the blocking pool's wait for a free connection.
+class _PrimaryCheck:
+    """When a Sentinel pool should ask again which server is the primary: every `_PRIMARY_CHECK_S`.
 
     redis-py asks the Sentinels only when it opens a connection, so a pool of open
     connections to a primary the Sentinels have replaced keeps writing to it until
     it is demoted, and writes it takes then (confirmed by its own replica) vanish
     when it rejoins as a replica: acknowledged jobs lost, measured in
-    bench/failover.py. So the pool asks every `_PRIMARY_CHECK_S` as connections are
-    taken; a new primary closes the idle connections to the old one and the
-    in-use ones as they come back. Sentinels that do not answer leave the pool as it is.
-    """
+    bench/failover.py. So the pools ask as connections are taken; a new primary
+    closes the idle connections to the old one and the in-use ones as they come
+    back. Sentinels that do not answer leave the pool as it is."""
 
     _primary_checked_at = 0.0
 
-    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+    def _primary_check_due(self) -> bool:
         now = time.monotonic()
-        if now - self._primary_checked_at >= _PRIMARY_CHECK_S:
-            self._primary_checked_at = now
+        if now - self._primary_checked_at < _PRIMARY_CHECK_S:
+            return False
+        self._primary_checked_at = now
+        return True
+
+
+class _AsyncBlockingSentinelPool(_PrimaryCheck, aiosentinel.SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's address lookup with the blocking pool's wait for a free connection."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self._primary_check_due():
             with contextlib.suppress(*_RETRY_ERRORS):
                 await self.get_master_address()
         return await super().get_connection(*args, **kwargs)
 
 
-class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
+class _BlockingSentinelPool(_PrimaryCheck, redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
     """The same, for synchronous clients."""
 
-    _primary_checked_at = 0.0
-
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        now = time.monotonic()
-        if now - self._primary_checked_at >= _PRIMARY_CHECK_S:
-            self._primary_checked_at = now
+        if self._primary_check_due():
             with contextlib.suppress(*_RETRY_ERRORS):
                 self.get_master_address()
         return super().get_connection(*args, **kwargs)

@@ -5,7 +5,8 @@ defaults; Celery passes no intervals and has no setting for them). After a
 Sentinel failover the new primary answers within `down-after-milliseconds`
 plus a second or two, and with those defaults the consumer found it about
 6 s after the kill where the API was accepting jobs again after 2 s
-(bench/results/failover.md). This consumer asks kombu for its retries every
+(bench/failover.py with down-after-milliseconds 1000; with this consumer, 3 s:
+bench/results/failover-down-after-1000.md). This consumer asks kombu for its retries every
 0.5 s, growing to 2 s; it is installed through Celery's `worker_consumer`
 setting (worker/celery_app.py).
 """

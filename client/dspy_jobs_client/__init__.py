@@ -1,0 +1,1 @@
+"""Client for a dspy-jobs service."""

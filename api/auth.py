@@ -24,6 +24,7 @@ visible to everyone, as before.
     python -m api.auth new [name]      # a fresh random key and its API_KEYS entry
 """
 
+import base64
 import hashlib
 import hmac
 import logging
@@ -41,6 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_bytes
 from core.settings import Settings
+from core.webhooks import SECRET_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +256,13 @@ def main(argv: list[str]) -> int:
         print(f"key (give it to the client; it is not stored anywhere): {key}")
         print(f"API_KEYS entry: {entry}")
         return 0
-    print("usage: python -m api.auth hash <key>  |  python -m api.auth new [name]", file=sys.stderr)
+    if argv == ["webhook-secret"]:
+        print(f"WEBHOOK_SECRET={SECRET_PREFIX}{base64.b64encode(secrets.token_bytes(32)).decode()}")
+        return 0
+    print(
+        "usage: python -m api.auth hash <key>  |  python -m api.auth new [name]  |  python -m api.auth webhook-secret",
+        file=sys.stderr,
+    )
     return 2
 
 

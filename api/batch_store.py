@@ -13,6 +13,7 @@ from core import keys, replication, scripts
 from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus, item_id, new_batch_fields, unpicked_status
 from core.capacity import endpoint_for
 from core.settings import Settings
+from core.webhooks import submitted_fields
 
 _PUSH_CHUNK = 1000
 
@@ -29,6 +30,7 @@ async def create_batch(
     owner: str | None = None,
     stream: bool = False,
     expires_at_s: float | None = None,
+    webhook_url: str | None = None,
 ) -> dict[str, str]:
     """Store the record and every item's input, and give the batch its turn in the bulk rotation of its
     model's endpoint, in one transaction: all or nothing.
@@ -49,6 +51,8 @@ async def create_batch(
         owner=owner,
         expires_at_s=expires_at_s,
     )
+    if webhook_url is not None:
+        fields.update(submitted_fields(webhook_url))
     inputs = [json.dumps(item, separators=(",", ":")) for item in items]
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]  # redis-py: invariant keys

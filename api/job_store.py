@@ -17,6 +17,7 @@ from core.batches import item_fields, unpicked_status
 from core.events import split_event
 from core.jobs import JobLinks, JobStatus, job_from_fields, new_job_fields
 from core.settings import Settings
+from core.webhooks import submitted_fields
 
 _QUEUED = json.dumps({"status": JobStatus.queued.value}, separators=(",", ":"))
 _ITEM_ID = re.compile(r"^([0-9a-f]{32})-(\d{1,9})$")
@@ -35,6 +36,7 @@ async def create_job(
     owner: str | None = None,
     stream: bool = True,
     expires_at_s: float | None = None,
+    webhook_url: str | None = None,
 ) -> dict[str, str]:
     """Write the record, its `queued` event and its task `message` in one step; returns the record.
 
@@ -43,6 +45,8 @@ async def create_job(
     fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s, stream, expires_at_s)
     if owner is not None:
         fields["owner"] = owner
+    if webhook_url is not None:
+        fields.update(submitted_fields(webhook_url))
     script_keys = [
         keys.job(job_id),
         keys.job_events(job_id),

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from core.settings import get_settings
 
 # Names the flat bodies of `/jobs` and `/batches` use besides the default program's inputs.
-OVERRIDE_NAMES = frozenset({"model", "temperature", "stream", "expires_after_s"})
+OVERRIDE_NAMES = frozenset({"model", "temperature", "stream", "expires_after_s", "webhook_url"})
 
 
 def _check_texts(value: Any, field: str, limit: int) -> None:
@@ -86,7 +86,16 @@ class LMOverrides(BaseModel):
         return model
 
 
-class JobOptions(LMOverrides):
+class WebhookOption(BaseModel):
+    webhook_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="Receiver of one signed event (Standard Webhooks) when this ends: https, on public addresses "
+        "unless the server opens others (docs/api.md, Webhooks).",
+    )
+
+
+class JobOptions(LMOverrides, WebhookOption):
     """Base of every job submission body."""
 
     stream: bool = Field(
@@ -96,7 +105,7 @@ class JobOptions(LMOverrides):
     )
 
 
-class BatchOptions(LMOverrides):
+class BatchOptions(LMOverrides, WebhookOption):
     """Base of every batch submission body."""
 
     # Off by default: nobody watches a hundred thousand token streams, and an

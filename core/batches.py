@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from core import keys
 from core.jobs import JobStatus, LMUsage, new_job_fields, time_or_none
+from core.webhooks import WebhookState, webhook_from_fields
 
 
 class BatchStatus(StrEnum):
@@ -79,6 +80,7 @@ class Batch(BaseModel):
     expires_at: datetime | None = Field(None, description="Items not started by then end `expired`.")
     usage: LMUsage = Field(description="LM tokens spent by all items so far.")
     error: str | None = Field(None, description="Why the batch could not run, when `status` is `failed`.")
+    webhook: WebhookState | None = Field(None, description="The delivery of its completion event, if it has one.")
     links: BatchLinks
 
 
@@ -149,6 +151,7 @@ def batch_from_fields(fields: dict[str, str]) -> Batch:
         expires_at=time_or_none(fields.get("expires_at")),
         usage=LMUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion),
         error=fields.get("error"),
+        webhook=webhook_from_fields(fields),
         links=BatchLinks.for_batch(fields["id"]),
     )
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from core.webhooks import WebhookState, webhook_from_fields
+
 
 class JobStatus(StrEnum):
     queued = "queued"  # stored and enqueued; no worker has started it yet
@@ -90,6 +92,7 @@ class Job(BaseModel):
     )
     error: JobError | None = None
     usage: LMUsage | None = Field(None, description="LM tokens spent on the job.")
+    webhook: WebhookState | None = Field(None, description="The delivery of its completion event, if it has one.")
     links: JobLinks
 
 
@@ -161,5 +164,6 @@ def job_from_fields(fields: dict[str, str], links: JobLinks) -> Job:
         result=_json(fields.get("result")),
         error=_json(fields.get("error")),
         usage=_json(fields.get("usage")),
+        webhook=webhook_from_fields(fields),
         links=links,
     )

@@ -160,6 +160,16 @@ METRICS_HISTOGRAMS = f"{PREFIX}:metrics:histograms"
 # Sorted set: batch id -> created time, for batches /metrics has not yet seen finish.
 OPEN_BATCHES = f"{PREFIX}:batches:open"
 
+# Sorted set: webhook delivery (`job:<id>` or `batch:<id>`) -> unix time it is
+# next due; a claimed one is due again when its attempt's lease runs out.
+WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
+WEBHOOK_PREFIX = f"{PREFIX}:webhook:"
+
+
+def webhook(delivery: str) -> str:
+    """Hash: one delivery: url, the record's key, event type, end time, attempts, the body once built."""
+    return f"{WEBHOOK_PREFIX}{delivery}"
+
 
 def job_function_keys(job_id: str, interactive_queue: str) -> list[str]:
     """The KEYS every job function of core/lua/jobs.lua takes, in order."""

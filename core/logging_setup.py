@@ -166,7 +166,7 @@ class JsonFormatter(logging.Formatter):
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value the settings hold, to be masked wherever it shows up."""
     found = []
-    for secret in (settings.lm_api_key, settings.flower_basic_auth):
+    for secret in (settings.lm_api_key, settings.flower_basic_auth, settings.webhook_secret):
         if secret is not None:
             value = secret.get_secret_value()
             found += [value, *value.split(":", 1)[1:]]  # user:password: the password alone too
@@ -196,3 +196,5 @@ def configure_logging(settings: Settings, level: str | int | None = None) -> Non
         # Their debug output is whole prompts and responses.
         for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm", "httpx", "httpcore", "openai"):
             logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.INFO))
+    # httpx logs each request's URL at INFO; a webhook receiver's URL may carry its own token.
+    logging.getLogger("httpx").setLevel(max(logging.getLogger("httpx").level, logging.WARNING))

@@ -24,6 +24,8 @@ RUN_TIME = "dspy_jobs_run_seconds"
 CAPACITY_WAIT = "dspy_jobs_capacity_wait_seconds"
 # Counted by the API when a scrape first sees a batch finished (api/metrics.py).
 BATCHES_FINISHED = "dspy_jobs_batches_finished"
+# Counted by the workers' webhook senders, one per attempt (worker/webhooks.py).
+WEBHOOK_DELIVERIES = "dspy_jobs_webhook_deliveries"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,11 @@ COUNTERS: dict[str, Spec] = {
     ),
     LM_TOKENS: Spec("LM tokens spent by finished jobs, by program, model and kind.", ("program", "model", "kind")),
     BATCHES_FINISHED: Spec("Batches that reached a final status, by status.", ("status",)),
+    WEBHOOK_DELIVERIES: Spec(
+        "Webhook delivery attempts by outcome: delivered, retrying (failed, tried again later) or failed "
+        "(given up: retry window over, 410 Gone, or the receiver no longer allowed).",
+        ("outcome",),
+    ),
 }
 
 HISTOGRAMS: dict[str, Spec] = {

@@ -1,7 +1,7 @@
 """The service's Lua: one library of Redis functions, loaded once per Redis, called by name.
 
-Every script lives in `core/lua/`, one file per family (events, batches,
-jobs, capacity, limits), each documenting the KEYS and ARGV of its functions. They
+Every script lives in `core/lua/`, one file per family (webhooks, events,
+batches, jobs, capacity, limits), each documenting the KEYS and ARGV of its functions. They
 are loaded together as one library (`FUNCTION LOAD`), so a family can call
 another's local helpers (every family appends events through
 `append_event`) without pasting source into source. Redis keeps functions
@@ -30,7 +30,7 @@ from core import keys
 from core.batches import TERMINAL_BATCH_STATUSES
 from core.jobs import TERMINAL_STATUSES
 
-FAMILIES = ("events", "batches", "jobs", "capacity", "limits")
+FAMILIES = ("webhooks", "events", "batches", "jobs", "capacity", "limits")
 _LUA = Path(__file__).with_name("lua")
 
 
@@ -42,6 +42,8 @@ def _lua_set(names: frozenset[str]) -> str:
 _CONSTANTS = {
     "__JOBS_DONE__": keys.JOBS_DONE,
     "__COUNTED__": keys.COUNTED_FIELD,
+    "__WEBHOOKS_DUE__": keys.WEBHOOKS_DUE,
+    "__WEBHOOK_PREFIX__": keys.WEBHOOK_PREFIX,
     "__TERMINAL_STATUSES__": _lua_set(TERMINAL_STATUSES),
     "__TERMINAL_BATCH_STATUSES__": _lua_set(TERMINAL_BATCH_STATUSES),
 }

@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.programs import ProgramEntry
+from core.webhooks import secret_problem
 
 # The embedded default: a local llama-cpp-python server (OpenAI-compatible)
 # serving Gemma 3 270M. `make up` starts it when `lm_model` is left at this value.
@@ -203,6 +204,24 @@ class Settings(BaseSettings):
     api_redis_max_connections: int = 200
     api_redis_pool_timeout_s: float = 5.0
 
+    # --- Completion webhooks (core/webhooks.py, worker/webhooks.py) -----------
+    # Standard Webhooks signing secret, `whsec_` + base64 (`python -m api.auth
+    # webhook-secret` makes one). Unset: `webhook_url` is refused.
+    webhook_secret: SecretStr | None = None
+    # One delivery attempt: connect, send, read the answer.
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    # Failed attempts (timeouts, connection errors, non-2xx but 410) are retried
+    # with exponential backoff and jitter until this long after the job or
+    # batch ended.
+    webhook_retry_window_s: float = Field(24 * 3600.0, gt=0)
+    # Deliveries one worker process sends at once; a slow receiver holds one.
+    webhook_concurrency: PositiveInt = 16
+    # By default only https receivers on public addresses are accepted. These
+    # open loopback and private ranges (and plain http) to every host, or to
+    # the hosts listed (exact names or IP literals, comma-separated).
+    webhook_allow_private: bool = False
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = []
+
     # --- Security and operations ------------------------------------------------
     # API keys, stored hashed: comma-separated sha256 hex digests of the keys,
     # each optionally named (`name:digest`); `python -m api.auth hash <key>`
@@ -248,6 +267,17 @@ class Settings(BaseSettings):
             raise ValueError("CORS_ALLOW_ORIGINS takes explicit origins, not '*'")
         return value
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_is_whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        problem = secret_problem(value.get_secret_value()) if value is not None else None
+        if problem is not None:
+            # Never echo the value: it is a secret.
+            raise ValueError(
+                f"WEBHOOK_SECRET is not a Standard Webhooks secret: {problem} (python -m api.auth webhook-secret)"
+            )
+        return value
+
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinels_are_host_port(cls, value: list[str]) -> list[str]:
@@ -257,7 +287,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"REDIS_SENTINELS: {address!r} is not host:port")
         return value
 
-    @field_validator("lm_allowed_models", "disabled_patches", "redis_sentinels", mode="before")
+    @field_validator("lm_allowed_models", "disabled_patches", "redis_sentinels", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):

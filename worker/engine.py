@@ -2,7 +2,8 @@
 
 One loop per process, on a thread of its own, runs every job of the process
 (worker/job_runner.py) and what keeps them honest: the lease renewal, the
-reaper (worker/reaper.py), the heartbeat, the token writer, the bulk loops
+reaper (worker/reaper.py), the webhook sender (worker/webhooks.py), the
+heartbeat, the token writer, the bulk loops
 of a bulk worker (worker/bulk.py) and the wake-ups from Redis. Celery's
 threads only hand interactive jobs over (`take`) and wait until each has
 started, so the number of jobs a process runs is bounded by the LM's limits,
@@ -47,6 +48,7 @@ from worker.reaper import Reaper
 from worker.runtime import Runtime
 from worker.token_writer import TokenWriter
 from worker.wakeups import Wakeups
+from worker.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -132,6 +134,7 @@ class Engine:
         for coroutine, name in (
             (self._renew_forever(), "lease-renewal"),
             (reaper.run_forever(), "reaper"),
+            (WebhookSender(client, s).run_forever(), "webhooks"),
             (self._heartbeat.run_forever(), "heartbeat"),
         ):
             self._tasks.append(asyncio.create_task(coroutine, name=name))

@@ -28,6 +28,7 @@ from api.idempotency import IdempotencyKey
 from api.metrics import BATCHES_SUBMITTED
 from api.schemas import BatchOptions
 from api.submission_rate import check_submission
+from api.webhook_url import check_webhook_url
 from core import keys
 from core.batches import TERMINAL_BATCH_STATUSES, Batch, batch_from_fields
 from core.jobs import now_s
@@ -113,6 +114,7 @@ async def submit(
         max_items = min(max_items, settings.key_batch_max_items)
     if len(items) > max_items:
         raise HTTPException(413, f"{len(items)} items; a batch may hold at most {max_items}")
+    await check_webhook_url(options.webhook_url, settings)
     await check_submission(redis, settings, caller)
     batch_id = uuid.uuid4().hex
     idempotency_key = caller.scoped(idempotency_key)
@@ -140,6 +142,7 @@ async def submit(
             owner=caller.owner,
             stream=options.stream,
             expires_at_s=created_at + expires_after_s,
+            webhook_url=options.webhook_url,
         )
     except RedisError:
         # Answered 503 (api/main.py): nothing may stay of a batch its client was told was not accepted.

@@ -26,6 +26,7 @@ from api.idempotency import IdempotencyKey
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import JobOptions
 from api.submission_rate import check_submission
+from api.webhook_url import check_webhook_url
 from core import keys
 from core.jobs import Job, JobLinks, job_from_fields, now_s
 from core.logging_setup import bind
@@ -103,6 +104,7 @@ async def submit(
     """Store the job, enqueue it, answer with the record (or the finished job, given `wait`)."""
     if wait is not None and wait > settings.wait_max_s:
         raise HTTPException(422, f"wait must be at most {settings.wait_max_s} seconds")
+    await check_webhook_url(options.webhook_url, settings)
     await check_submission(redis, settings, caller)
     job_id = uuid.uuid4().hex
     idempotency_key = caller.scoped(idempotency_key)
@@ -132,6 +134,7 @@ async def submit(
             owner=caller.owner,
             stream=options.stream,
             expires_at_s=created_at + (options.expires_after_s or settings.job_expires_after_s),
+            webhook_url=options.webhook_url,
         )
     except RedisError:
         # Answered 503 (api/main.py). The script may have run before the

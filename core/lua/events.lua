@@ -34,6 +34,7 @@ local function batch_maybe_done(batch)
   end
   redis.call('HSET', batch, 'status', final, 'finished_at', now_text())
   redis.call('HINCRBY', batch, 'version', 1)
+  webhook_enqueue(batch, 'batch', final)
   if b[8] then redis.call('DEL', b[8]) end
 end
 
@@ -77,6 +78,7 @@ local function append_event(job, events, channel, event_type, data, maxlen, ttl_
   if batch and new_status and new_status ~= status then
     batch_items_moved(batch, status, new_status, 1, usage)
   end
+  if new_status and TERMINAL[new_status] and not batch then webhook_enqueue(job, 'job', new_status) end
   local payload = '{"seq":' .. seq .. ',"type":"' .. event_type .. '","data":' .. data .. '}'
   redis.call('XADD', events, 'MAXLEN', '~', maxlen, seq .. '-0', 'e', payload)
   redis.call('EXPIRE', events, ttl_s)

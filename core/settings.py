@@ -40,7 +40,8 @@ class ModelLimits(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # A mistyped secret must not be echoed in the start-up error.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     # --- Redis high availability (core/redis_clients.py, docs/operations.md) --

@@ -32,7 +32,7 @@ class Receiver:
     `hold_s` seconds without answering."""
 
     def __init__(
-        self, port: int = 0, answers: list[int | None] | None = None, then: int = 200, hold_s: float = 60.0
+        self, port: int = 0, answers: list[int | None] | None = None, then: int | None = 200, hold_s: float = 60.0
     ) -> None:
         self.received: list[Received] = []
         self._answers = list(answers or [])

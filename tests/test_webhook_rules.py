@@ -54,7 +54,7 @@ def test_a_host_resolving_to_a_non_public_address_is_refused(address: str, kind:
 
 
 def test_one_private_address_among_public_ones_is_enough_to_refuse() -> None:
-    with pytest.raises(TargetRefused, match="10.1.2.3"):
+    with pytest.raises(TargetRefused, match=r"10\.1\.2\.3"):
         check("https://hooks.example.com/in", "93.184.216.34", "10.1.2.3")
 
 
@@ -122,5 +122,5 @@ def test_the_signing_secret_must_be_whsec_and_base64_of_enough_bytes() -> None:
     assert "base64" in str(secret_problem("whsec_!!!"))
     assert "at least 24" in str(secret_problem("whsec_" + base64.b64encode(b"short").decode()))
     with pytest.raises(ValueError, match="WEBHOOK_SECRET is not a Standard Webhooks secret") as refused:
-        Settings(webhook_secret="whsec_plaintext-oops")  # type: ignore[arg-type]
+        Settings(webhook_secret="whsec_plaintext-oops")
     assert "plaintext-oops" not in str(refused.value)

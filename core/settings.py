@@ -268,6 +268,12 @@ class Settings(BaseSettings):
             raise ValueError("CORS_ALLOW_ORIGINS takes explicit origins, not '*'")
         return value
 
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _webhook_secret_empty_is_unset(cls, value: object) -> object:
+        # docker-compose passes an unset variable through as "".
+        return None if value == "" else value
+
     @field_validator("webhook_secret")
     @classmethod
     def _webhook_secret_is_whsec(cls, value: SecretStr | None) -> SecretStr | None:

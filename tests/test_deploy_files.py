@@ -105,6 +105,8 @@ def test_the_ha_profile_adds_two_replicas_of_redis_and_three_sentinels_watching_
     assert example and sorted(a.split(":")[0] for a in example.group(1).split(",")) == sentinels
     assert all(a.endswith(":26379") for a in example.group(1).split(","))
     assert COMPOSE["x-app-env"]["REDIS_SENTINELS"] == "${REDIS_SENTINELS:-}"
+    # Webhooks are signed by the workers and checked by the API: both get the same settings.
+    assert COMPOSE["x-app-env"]["WEBHOOK_SECRET"] == "${WEBHOOK_SECRET:-}"
 
 
 def test_flower_requires_credentials() -> None:

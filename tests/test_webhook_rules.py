@@ -124,3 +124,4 @@ def test_the_signing_secret_must_be_whsec_and_base64_of_enough_bytes() -> None:
     with pytest.raises(ValueError, match="WEBHOOK_SECRET is not a Standard Webhooks secret") as refused:
         Settings(webhook_secret="whsec_plaintext-oops")
     assert "plaintext-oops" not in str(refused.value)
+    assert Settings(webhook_secret="").webhook_secret is None  # compose's unset variable

@@ -211,3 +211,4 @@ class Engine:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, *self._bulk, return_exceptions=True)
+        log.info("engine stopped; Celery finishes its own shutdown")

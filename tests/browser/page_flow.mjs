@@ -3,23 +3,20 @@
 //
 //   node tests/browser/page_flow.mjs <api_url> <screenshot.png> [question]
 //
-// 1. Asks `question` (it should stream slowly, e.g. with `[lm:tps=30]`) with a
-//    temperature, and samples the reasoning and answer panels every 50 ms
-//    until the result shows; screenshot at <screenshot.png>, and one taken
-//    mid-stream at <screenshot>-streaming.png.
+// 1. Asks `question` of the default program (`qa`, its form built from its
+//    input schema; it should stream slowly, e.g. with `[lm:tps=30]`) with a
+//    temperature, and samples the output panels every 50 ms until the
+//    result shows; screenshot at <screenshot.png>, and one taken mid-stream
+//    at <screenshot>-streaming.png.
 // 2. Asks a question the scripted LM answers with garbage: the job's error
 //    must show (screenshot <screenshot>-failed.png).
-// 3. Asks a question over the length limit: the 422 message must show
-//    (screenshot <screenshot>-rejected.png).
+// 3. Asks a question over the length limit: the 422 message must show, in
+//    the problem box and next to the field (screenshot <screenshot>-rejected.png).
 //
 // Exit code 0 whenever it could report; the caller judges the report.
 
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { fillForm, openPage, read, runFlow, settled, sibling, sleep } from './lib.mjs';
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const POLL_MS = 50;
 const FLOW_TIMEOUT_MS = 60_000;
 
@@ -29,66 +26,10 @@ if (!apiUrl || !screenshot) {
   process.exit(2);
 }
 
-// page.png -> page-<name>.png
-const sibling = (path, name) => path.replace(/(\.png)?$/, `-${name}.png`);
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// Everything the page shows, read in one round trip.
-function readPage() {
-  const text = (id) => document.getElementById(id)?.textContent ?? null;
-  const shown = (id) => {
-    const el = document.getElementById(id);
-    return Boolean(el) && !el.hidden;
-  };
-  return {
-    state: document.body.dataset.state ?? null,
-    status: text('status'),
-    reasoning: text('field-reasoning'),
-    answer: text('field-answer'),
-    key_concepts: text('field-key_concepts'),
-    question_type: text('field-question_type'),
-    final_shown: shown('final'),
-    problem_shown: shown('problem'),
-  };
-}
-
-function readFinal() {
-  const text = (id) => document.getElementById(id)?.textContent ?? null;
-  return {
-    job_id: text('job-id'),
-    status: text('final-status'),
-    answer: text('final-answer'),
-    key_concepts: [...document.querySelectorAll('#final-key-concepts li')].map((li) => li.textContent),
-    question_type: text('final-question-type'),
-    usage: text('final-usage'),
-    elapsed: text('final-elapsed'),
-    attempts: text('final-attempts'),
-    temperature: text('final-temperature'),
-    panels: Object.fromEntries(
-      [...document.querySelectorAll('.panel')].map((p) => [p.dataset.field, p.querySelector('.stream').textContent]),
-    ),
-  };
-}
-
-function readProblem() {
-  return {
-    shown: !document.getElementById('problem').hidden,
-    title: document.getElementById('problem-title').textContent,
-    message: document.getElementById('problem-message').textContent,
-    status: document.getElementById('status').textContent,
-    job_shown: !document.getElementById('job').hidden,
-  };
-}
-
 async function ask(page, text, temperature = '') {
-  await page.fill('#question', text);
+  await fillForm(page, { question: text });
   await page.fill('#temperature', temperature);
   await page.click('#submit');
-}
-
-// The page is done with a question: a result, a failed job, or a refusal.
-function settled(seen) {
-  return seen.state === 'done' || seen.state === 'failed' || (seen.state === 'idle' && seen.problem_shown);
 }
 
 // Waits for the page to settle, sampling it as it goes.
@@ -98,9 +39,9 @@ async function follow(page, midway = null) {
   const started = Date.now();
   const samples = [];
   for (;;) {
-    const seen = await page.evaluate(readPage);
+    const seen = await read.sample(page);
     samples.push({ t_ms: Date.now() - started, ...seen });
-    if (midway && seen.state === 'streaming' && seen.key_concepts) {
+    if (midway && seen.state === 'streaming' && seen.stream.key_concepts) {
       await midway();
       midway = null;
     }
@@ -121,9 +62,9 @@ function grows(texts) {
 
 function summarize(samples) {
   const before = samples.filter((s) => !settled(s));
-  const answers = distinctNonEmpty(before.map((s) => s.answer));
-  const reasonings = distinctNonEmpty(before.map((s) => s.reasoning));
-  const firstToken = before.find((s) => s.reasoning || s.answer);
+  const answers = distinctNonEmpty(before.map((s) => s.stream.answer));
+  const reasonings = distinctNonEmpty(before.map((s) => s.stream.reasoning));
+  const firstToken = before.find((s) => s.stream.reasoning || s.stream.answer);
   return {
     samples: samples.length,
     samples_before_final: before.length,
@@ -139,71 +80,30 @@ function summarize(samples) {
   };
 }
 
-const userDataDir = await mkdtemp(join(tmpdir(), 'page-flow-'));
-const report = { api_url: apiUrl, question, console_errors: [], page_errors: [], failed_requests: [] };
-let context;
-try {
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-    viewport: { width: 1100, height: 900 },
-    deviceScaleFactor: 1,
-  });
-  report.browser_version = context.browser()?.version() ?? null;
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') report.console_errors.push(msg.text());
-  });
-  page.on('pageerror', (err) => report.page_errors.push(String(err)));
-  page.on('requestfailed', (req) => {
-    // The page closes the event stream itself after the terminal event.
-    const reason = req.failure()?.errorText ?? '';
-    if (!(req.url().includes('/events') && reason.includes('ERR_ABORTED'))) {
-      report.failed_requests.push(`${req.method()} ${req.url()}: ${reason}`);
-    }
-  });
-
-  const response = await page.goto(`${apiUrl}/`, { waitUntil: 'load' });
-  report.page_status = response?.status() ?? null;
+const report = { api_url: apiUrl, question };
+await runFlow('page-flow', report, async (page) => {
+  report.page_status = await openPage(page, apiUrl);
   report.title = await page.title();
+  report.loaded = await read.job(page);
 
   // 1. The happy path, token by token.
   await ask(page, question, '0.3');
   const flow = await follow(page, () => page.screenshot({ path: sibling(screenshot, 'streaming'), fullPage: true }));
   report.timed_out = flow.timed_out;
   report.stream = summarize(flow.samples);
-  report.final = await page.evaluate(readFinal);
-  report.problem_after_success = await page.evaluate(readProblem);
+  report.done = await read.job(page);
   await page.screenshot({ path: screenshot, fullPage: true });
 
   // 2. A job that fails: its error shows, and the page is usable again.
   await ask(page, `Please fail. [lm:garbage] (${Date.now()})`);
   const failed = await follow(page);
-  report.failed = { timed_out: failed.timed_out, ...(await page.evaluate(readProblem)) };
-  report.failed.final_shown = await page.evaluate(() => !document.getElementById('final').hidden);
+  report.failed = { timed_out: failed.timed_out, ...(await read.job(page)) };
   await page.screenshot({ path: sibling(screenshot, 'failed'), fullPage: true });
 
   // 3. A question the API refuses (422): its message shows.
   await ask(page, 'x'.repeat(4001));
   const rejected = await follow(page);
-  report.rejected = { timed_out: rejected.timed_out, ...(await page.evaluate(readProblem)) };
+  report.rejected = { timed_out: rejected.timed_out, ...(await read.job(page)) };
   report.submit_enabled_after = await page.isEnabled('#submit');
   await page.screenshot({ path: sibling(screenshot, 'rejected'), fullPage: true });
-} catch (err) {
-  report.exception = String(err && err.stack ? err.stack : err);
-} finally {
-  await context?.close().catch(() => {});
-  await rm(userDataDir, { recursive: true, force: true }).catch(() => {});
-}
-
-process.stdout.write(`${JSON.stringify(report)}\n`);
+});

@@ -2,68 +2,75 @@
 //
 //   node tests/browser/page_key_flow.mjs <api_url> <key> <question> <screenshot.png>
 //
-// 1. Asks without a key: the page must say it needs one (401).
-// 2. Types the key, asks again: POST /jobs carries it as a header, the
-//    event stream as ?api_key= (EventSource cannot send headers); the
-//    answer must stream in and the result show.
-// 3. Reloads: the key must still be in its field (localStorage).
+// 1. Opens the page without a key: loading the programs is refused, and the
+//    page must say it needs one (401).
+// 2. Types the key (Enter): the programs load; asks `question` of the default
+//    program: POST carries the key as a header, the event stream as
+//    ?api_key= (EventSource cannot send headers); the answer must stream in
+//    and the result show.
+// 3. Uploads a 3-item JSONL batch: submitted, followed (?api_key= again),
+//    its results read and downloaded with the key as a header
+//    (screenshot <screenshot>-batch.png).
+// 4. Reloads: the key must still be in its field (localStorage).
 // Prints one JSON object on stdout; the caller judges it.
 
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { readFile } from 'node:fs/promises';
+import { fillForm, openPage, read, runFlow, waitSettled } from './lib.mjs';
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const [apiUrl, key, question, screenshot] = process.argv.slice(2);
 if (!apiUrl || !key || !question || !screenshot) {
   console.error('usage: node page_key_flow.mjs <api_url> <key> <question> <screenshot.png>');
   process.exit(2);
 }
+const TERMINAL_BATCH = ['completed', 'cancelled', 'failed', 'expired'];
 
 async function settle(page) {
-  await page.waitForFunction(
-    () => {
-      const state = document.body.dataset.state;
-      const problem = !document.getElementById('problem').hidden;
-      return state === 'done' || state === 'failed' || (state === 'idle' && problem);
-    },
-    null,
-    { timeout: 60_000 },
-  );
-  return page.evaluate(() => ({
-    state: document.body.dataset.state,
-    problem: document.getElementById('problem').hidden ? null : document.getElementById('problem-title').textContent,
-    status: document.getElementById('final-status').textContent,
-    answer: document.getElementById('final-answer').textContent,
-    job_id: document.getElementById('job-id').textContent,
-  }));
+  await waitSettled(page);
+  const seen = await read.job(page);
+  return {
+    state: seen.state,
+    problem: seen.problem ? seen.problem.title : null,
+    status: seen.final.status,
+    answer: seen.panels.answer?.value?.text ?? null,
+    job_id: seen.job_id,
+  };
 }
 
-const profile = await mkdtemp(join(tmpdir(), 'page-key-'));
-const report = { requests: [] };
-let context;
-try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    // The same flags as page_flow.mjs: root in a container, no network beyond loopback.
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-    viewport: { width: 1100, height: 900 },
+async function runBatch(page) {
+  const lines = [0, 1, 2].map((i) => JSON.stringify({ custom_id: `k-${i}`, question: `${question} #${i}` }));
+  await page.click('#tab-batch');
+  await page.setInputFiles('#batch-file', {
+    name: 'with-key.jsonl',
+    mimeType: 'application/x-ndjson',
+    buffer: Buffer.from(`${lines.join('\n')}\n`),
   });
-  const page = context.pages()[0] ?? (await context.newPage());
+  await page.waitForSelector('#batch-parsed:not([hidden])');
+  await page.click('#batch-submit');
+  await page.waitForFunction(
+    (terminal) => terminal.includes(document.getElementById('batch-status').textContent)
+      && !document.getElementById('batch').hidden,
+    TERMINAL_BATCH,
+    { timeout: 60_000 },
+  );
+  await page.waitForFunction(() => document.querySelectorAll('#results-table tbody tr').length === 3);
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#batch-download')]);
+  const downloaded = await readFile(await download.path(), 'utf8');
+  const progress = await read.progress(page);
+  const results = await read.results(page);
+  return {
+    status: progress.status,
+    percent: progress.percent,
+    rows: results.rows.map((row) => ({ custom_id: row.cells.custom_id.text, status: row.status })),
+    download_lines: downloaded.trim().split('\n').length,
+    problem: (await read.batchForm(page)).problem,
+  };
+}
+
+const report = { requests: [] };
+await runFlow('page-key', report, async (page) => {
   page.on('request', (request) => {
     const url = new URL(request.url());
-    if (url.pathname.startsWith('/jobs')) {
+    if (/^\/(jobs|programs|batches)/.test(url.pathname)) {
       report.requests.push({
         method: request.method(),
         path: url.pathname,
@@ -72,24 +79,20 @@ try {
       });
     }
   });
-  await page.goto(apiUrl);
-
-  await page.fill('#question', question);
-  await page.click('#submit');
+  await openPage(page, apiUrl);
   report.without_key = await settle(page);
 
   await page.fill('#api-key', key);
-  await page.fill('#question', question);
+  await page.press('#api-key', 'Enter');
+  await page.waitForSelector('#in-question');
+  await fillForm(page, { question });
   await page.click('#submit');
   report.with_key = await settle(page);
   await page.screenshot({ path: screenshot, fullPage: true });
 
+  report.batch = await runBatch(page);
+  await page.screenshot({ path: screenshot.replace(/(\.png)?$/, '-batch.png'), fullPage: true });
+
   await page.reload();
   report.key_after_reload = (await page.inputValue('#api-key')) === key;
-} catch (err) {
-  report.exception = String((err && err.stack) || err);
-} finally {
-  if (context) await context.close();
-  await rm(profile, { recursive: true, force: true });
-}
-console.log(JSON.stringify(report));
+});

@@ -296,3 +296,24 @@ def test_private_receivers_are_refused_with_422_naming_webhook_url_by_default(
         assert answer.json()["message"].startswith("webhook_url: "), url
     assert [b.status_code for b in batches.values()] == [422] * len(PRIVATE_RECEIVERS)
     assert not list(stack.redis().scan_iter("dj:job:*")), "nothing is stored of a refused submission"
+
+
+def test_a_job_that_expires_unstarted_sends_job_expired_and_a_cancelled_batch_batch_cancelled(
+    hooked: Callable[..., Stack], receiver: Receiver
+) -> None:
+    stack = hooked()
+    stack.start_api()
+    with stack.client() as client:
+        job = submit(client, receiver.url, expires_after_s=0.5)
+        batch = client.post(
+            "/batches",
+            json={"items": [{"question": unique(f"c{i}")} for i in range(3)], "webhook_url": receiver.url},
+        ).json()
+        assert client.post(f"/batches/{batch['id']}/cancel").status_code == 200
+        time.sleep(1)
+        stack.start_worker()  # no worker was there to start the job in time; this one's reaper ends it
+        events = receiver.wait_for(2, 30)
+
+    by_type = {Webhook(SECRET).verify(e.body, e.headers)["type"]: e for e in events}
+    assert set(by_type) == {"job.expired", "batch.cancelled"}
+    assert by_type["job.expired"].headers["webhook-id"] == f"msg_job_{job['id']}"

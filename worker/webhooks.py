@@ -62,7 +62,6 @@ class WebhookSender:
         self._settings = settings
         secret = settings.webhook_secret
         self._signer = Webhook(secret.get_secret_value()) if secret is not None else None
-        self._slots = asyncio.Semaphore(settings.webhook_concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
         # Redirects are answers like any other: following one would send the event where no one checked.
         self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
@@ -99,18 +98,17 @@ class WebhookSender:
         return len(claimed)
 
     async def _attempt(self, attempt: Attempt) -> None:
-        async with self._slots:
-            try:
-                body = await self._body(attempt)
-                if body is None:
-                    return
-                code, error = await self._send(attempt, body)
-                await self._report(attempt, code, error)
-            except RedisError as e:
-                # The claim runs out and the delivery is attempted again.
-                log.warning("webhook for %s: Redis unavailable (%s); it will be attempted again", attempt.subject, e)
-            except Exception:
-                log.exception("webhook for %s: unexpected failure; it will be attempted again", attempt.subject)
+        try:
+            body = await self._body(attempt)
+            if body is None:
+                return
+            code, error = await self._send(attempt, body)
+            await self._report(attempt, code, error)
+        except RedisError as e:
+            # The claim runs out and the delivery is attempted again.
+            log.warning("webhook for %s: Redis unavailable (%s); it will be attempted again", attempt.subject, e)
+        except Exception:
+            log.exception("webhook for %s: unexpected failure; it will be attempted again", attempt.subject)
 
     async def _body(self, attempt: Attempt) -> str | None:
         if "body" in attempt.fields:

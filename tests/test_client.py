@@ -137,6 +137,20 @@ def test_a_stream_left_early_resumes_from_its_last_event_id_with_nothing_repeate
     assert list(job.stream()) == first + rest
 
 
+def test_keep_alive_comments_on_a_quiet_stream_are_skipped(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack()
+    stack.extra_env = {"SSE_PING_S": "0.2"}
+    stack.start_worker()
+    stack.start_api()
+    # The LM is silent for 1.5 s before its first token: the server sends several keep-alives meanwhile.
+    question = unique("Think quietly first. [lm:delay_s=1.5]")
+
+    with Client(stack.api_url) as client:
+        events = list(client.submit("qa", question=question).stream())
+
+    assert_whole_stream(events, question)
+
+
 def test_a_stream_started_past_the_last_event_ends_instead_of_waiting_forever(api: Client) -> None:
     job = api.submit("qa", question=unique("Short. [lm:tps=500]"))
     last = list(job.stream())[-1].seq
@@ -243,19 +257,24 @@ def test_invalid_input_raises_invalid_request_naming_the_field(api: Client) -> N
     assert "temperature" in raised.value.message
 
 
-def test_over_the_submission_rate_raises_rate_limited_with_retry_after(make_stack: Callable[..., Stack]) -> None:
+def test_over_the_submission_rate_raises_rate_limited_with_retry_after_unless_retries_wait_for_it(
+    make_stack: Callable[..., Stack],
+) -> None:
     stack = make_stack()
-    stack.extra_env = {"KEY_SUBMIT_RATE_PER_S": "0.01", "KEY_SUBMIT_BURST": "1"}
-    stack.start_api()
+    stack.extra_env = {"KEY_SUBMIT_RATE_PER_S": "0.5", "KEY_SUBMIT_BURST": "1"}
+    stack.start_api()  # no worker: the jobs stay queued, which is all this needs
 
-    with Client(stack.api_url, max_retries=0) as client:
-        client.submit("qa", question=unique("the one allowed"))
+    with Client(stack.api_url, max_retries=0) as impatient, Client(stack.api_url) as patient:
+        impatient.submit("qa", question=unique("the one allowed"))
         with pytest.raises(RateLimited) as raised:
-            client.submit("qa", question=unique("one too many"))
+            impatient.submit("qa", question=unique("one too many"))
+        # The default client sleeps through the server's Retry-After and tries again.
+        retried = patient.submit("qa", question=unique("worth the wait"))
 
     assert raised.value.status_code == 429
     assert raised.value.retry_after_s is not None and raised.value.retry_after_s >= 1
     assert "too many submissions" in raised.value.message
+    assert retried.record.status is JobStatus.queued
 
 
 def test_a_batch_of_1000_reads_back_every_result_in_order_as_the_api_pages_them(api: Client, stack: Stack) -> None:

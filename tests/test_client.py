@@ -32,7 +32,7 @@ from dspy_jobs_client import (
     Transcript,
 )
 
-from stack.processes import Proc, free_port, wait_for
+from stack.processes import ROOT, Proc, free_port, wait_for
 from tests.conftest import OTHER_MODEL, Stack
 from tests.test_events import field_text
 from tests.test_jobs import QA_FIELDS, expected_result, unique
@@ -335,6 +335,17 @@ class AnswerThenTriage(dspy.Module):
 def expected_pipeline(question: str) -> dict[str, Any]:
     answer = expected_result(question)["answer"]
     return {"answer": answer, "concepts": 2, "category": "billing", "urgent": True}
+
+
+def test_the_readme_example_runs_as_written(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("## Python client", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+    exec(example.replace("http://127.0.0.1:8000", stack.api_url), {})
+
+    expected = expected_result("What is the capital of France?")
+    streamed = "".join(field_text(expected[name]) for name in QA_FIELDS)
+    assert capsys.readouterr().out == f"{streamed}\n {expected['answer']}\n"
 
 
 def test_remote_programs_are_typed_steps_of_a_dspy_pipeline(api: Client) -> None:

@@ -8,7 +8,7 @@ server ending the response early when it shuts down), connects again from
 there; an event at or below that number is dropped. Nothing is repeated and
 nothing is lost, as long as reconnecting succeeds within `reconnect_for_s`
 of the first failure in a row; after that `StreamInterrupted` says where
-it stopped.
+it stopped. A stream ends after the job's `result` or `error` event.
 
 httpx-sse hands the server's keep-alive comment (every SSE_PING_S of
 silence) over as an empty `message` event: those are skipped. Event types
@@ -112,10 +112,10 @@ def parse_event(sse: ServerSentEvent) -> JobEvent | None:
 class Transcript:
     """Each output field's text as the stream writes it, attempt-aware: a `running` event starts over.
 
-    >>> transcript = Transcript()
-    >>> for event in job.stream():
-    ...     transcript.apply(event)
-    >>> transcript.fields["answer"]
+    transcript = Transcript()
+    for event in job.stream():
+        transcript.apply(event)
+    transcript.fields["answer"]
     """
 
     def __init__(self) -> None:

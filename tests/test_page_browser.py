@@ -38,7 +38,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ARTIFACTS / "page.png"
 FLOW_TIMEOUT_S = 240
 INSTALL = "run `bash tests/browser/install.sh` (Debian's chromium via apt-get, playwright-core via npm ci)"
-TERMINAL_ITEM = {"succeeded", "failed", "cancelled", "expired"}
+EN_DASH = "\u2013"  # between the numbers of a range of results on the page ("items 1-50 of 200")
 
 
 def test_index_page_is_served(client: httpx.Client) -> None:
@@ -282,9 +282,7 @@ def test_a_triage_job_from_its_generated_form_shows_its_typed_result(stack: Stac
     report = run_plan("page_program_flow.mjs", stack.api_url, "triage", plan)
 
     form = report["loaded"]["form"]
-    assert [(f["name"], f["kind"], f["control"], f["required"]) for f in form] == [
-        ("ticket", "text", "textarea", True)
-    ]
+    assert [(f["name"], f["kind"], f["control"], f["required"]) for f in form] == [("ticket", "text", "textarea", True)]
     assert form[0]["description"] == "The ticket as the customer wrote it."
     seen = report["steps"]["typed"]
     assert seen["state"] == "done" and seen["problem"] is None, seen
@@ -360,10 +358,18 @@ def test_a_200_item_jsonl_batch_reaches_100_percent_and_its_table_and_download_m
     # The table, over its pages, and the download are what the API answers.
     items = api_results(client, batch_id)
     assert len(items) == 200
-    assert report["table"]["pages"][0]["columns"] == ["#", "custom_id", "status", "category", "urgency", "summary", "error"]
+    assert report["table"]["pages"][0]["columns"] == [
+        "#",
+        "custom_id",
+        "status",
+        "category",
+        "urgency",
+        "summary",
+        "error",
+    ]
     assert len(report["table"]["pages"]) == 4  # 50 a page
-    assert report["table"]["pages"][0]["range"] == "items 1–50 of 200"
-    assert report["table"]["back_to"] == "items 101–150 of 200"
+    assert report["table"]["pages"][0]["range"] == f"items 1{EN_DASH}50 of 200"
+    assert report["table"]["back_to"] == f"items 101{EN_DASH}150 of 200"
     assert_table_matches(report, items, enums={"category"})
     failed = [item for item in items if item["status"] == "failed"]
     assert [item["index"] for item in failed] == sorted(garbage)
@@ -382,7 +388,12 @@ def test_a_batch_cancelled_from_the_page_ends_cancelled_with_honest_counts(
     # 40 slow items: the bulk worker (16 threads) cannot have started them all when Cancel is clicked.
     rows = [{"custom_id": f"c-{i}", "ticket": f"Slow ticket {i} ({tag}) [lm:delay_s=5]"} for i in range(40)]
     download = tmp_path / "cancelled.ndjson"
-    plan = {"program": "triage", "file": str(write_jsonl(tmp_path / "slow.jsonl", rows)), "download": str(download), "cancel": True}
+    plan = {
+        "program": "triage",
+        "file": str(write_jsonl(tmp_path / "slow.jsonl", rows)),
+        "download": str(download),
+        "cancel": True,
+    }
 
     report = run_plan("page_batch_flow.mjs", stack.api_url, "batch-cancel", plan)
 
@@ -402,6 +413,12 @@ def test_a_batch_cancelled_from_the_page_ends_cancelled_with_honest_counts(
 # --- A program with typed inputs and outputs of every kind ---------------------
 
 
+@pytest.fixture
+def typed_client(typed_stack: Stack) -> Iterator[httpx.Client]:
+    with typed_stack.client() as client:
+        yield client
+
+
 @pytest.fixture(scope="module")
 def typed_stack(lm_api_base: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The test program `extractor` (tests/programs/extractor.py: str, int and list inputs; Literal, int,
@@ -415,7 +432,9 @@ def typed_stack(lm_api_base: str, tmp_path_factory: pytest.TempPathFactory) -> I
     stack.stop()
 
 
-def test_a_typed_form_shows_the_apis_422_next_to_each_field_then_a_typed_result(typed_stack: Stack) -> None:
+def test_a_typed_form_shows_the_apis_422_next_to_each_field_then_a_typed_result(
+    typed_stack: Stack, typed_client: httpx.Client
+) -> None:
     note = unique("The red door at 1 Main Street [lm:tps=80]")
     plan = {
         "program": "extractor",
@@ -445,7 +464,7 @@ def test_a_typed_form_shows_the_apis_422_next_to_each_field_then_a_typed_result(
 
     typed = report["steps"]["typed"]
     assert typed["state"] == "done" and typed["field_errors"] == {}, typed
-    job = typed_stack.client().get(f"/jobs/{typed['job_id']}").json()
+    job = typed_client.get(f"/jobs/{typed['job_id']}").json()
     assert job["input"] == {"note": note, "priority": 2, "labels": ["billing", "urgent"]}
     expected = extractor_result(note)
     assert job["result"] == expected
@@ -461,7 +480,7 @@ def test_a_typed_form_shows_the_apis_422_next_to_each_field_then_a_typed_result(
 
 
 def test_a_csv_batch_is_converted_to_the_input_types_and_bad_files_are_named_by_line(
-    typed_stack: Stack, tmp_path: Path
+    typed_stack: Stack, typed_client: httpx.Client, tmp_path: Path
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     csv = tmp_path / "notes.csv"
@@ -471,7 +490,7 @@ def test_a_csv_batch_is_converted_to_the_input_types_and_bad_files_are_named_by_
         f'n-1,"A note on two\nlines ({tag})",5,"[""a"",""b""]"\r\n'
         f"n-2,Plain ({tag}),1,x\r\n"
     )
-    client = typed_stack.client()
+    client = typed_client
     plan = {"program": "extractor", "file": str(csv), "download": str(tmp_path / "notes.ndjson")}
 
     report = run_plan("page_batch_flow.mjs", typed_stack.api_url, "csv", plan)
@@ -533,9 +552,7 @@ def test_the_page_runs_a_job_and_a_batch_with_an_api_key(keyed_stack: Stack) -> 
     question = unique("Asked from the page with a key [lm:tps=60]")
     screenshot = ARTIFACTS / "page-key.png"
 
-    report = run_flow(
-        "page_key_flow.mjs", keyed_stack.api_url, KEY, question, str(screenshot), log_name="page-key.log"
-    )
+    report = run_flow("page_key_flow.mjs", keyed_stack.api_url, KEY, question, str(screenshot), log_name="page-key.log")
 
     without = report["without_key"]
     assert without["state"] == "idle" and "needs an API key" in without["problem"] and "401" in without["problem"]

@@ -1,8 +1,11 @@
-"""`/`: a small page to ask a question and watch the answer stream in.
+"""`/`: a page to run any program: one job from a form built from its input schema, or a file as a batch.
 
 Plain HTML, CSS and JS from `api/static/`, no build step and nothing from
-another host. The page talks to the same API as any client: `POST /jobs`,
-then `GET /jobs/{id}/events`.
+another host. The page talks to the same API as any client: `GET /programs`
+for the schemas, `POST /programs/{name}/jobs` and `/batches`, the job's and
+the batch's event streams, `GET /batches/{id}/results` and its NDJSON.
+Its script is one file: the key check lets only these three paths through
+without a key (api/auth.py's `PUBLIC_PATHS`).
 """
 
 from pathlib import Path

@@ -1114,9 +1114,9 @@
     };
     current.addEventListener('progress', live);
     current.addEventListener('done', (event) => {
-      if (current !== batchView.source) return;
-      closeBatchStream();
-      live({ data: event.data });
+      live(event);
+      // Closed once shown: a stream the server ended would otherwise reconnect.
+      if (current === batchView.source) closeBatchStream();
     });
     current.addEventListener('error', () => {
       if (current !== batchView.source) return;

@@ -32,6 +32,7 @@ export async function runFlow(name, report, flow) {
   const profile = await mkdtemp(join(tmpdir(), `${name}-`));
   Object.assign(report, { console_errors: [], page_errors: [], failed_requests: [] });
   let context;
+  let page;
   try {
     context = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
@@ -43,7 +44,7 @@ export async function runFlow(name, report, flow) {
     });
     report.browser_version = context.browser()?.version() ?? null;
     await context.addInitScript(pageReaders);
-    const page = context.pages()[0] ?? (await context.newPage());
+    page = context.pages()[0] ?? (await context.newPage());
     page.on('console', (msg) => {
       if (msg.type() === 'error') report.console_errors.push(msg.text());
     });
@@ -58,6 +59,8 @@ export async function runFlow(name, report, flow) {
     await flow(page, report);
   } catch (err) {
     report.exception = String(err && err.stack ? err.stack : err);
+    // What the page said when the flow gave up, to see why.
+    report.page_text_at_exception = await page?.evaluate(() => document.body.innerText).catch(() => null);
   } finally {
     await context?.close().catch(() => {});
     await rm(profile, { recursive: true, force: true }).catch(() => {});
@@ -215,7 +218,7 @@ function pageReaders() {
     columns: [...document.querySelectorAll('#results-table thead th')].map((th) => th.textContent),
     next_enabled: !document.getElementById('results-next').disabled,
     prev_enabled: !document.getElementById('results-prev').disabled,
-    rows: [...document.querySelectorAll('#results-table tbody tr')].map((tr) => ({
+    rows: [...document.querySelectorAll('#results-table > tbody > tr')].map((tr) => ({
       index: Number(tr.dataset.index),
       status: tr.dataset.status,
       cells: Object.fromEntries([...tr.cells].map((td) => [td.dataset.col, { text: td.textContent, value: value(td) }])),

@@ -63,7 +63,7 @@ async function followProgress(page) {
 async function waitFinalPage(page) {
   await page.waitForFunction(
     (terminal) => {
-      const rows = [...document.querySelectorAll('#results-table tbody tr')];
+      const rows = [...document.querySelectorAll('#results-table > tbody > tr')];
       return rows.length > 0 && rows.every((tr) => terminal.includes(tr.dataset.status))
         && document.getElementById('results-table').getAttribute('aria-busy') !== 'true';
     },

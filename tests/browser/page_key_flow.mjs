@@ -52,7 +52,7 @@ async function runBatch(page) {
     TERMINAL_BATCH,
     { timeout: 60_000 },
   );
-  await page.waitForFunction(() => document.querySelectorAll('#results-table tbody tr').length === 3);
+  await page.waitForFunction(() => document.querySelectorAll('#results-table > tbody > tr').length === 3);
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('#batch-download')]);
   const downloaded = await readFile(await download.path(), 'utf8');
   const progress = await read.progress(page);

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from dspy_jobs_client import (
     AsyncClient,
+    AuthenticationError,
     BatchItem,
     BatchStatus,
     Client,
@@ -32,6 +33,7 @@ from dspy_jobs_client import (
     Transcript,
 )
 
+from api.auth import digest
 from stack.processes import ROOT, Proc, free_port, wait_for
 from tests.conftest import OTHER_MODEL, Stack
 from tests.test_events import field_text
@@ -275,6 +277,24 @@ def test_over_the_submission_rate_raises_rate_limited_with_retry_after_unless_re
     assert raised.value.retry_after_s is not None and raised.value.retry_after_s >= 1
     assert "too many submissions" in raised.value.message
     assert retried.record.status is JobStatus.queued
+
+
+def test_the_api_key_is_sent_as_a_bearer_token_and_a_wrong_one_is_an_authentication_error(
+    make_stack: Callable[..., Stack],
+) -> None:
+    key = "dj_" + uuid.uuid4().hex
+    stack = make_stack()
+    stack.extra_env = {"API_KEYS": f"me:{digest(key)}"}
+    stack.start_api()  # no worker: a queued job is enough to show whose it is
+
+    with Client(stack.api_url, api_key=key) as owner, Client(stack.api_url, api_key="dj_wrong") as stranger:
+        job = owner.submit("qa", question=unique("mine"))
+        assert owner.get_job(job.id).record.status is JobStatus.queued
+        with pytest.raises(AuthenticationError) as raised:
+            stranger.get_job(job.id)
+
+    assert raised.value.status_code == 401
+    assert "not valid" in raised.value.message
 
 
 def test_a_batch_of_1000_reads_back_every_result_in_order_as_the_api_pages_them(api: Client, stack: Stack) -> None:

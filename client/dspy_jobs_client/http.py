@@ -4,8 +4,8 @@ A request is tried again (at most `max_retries` times, after the server's
 `Retry-After` or else a doubling backoff) when:
 
 - it never reached the server (the connection could not be made), or
-- the server answered 429 or 503, which here always means nothing was done
-  (api/errors.py), or
+- the server answered 429 or 503, which from this API always means nothing
+  was stored (docs/api.md), or
 - it may have reached the server but repeating it cannot do anything twice:
   a GET, or a submission, which always carries an `Idempotency-Key` (so the
   repeat returns the original job instead of a second one).

@@ -21,7 +21,6 @@ def poll_delays(first_s: float = 0.05, max_s: float = 1.0, growth: float = 1.5) 
 
 class Deadline:
     def __init__(self, timeout_s: float | None) -> None:
-        self.timeout_s = timeout_s
         self._at = None if timeout_s is None else time.monotonic() + timeout_s
 
     def remaining_s(self) -> float | None:

@@ -175,18 +175,18 @@ class AuthMiddleware:
             if self.on_reject is not None:
                 self.on_reject(reason)
             log.warning("%s API key on %s %s", reason, scope["method"], scope["path"])
-            await _unauthorized(send, reason, bool(SSE_PATH.match(scope["path"])))
+            await _unauthorized(send, reason, scope["path"])
             return
         state["caller"] = Caller(name=key.name, owner=key.owner)
         await self.app(scope, receive, send)
 
 
-async def _unauthorized(send: Send, reason: str, sse: bool) -> None:
+async def _unauthorized(send: Send, reason: str, path: str) -> None:
     how = "send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`"
-    if sse:
+    if SSE_PATH.match(path):
         how += " (or `?api_key=<key>` on event streams)"
     detail = "this API needs a key; " + how if reason == "missing" else "the API key is not valid; " + how
-    body = error_bytes(detail)
+    body = error_bytes(detail, path, 401)  # OpenAI's shape on its routes (api/errors.py)
     await send(
         {
             "type": "http.response.start",

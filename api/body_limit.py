@@ -25,7 +25,7 @@ class BodyLimitMiddleware:
         limit = self.limit_for_path(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _refuse(send, limit)
+            await _refuse(send, limit, scope["path"])
             return
         if declared is not None:
             await self.app(scope, receive, send)
@@ -42,7 +42,7 @@ class BodyLimitMiddleware:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limit:
-                await _refuse(send, limit)
+                await _refuse(send, limit, scope["path"])
                 return
             if not message.get("more_body"):
                 break
@@ -59,8 +59,8 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
-async def _refuse(send: Send, limit: int) -> None:
-    body = error_bytes(f"request body is larger than the limit of {limit} bytes")
+async def _refuse(send: Send, limit: int, path: str) -> None:
+    body = error_bytes(f"request body is larger than the limit of {limit} bytes", path, 413)
     await send(
         {
             "type": "http.response.start",

@@ -64,6 +64,11 @@ class LiveEvent:
     def terminal(self) -> bool:
         return self.type in TERMINAL_EVENTS
 
+    @property
+    def data(self) -> bytes:
+        """The event's data, JSON, cut from the frame (for the few readers that parse it)."""
+        return self.frame[self.frame.index(b"\r\ndata: ") + 8 : -4]
+
 
 def live_event(payload: str) -> LiveEvent:
     seq, event_type, data = split_event(payload)

@@ -23,11 +23,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.auth import PUBLIC_PATHS, AuthMiddleware, parse_api_keys
 from api.body_limit import BodyLimitMiddleware
 from api.enqueue import task_messages
-from api.errors import document_errors, error_content
+from api.errors import OpenAIError, document_errors, error_content, error_content_for, openai_error, openai_shaped
 from api.event_hub import EventHub
 from api.metrics import REQUESTS_REFUSED, on_process_exit
 from api.program_catalog import Catalog
-from api.routes import batches, events, health, jobs, metrics, models, page, programs
+from api.routes import batches, events, health, jobs, metrics, models, openai_chat, page, programs
 from api.stream_slots import StreamSlots
 from core import scripts
 from core.gc_tuning import tune_gc
@@ -94,24 +94,35 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = _json_safe(jsonable_encoder(exc.errors()))
     message = "; ".join(f"{_field_name(tuple(e['loc']))}: {e['msg']}" for e in errors)
+    if openai_shaped(request.url.path):
+        # OpenAI answers an invalid request 400, naming the parameter; its clients expect that.
+        param = _field_name(tuple(errors[0]["loc"])) if errors else None
+        return JSONResponse(openai_error(message, 400, param=param), status_code=400)
     return JSONResponse(error_content(message, errors), status_code=422)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-    return JSONResponse(error_content(message), status_code=exc.status_code, headers=exc.headers)
+    if isinstance(exc, OpenAIError):
+        content = exc.body
+    else:
+        content = error_content_for(request.url.path, exc.status_code, message)
+    return JSONResponse(content, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("Redis error on %s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse(error_content(f"Redis is unavailable ({type(exc).__name__}); retry shortly"), status_code=503)
+    message = f"Redis is unavailable ({type(exc).__name__}); retry shortly"
+    return JSONResponse(error_content_for(request.url.path, 503, message), status_code=503)
 
 
 async def _not_replicated(request: Request, exc: Exception) -> JSONResponse:
     log.warning("write not confirmed on replicas on %s %s: %s", request.method, request.url.path, exc)
     message = f"Redis could not confirm this on a replica ({exc}), so a failover could lose it: not accepted; retry"
-    return JSONResponse(error_content(message), status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse(
+        error_content_for(request.url.path, 503, message), status_code=503, headers={"Retry-After": "1"}
+    )
 
 
 def create_app() -> FastAPI:
@@ -182,6 +193,7 @@ def create_app() -> FastAPI:
     app.include_router(models.router)
     app.include_router(metrics.router)
     app.include_router(page.router)
+    app.include_router(openai_chat.build_router(catalog))
     openapi = app.openapi
     # Errors that middleware and handlers give (401, 413, 503) and their shape, in the document.
     app.openapi = lambda: document_errors(openapi(), PUBLIC_PATHS)  # type: ignore[method-assign]

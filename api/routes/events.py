@@ -83,8 +83,8 @@ async def _events(
     redis: aioredis.Redis, hub: EventHub, job_id: str, after: int, shutdown: anyio.Event
 ) -> AsyncIterator[bytes]:
     try:
-        async for event in _follow(redis, hub, job_id, after, shutdown):
-            yield event
+        async for batch in follow(redis, hub, job_id, after, shutdown):
+            yield b"".join(e.frame for e in batch)
     except (RedisError, TimeoutError) as e:
         # The response has started, so no status code can say it: end the
         # stream and let the client reconnect with its Last-Event-ID.
@@ -96,9 +96,12 @@ async def _end_on_shutdown(shutdown: anyio.Event, live: "asyncio.Queue[Event]") 
     live.put_nowait(_SHUTDOWN)
 
 
-async def _follow(
+async def follow(
     redis: aioredis.Redis, hub: EventHub, job_id: str, after: int, shutdown: anyio.Event
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[list[LiveEvent]]:
+    """The job's events after `after`, in order, each once, in batches of what was ready together; ends after
+    the terminal event, when the job is gone, or on `shutdown`. Raises RedisError and TimeoutError.
+    Also followed by the OpenAI-compatible stream (api/routes/openai_chat.py)."""
     async with hub.subscribe(job_id) as live, _task(_end_on_shutdown(shutdown, live)):
         last = after
         while True:
@@ -106,10 +109,10 @@ async def _follow(
             while batch := await _replay(redis, job_id, last):
                 for i, replayed in enumerate(batch):
                     if replayed.terminal:
-                        yield b"".join(e.frame for e in batch[: i + 1])
+                        yield batch[: i + 1]
                         return
                 last = batch[-1].seq
-                yield b"".join(e.frame for e in batch)
+                yield batch
             if await _finished_before(redis, job_id, last):
                 return
             # Follow live events until something forces a re-read.
@@ -126,7 +129,7 @@ async def _follow(
                         break
                 else:
                     event = live.get_nowait()
-                frames: list[bytes] = []
+                ready: list[LiveEvent] = []
                 end = resync = False
                 while True:
                     if event is _SHUTDOWN:
@@ -137,13 +140,13 @@ async def _follow(
                         resync = True
                     elif event.seq > last:
                         last = event.seq
-                        frames.append(event.frame)
+                        ready.append(event)
                         end = event.terminal
                     if end or resync or live.empty():
                         break
                     event = live.get_nowait()
-                if frames:
-                    yield b"".join(frames)
+                if ready:
+                    yield ready
                 if end:
                     return
                 if resync:

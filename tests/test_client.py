@@ -386,9 +386,14 @@ def test_remote_programs_are_typed_steps_of_a_dspy_pipeline(api: Client) -> None
     assert copied(question=question).toDict() == expected_pipeline(question)
 
 
-def test_a_remote_program_that_fails_raises_and_an_unknown_one_is_not_found(api: Client) -> None:
+def test_a_remote_program_that_fails_raises_one_out_of_time_is_cancelled_and_an_unknown_one_is_not_found(
+    api: Client,
+) -> None:
     with pytest.raises(JobFailed):
         RemoteProgram(api, "qa")(question=unique("[lm:garbage]"))
+    with pytest.raises(JobTimeout) as raised:
+        RemoteProgram(api, "qa", timeout_s=0.5)(question=unique("Too slow. [lm:delay_s=5]"))
+    assert api.get_job(raised.value.job.id).record.status is JobStatus.cancelled
     with pytest.raises(NotFound):
         RemoteProgram(api, "no-such-program")(question="?")
 

@@ -6,7 +6,8 @@ typed as the program's signature says (`GET /programs/{name}` gives the
 output JSON Schema: a `list[str]` field is a list, an `int` an int, a
 pydantic model an instance of a model with its fields), so the next step
 of the pipeline uses it as it would a local program's. A job that does not
-succeed raises (`JobFailed`, `JobCancelled`, `JobExpired`, `JobTimeout`).
+succeed raises (`JobFailed`, `JobCancelled`, `JobExpired`); one that has
+not ended within `timeout_s` is cancelled, and the call raises `JobTimeout`.
 
 Inside `dspy.track_usage()`, the job's LM tokens are counted under the
 job's model (or `dspy-jobs/<program>` when it ran on the server's default).
@@ -16,6 +17,7 @@ does not load it until `RemoteProgram` is asked for.
 """
 
 import asyncio
+import contextlib
 import copy
 import math
 from typing import Any, Self, Unpack
@@ -24,7 +26,7 @@ import dspy
 from pydantic import TypeAdapter, ValidationError
 
 from dspy_jobs_client.client import AsyncClient, Client
-from dspy_jobs_client.errors import DspyJobsError
+from dspy_jobs_client.errors import DspyJobsError, JobTimeout
 from dspy_jobs_client.jobs import outcome
 from dspy_jobs_client.polling import Deadline
 from dspy_jobs_client.records import JobRecord, ProgramInfo
@@ -69,7 +71,7 @@ class RemoteProgram(dspy.Module):
         # Optimizers deep-copy whole pipelines. A RemoteProgram has no parameters to copy, and its client
         # (a connection pool) must be shared, not copied.
         copied = copy.copy(self)
-        copied.options = dict(self.options)  # type: ignore[assignment]
+        copied.options = self.options.copy()
         memo[id(self)] = copied
         return copied
 
@@ -81,7 +83,14 @@ class RemoteProgram(dspy.Module):
             self._adapters = _adapters(client.program(self.program_name))
         deadline = Deadline(self.timeout_s)
         job = client.create_job(self.program_name, inputs, wait_s=self._wait_s, **self.options)
-        return self._prediction(job.wait(deadline.remaining_s()))
+        try:
+            record = job.wait(deadline.remaining_s())
+        except JobTimeout:
+            # Nobody will read this job's answer: stop it spending the LM's time.
+            with contextlib.suppress(DspyJobsError):
+                job.cancel()
+            raise
+        return self._prediction(record)
 
     async def aforward(self, **inputs: Any) -> dspy.Prediction:
         client = self.client
@@ -92,7 +101,13 @@ class RemoteProgram(dspy.Module):
             self._adapters = _adapters(await client.program(self.program_name))
         deadline = Deadline(self.timeout_s)
         job = await client.create_job(self.program_name, inputs, wait_s=self._wait_s, **self.options)
-        return self._prediction(await job.wait(deadline.remaining_s()))
+        try:
+            record = await job.wait(deadline.remaining_s())
+        except JobTimeout:
+            with contextlib.suppress(DspyJobsError):
+                await job.cancel()
+            raise
+        return self._prediction(record)
 
     @property
     def _wait_s(self) -> float:

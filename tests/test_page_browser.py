@@ -276,7 +276,8 @@ def test_the_page_streams_tokens_then_shows_the_result_in_a_real_browser(stack: 
 
 
 def test_a_triage_job_from_its_generated_form_shows_its_typed_result(stack: Stack, client: httpx.Client) -> None:
-    ticket = unique("I was charged twice this month [lm:tps=40]")
+    # Markup in the input comes back in the output: the page must show it as text.
+    ticket = unique("I was charged <b>twice</b> <img src=x onerror=alert(1)> this month [lm:tps=40]")
     plan = {"program": "triage", "steps": [{"name": "typed", "fields": {"ticket": ticket}, "temperature": "0.2"}]}
 
     report = run_plan("page_program_flow.mjs", stack.api_url, "triage", plan)
@@ -476,6 +477,8 @@ def test_a_typed_form_shows_the_apis_422_next_to_each_field_then_a_typed_result(
     assert_shows(panels["address"]["value"], {"city": "scripted", "zip": 1})
     assert_shows(panels["summary"]["value"], expected["summary"])
     assert (panels["address"]["kind"], panels["score"]["type"]) == ("json", "number")
+    # Titled after the field, not after the model it refers to (ExtractorAddress).
+    assert [p["title"] for p in panels.values()] == ["Colour", "Count", "Score", "Keywords", "Address", "Summary"]
     assert_page_was_clean(report, refused=(422,))
 
 

@@ -190,15 +190,23 @@
     return { text: 'text', integer: 'integer', number: 'number', boolean: 'true or false' }[kind];
   }
 
-  // The fields of an object schema, in order: [{name, schema, required}].
+  // The fields of an object schema, in order: [{name, title, schema, required}].
+  // The title is the property's own: a `$ref` property has none, and the
+  // model it points to is titled after its class (`ExtractorAddress`).
   function schemaFields(root) {
     if (!root || !root.properties) return [];
     const required = new Set(root.required || []);
     return Object.entries(root.properties).map(([name, schema]) => ({
       name,
+      title: schema.title || titleOf(name),
       schema: resolve(schema, root),
       required: required.has(name),
     }));
+  }
+
+  function titleOf(name) {
+    const words = name.replace(/_/g, ' ');
+    return words.charAt(0).toUpperCase() + words.slice(1);
   }
 
   // A small example value of a schema, for placeholders and the batch format.
@@ -441,7 +449,7 @@
     field.error = el('p', { class: 'field-error', id: `err-${field.name}`, hidden: true });
     field.control.setAttribute('aria-describedby', field.error.id);
     const head = el('div', { class: 'field-head' },
-      el('label', { for: id, class: 'field-name' }, field.schema.title || field.name),
+      el('label', { for: id, class: 'field-name' }, field.title),
       el('code', { class: 'field-key' }, field.name),
       el('span', { class: 'type' }, typeLabel(field.schema, field.root)),
       field.required ? el('span', { class: 'req' }, 'required') : el('span', { class: 'opt' }, 'optional'));
@@ -453,20 +461,29 @@
 
   function inputControl(id, field) {
     const { schema, kind, root } = field;
-    const placeholder = schema.default !== undefined && schema.default !== null ? `default: ${JSON.stringify(schema.default)}` : null;
+    const hasDefault = schema.default !== undefined && schema.default !== null;
+    const placeholder = hasDefault ? `default: ${JSON.stringify(schema.default)}` : null;
     switch (kind) {
       case 'integer':
       case 'number':
         return el('input', {
-          id, type: 'number', step: kind === 'integer' ? '1' : 'any', inputmode: kind === 'integer' ? 'numeric' : 'decimal',
-          min: schema.minimum ?? null, max: schema.maximum ?? null, placeholder,
+          id,
+          type: 'number',
+          step: kind === 'integer' ? '1' : 'any',
+          inputmode: kind === 'integer' ? 'numeric' : 'decimal',
+          min: schema.minimum ?? null,
+          max: schema.maximum ?? null,
+          placeholder,
         });
       case 'boolean':
         return el('input', { id, type: 'checkbox', checked: schema.default === true });
       case 'enum': {
         const values = enumValues(schema);
-        const options = values.map((value, i) => el('option', { value: String(i), selected: value === schema.default }, String(value)));
-        return el('select', { id }, el('option', { value: '' }, field.required ? '— choose —' : '— default —'), ...options);
+        // Options are numbered: an enum's values need not be strings.
+        const options = values.map((value, i) =>
+          el('option', { value: String(i), selected: value === schema.default }, String(value)));
+        const none = el('option', { value: '' }, field.required ? '— choose —' : '— default —');
+        return el('select', { id }, none, ...options);
       }
       case 'list':
         return el('textarea', { id, rows: 3, placeholder: placeholder || 'one per line' });
@@ -559,14 +576,15 @@
   // A panel per output field, in the signature's order; text is wide.
   function buildPanels(program) {
     const root = outputRoot(program);
-    panels.replaceChildren(...schemaFields(root).map((f) => panelFor(f.name, f.schema, root)));
+    panels.replaceChildren(...schemaFields(root).map((f) => panelFor(f.name, f.title, f.schema, root)));
   }
 
-  function panelFor(name, schema, root) {
+  function panelFor(name, title, schema, root) {
     const kind = kindOf(schema);
     const wide = kind === 'text' || kind === 'json';
     return el('article', { class: `card panel${wide ? ' wide' : ''}`, 'data-field': name, 'data-kind': kind },
-      el('h2', {}, schema.title || name.replace(/_/g, ' '), ' ', el('span', { class: 'type' }, typeLabel(schema, root))),
+      el('h2', {}, title, ' ',
+        el('span', { class: 'type' }, typeLabel(schema, root))),
       schema.description ? el('p', { class: 'desc' }, schema.description) : null,
       el('p', { class: 'stream', id: `field-${name}` }),
       el('div', { class: 'value', hidden: true }));
@@ -576,7 +594,7 @@
   function panel(name) {
     const found = [...panels.children].find((p) => p.dataset.field === name);
     if (found) return found;
-    const made = panelFor(name, {}, {});
+    const made = panelFor(name, titleOf(name), {}, {});
     panels.append(made);
     return made;
   }
@@ -852,12 +870,17 @@
     }
     const root = program.input_schema;
     const fields = schemaFields(root);
-    const example = { custom_id: 'item-1', ...Object.fromEntries(fields.map((f) => [f.name, exampleValue(f.schema, root)])) };
+    const example = { custom_id: 'item-1' };
+    for (const f of fields) example[f.name] = exampleValue(f.schema, root);
+    const inputs = fields.flatMap((f, i) => [
+      i ? ', ' : '',
+      el('code', {}, f.name),
+      ` (${typeLabel(f.schema, root)}${f.required ? '' : ', optional'})`,
+    ]);
     box.replaceChildren(
-      el('p', {}, 'One item per line (JSONL) or per row (CSV with a header row). Keys or columns: ',
-        ...fields.flatMap((f, i) => [i ? ', ' : '', el('code', {}, f.name), ` (${typeLabel(f.schema, root)}${f.required ? '' : ', optional'})`]),
-        ', and optionally ', el('code', {}, 'custom_id'), ', echoed in the results. ',
-        'CSV values are converted to these types; a list cell is a JSON array or items separated by ', el('code', {}, ';'), '.'),
+      el('p', {}, 'One item per line (JSONL) or per row (CSV with a header row). Keys or columns: ', ...inputs,
+        ', and optionally ', el('code', {}, 'custom_id'), ', echoed in the results. CSV values are converted to ',
+        'these types; a list cell is a JSON array or items separated by ', el('code', {}, ';'), '.'),
       el('p', {}, 'Example line: ', el('code', { class: 'example' }, JSON.stringify(example))),
     );
   }
@@ -1017,7 +1040,9 @@
       if (parsed.errors.length === 0) {
         batchFile.items = parsed.items;
         const count = parsed.items.length;
-        $('batch-parsed').textContent = `${count} item${count === 1 ? '' : 's'} read from ${batchFile.file.name} (${parsed.format}), ready to run as ${state.program.name}.`;
+        const items = `${count} item${count === 1 ? '' : 's'}`;
+        $('batch-parsed').textContent =
+          `${items} read from ${batchFile.file.name} (${parsed.format}), ready to run as ${state.program.name}.`;
         $('batch-parsed').hidden = false;
       }
     }
@@ -1029,7 +1054,9 @@
   function showItemErrors(errors) {
     const list = $('batch-errors');
     const shown = errors.slice(0, MAX_ITEM_ERRORS).map((message) => el('li', {}, message));
-    if (errors.length > MAX_ITEM_ERRORS) shown.push(el('li', { class: 'more' }, `… and ${errors.length - MAX_ITEM_ERRORS} more`));
+    if (errors.length > MAX_ITEM_ERRORS) {
+      shown.push(el('li', { class: 'more' }, `… and ${errors.length - MAX_ITEM_ERRORS} more`));
+    }
     list.replaceChildren(...shown);
     list.hidden = errors.length === 0;
   }
@@ -1280,8 +1307,8 @@
       this.loading = true;
       pagerButtons();
       try {
-        const path = `/batches/${encodeURIComponent(batch.id)}/results?cursor=${encodeURIComponent(cursor)}&limit=${PAGE_SIZE}`;
-        const { response, body } = await api('GET', path);
+        const query = `cursor=${encodeURIComponent(cursor)}&limit=${PAGE_SIZE}`;
+        const { response, body } = await api('GET', `/batches/${encodeURIComponent(batch.id)}/results?${query}`);
         if (token !== this.token) return;
         if (!response.ok || !body || !Array.isArray(body.items)) {
           showProblem(refusalTitle(response.status, 'Could not read the results'), describeFailure(response, body));
@@ -1353,9 +1380,12 @@
       cell('error', item.error ? errorText(item.error) : ''));
   }
 
+  // Clamped to a few lines in the table; the whole message is its tooltip.
   function errorText(error) {
-    return el('span', { class: 'item-error' },
-      el('strong', {}, String(error.type || 'error')), error.message ? `: ${error.message}` : '');
+    const type = String(error.type || 'error');
+    const message = error.message ? String(error.message) : '';
+    return el('span', { class: 'item-error', title: message ? `${type}: ${message}` : type },
+      el('strong', {}, type), message ? `: ${message}` : '');
   }
 
   // ---------------------------------------------------------------------------

@@ -156,6 +156,7 @@ function pageReaders() {
         panel.dataset.field,
         {
           kind: panel.dataset.kind,
+          title: panel.querySelector('h2').firstChild?.textContent ?? null,
           type: panel.querySelector('h2 .type')?.textContent ?? null,
           stream: panel.querySelector('.stream').textContent,
           value: panel.querySelector('.value').hidden ? null : value(panel.querySelector('.value')),

@@ -1018,7 +1018,8 @@
     const records = csv ? csvRecords(clean, program.input_schema, errors) : jsonRecords(clean, errors);
     const items = toItems(records, program, errors);
     if (records.length === 0 && errors.length === 0) errors.push('the file holds no items');
-    return { items, places: records.map((r) => r.place), format: csv ? 'CSV' : 'JSON', errors };
+    const format = csv ? 'CSV' : first === '[' ? 'a JSON array' : 'JSONL';
+    return { items, places: records.map((r) => r.place), format, errors };
   }
 
   async function chooseBatchFile() {

@@ -31,6 +31,12 @@ const BATCH_TIMEOUT_MS = 150_000;
 const TERMINAL_BATCH = ['completed', 'cancelled', 'failed', 'expired'];
 const TERMINAL_ITEM = ['succeeded', 'failed', 'cancelled', 'expired'];
 
+// The progress bar eases to its width: shoot it once it is there.
+async function shoot(page, path) {
+  await page.waitForFunction(() => !document.getAnimations().some((a) => a instanceof CSSTransition));
+  await page.screenshot({ path, fullPage: true });
+}
+
 async function chooseFile(page) {
   await page.click('#tab-batch');
   await page.setInputFiles('#batch-file', plan.file);
@@ -51,7 +57,7 @@ async function followProgress(page) {
     }
     if (!midway && now.percent > 0 && now.percent < 100) {
       midway = true;
-      await page.screenshot({ path: sibling(screenshot, 'progress'), fullPage: true });
+      await shoot(page, sibling(screenshot, 'progress'));
     }
     if (TERMINAL_BATCH.includes(now.status)) return { seen, timed_out: false, midway_shot: midway };
     if (Date.now() - started > BATCH_TIMEOUT_MS) return { seen, timed_out: true, midway_shot: midway };
@@ -80,7 +86,7 @@ async function walkPages(page) {
     pages.push(shown);
     if (!failuresShot && shown.rows.some((row) => row.status === 'failed')) {
       failuresShot = true;
-      await page.screenshot({ path: sibling(screenshot, 'failures'), fullPage: true });
+      await shoot(page, sibling(screenshot, 'failures'));
     }
     if (!shown.next_enabled) break;
     await page.click('#results-next');
@@ -101,7 +107,7 @@ await runFlow('page-batch', report, async (page) => {
   report.page_status = await openPage(page, apiUrl);
   await pickProgram(page, plan.program);
   report.parsed = await chooseFile(page);
-  await page.screenshot({ path: sibling(screenshot, 'parsed'), fullPage: true });
+  await shoot(page, sibling(screenshot, 'parsed'));
   if (plan.parse_only) return;
 
   await page.click('#batch-submit');
@@ -114,7 +120,7 @@ await runFlow('page-batch', report, async (page) => {
   report.progress = await followProgress(page);
   await waitFinalPage(page);
   report.final_progress = await read.progress(page);
-  await page.screenshot({ path: screenshot, fullPage: true });
+  await shoot(page, screenshot);
 
   report.table = await walkPages(page);
 

@@ -6,6 +6,9 @@ picked up by the workers alone (and shown by `GET /programs`, which reads
 the files again), while a change of a program's fields, which comes with new
 code anyway, needs the API restarted too.
 
+A program served from MLflow has no artifact here: its models are built
+from what the workers publish, when it is asked for (api/mlflow_programs.py).
+
 A program whose artifact is missing or unreadable is still listed, with the
 reason, and its submissions are refused with 503 and that reason; the
 default program must be servable, or the API does not start (its `/jobs`
@@ -14,6 +17,7 @@ and `/batches` bodies are its input fields).
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
@@ -22,7 +26,6 @@ from api.schemas import OVERRIDE_NAMES, BatchOptions, CustomId, JobOptions, Prog
 from core.jobs import Job
 from core.programs import (
     ArtifactError,
-    ArtifactInfo,
     ProgramEntry,
     artifact_path,
     model_prefix,
@@ -45,8 +48,8 @@ class ProgramModels:
         return list(self.input.model_fields)
 
 
-def _models(name: str, info: ArtifactInfo) -> ProgramModels:
-    schemas = info.signature_schemas(name)
+def program_models(name: str, schemas: dict[str, dict[str, Any]]) -> ProgramModels:
+    """The request and response models of a program whose signature has these `{"input", "output"}` schemas."""
     camel = model_prefix(name)
     input_model = model_from_schema(f"{camel}Input", schemas["input"], prefix=camel, base=ProgramInput)
     # Every output field optional in the response: a record written by a
@@ -85,6 +88,11 @@ class CatalogEntry:
     # Why the program cannot be served, when it cannot.
     problem: str | None
 
+    @property
+    def mlflow_uri(self) -> str | None:
+        """Set for a program served from MLflow: its models come from the workers (api/mlflow_programs.py)."""
+        return self.entry.mlflow_uri
+
 
 @dataclass(frozen=True)
 class DefaultBodies:
@@ -101,8 +109,15 @@ class Catalog:
         for name, entry in registered_programs(settings).items():
             path = artifact_path(settings, name, entry)
             try:
-                models: ProgramModels | None = _models(name, read_artifact_info(name, path))
-                problem = None
+                if entry.mlflow_uri is not None:
+                    models: ProgramModels | None = None
+                    problem: str | None = (
+                        f"served from MLflow ({entry.mlflow_uri}): its fields are known once a worker loaded it, "
+                        f"at /programs/{name}"
+                    )
+                else:
+                    models = program_models(name, read_artifact_info(name, path).signature_schemas(name))
+                    problem = None
             except ArtifactError as e:
                 models, problem = None, str(e)
             self.programs[name] = CatalogEntry(name, entry, path, models, problem)

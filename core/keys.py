@@ -140,6 +140,13 @@ def worker(name: str) -> str:
 PROGRAM_LOADS = f"{PREFIX}:program_loads"
 
 
+def program_interface(name: str) -> str:
+    """Hash: version -> JSON `{"input": ..., "output": ..., "metadata": ...}` of a program a worker loaded
+    from MLflow: the schemas of its signature, which the API validates and documents with (it cannot
+    import the program). Written at each load of a version; a version's interface never changes."""
+    return f"{PREFIX}:program:{name}:interface"
+
+
 # --- Security and operations ---------------------------------------------------
 
 

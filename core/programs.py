@@ -16,6 +16,11 @@ Schemas of its input and output fields. Reading that is plain JSON, so the
 API image stays without dspy, and the schemas it validates and documents are
 the ones the workers were built against (a worker refuses an artifact whose
 schemas no longer match the code; see worker/runtime.py).
+
+An entry may instead name a DSPy model logged in MLflow (`mlflow_uri`,
+core/mlflow_uris.py). There is no artifact for the API to read then: the
+workers load the model (worker/mlflow_loader.py) and publish the schemas of
+its signature in Redis, where the API reads them (api/mlflow_programs.py).
 """
 
 import hashlib
@@ -25,7 +30,9 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.mlflow_uris import parse_mlflow_uri
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -42,7 +49,17 @@ class ProgramEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    module: str = Field(description="`package.module:attr`: a dspy.Module class, or a function returning a module.")
+    module: str | None = Field(
+        None,
+        description="`package.module:attr`: a dspy.Module class, or a function returning a module. Required "
+        "unless `mlflow_uri` is set; with it, the interface the logged program must have.",
+    )
+    mlflow_uri: str | None = Field(
+        None,
+        description="Serve the DSPy model logged in MLflow at this URI (`models:/<name>/<version>`, "
+        "`models:/<name>@<alias>`, `runs:/<run_id>/<path>`), resolved against MLFLOW_TRACKING_URI, "
+        "instead of a local artifact.",
+    )
     artifact: str | None = Field(None, description="The artifact's path; default `<ARTIFACTS_DIR>/<name>.json`.")
     signature: str | None = Field(
         None,
@@ -59,6 +76,29 @@ class ProgramEntry(BaseModel):
         if value is not None and not IMPORT_PATH_PATTERN.match(value):
             raise ValueError(f"{value!r} is not an import path of the form package.module:attr")
         return value
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _mlflow_uri(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_mlflow_uri(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ProgramEntry":
+        if self.mlflow_uri is None:
+            if self.module is None:
+                raise ValueError("an entry needs `module` (with its artifact) or `mlflow_uri`")
+            return self
+        # What serves an MLflow program is the logged model; these keys are for local artifacts and
+        # `program.optimize`, so accepting them would only mislead.
+        local = [key for key in ("artifact", "trainset", "devset", "metric") if getattr(self, key) is not None]
+        if local:
+            raise ValueError(
+                f"an entry served from MLflow (`mlflow_uri`) has no {', '.join(local)}: log new versions "
+                "with mlflow.dspy.log_model instead"
+            )
+        return self
 
 
 BUILTIN_PROGRAMS: dict[str, ProgramEntry] = {
@@ -124,6 +164,13 @@ def registered_programs(settings: "Settings") -> dict[str, ProgramEntry]:
     if settings.default_program not in programs:
         raise RegistryError(
             f"DEFAULT_PROGRAM {settings.default_program!r} is not registered; known: {sorted(programs)}"
+        )
+    if programs[settings.default_program].mlflow_uri is not None:
+        # `/jobs` takes the default program's fields at the top level of its body, a model the API
+        # fixes at startup, before any worker has loaded a model from MLflow.
+        raise RegistryError(
+            f"DEFAULT_PROGRAM {settings.default_program!r} is served from MLflow; the default program must "
+            "be served from an artifact (reach MLflow programs at /programs/<name>/jobs)"
         )
     return programs
 

@@ -137,6 +137,26 @@ class Settings(BaseSettings):
     # ... and JSON (`{"name": {"module": "pkg.mod:Class"}}`), which wins over the file.
     programs: dict[str, ProgramEntry] = {}
 
+    # --- Programs from MLflow (worker/mlflow_loader.py, docs/programs.md) --------
+    # The tracking server (and model registry) entries with `mlflow_uri` are
+    # resolved against, e.g. http://mlflow:5000. Unset: such programs are
+    # unavailable, with that reason; the others are served as usual.
+    mlflow_tracking_uri: str | None = None
+    # A logged DSPy model is a pickle (MLflow's `.pkl`, or dspy's
+    # `save_program=True` directory): loading one runs code from the registry.
+    # Workers load them only when this is true, MLflow's own variable for the
+    # same trust; otherwise the program is unavailable and says so.
+    mlflow_allow_pickle_deserialization: bool = False
+    # How often a worker asks the tracking server where each alias points now
+    # (and retries a program that could not be loaded); never once per job.
+    mlflow_refresh_s: float = Field(10.0, gt=0)
+    # One request to the tracking server, and how often a failed one is
+    # retried (the workers set MLflow's MLFLOW_HTTP_REQUEST_TIMEOUT and
+    # MLFLOW_HTTP_REQUEST_MAX_RETRIES from these: MLflow's defaults retry for
+    # minutes, while a worker starts and refreshes with them).
+    mlflow_timeout_s: PositiveInt = 10
+    mlflow_max_retries: int = Field(0, ge=0, le=10)
+
     # --- Jobs -----------------------------------------------------------------
     job_ttl_s: int = 7 * 24 * 3600
     # Every text in a job's input, anywhere in it. QUESTION_MAX_CHARS, its

@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     spec = specs[args.name]
+    if spec.entry.mlflow_uri is not None:
+        parser.error(
+            f"{spec.name} is served from MLflow ({spec.entry.mlflow_uri}): log a new version with "
+            "mlflow.dspy.log_model (and move its alias) instead of building an artifact"
+        )
     out = args.out or spec.artifact
     log.info("optimizing %s with %s on %s ...", spec.name, args.optimizer, settings.lm_model)
     compiled, score = optimize(spec, args.optimizer, args.demos)

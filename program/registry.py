@@ -43,6 +43,10 @@ class ProgramSpec:
 
     def build(self) -> dspy.Module:
         """A fresh, unoptimized module: a class or factory called with no arguments, or a bare signature."""
+        if self.entry.module is None:
+            raise RegistryError(
+                f"program {self.name!r} is served from MLflow ({self.entry.mlflow_uri}) and names no `module`"
+            )
         factory = import_attr(self.entry.module)
         if isinstance(factory, type) and issubclass(factory, dspy.Signature):
             return dspy.Predict(factory)

@@ -20,10 +20,11 @@ import httpx
 import pytest
 import redis
 
+from stack.mlflow_server import start_mlflow_server
 from stack.processes import Proc, free_port, start_api, start_lm_simulator, start_redis, start_worker, wait_for
 
 # The fixtures below that start processes.
-PROCESS_FIXTURES = frozenset({"lm_api_base", "stack", "client", "make_stack", "lm_requests"})
+PROCESS_FIXTURES = frozenset({"lm_api_base", "stack", "client", "make_stack", "lm_requests", "mlflow_tracking_uri"})
 
 
 class ProcessRefused(RuntimeError):
@@ -159,6 +160,14 @@ def make_stack(lm_api_base: str) -> Iterator[Callable[..., Stack]]:
     yield make
     for s in made:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server with its model registry (stack/mlflow_server.py), empty at first."""
+    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    yield uri
+    proc.stop()
 
 
 @pytest.fixture

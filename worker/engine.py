@@ -23,6 +23,7 @@ running jobs to another worker.
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -125,7 +126,7 @@ class Engine:
             # Each beat also picks up new artifact versions, so a worker with no jobs
             # still switches, and reports the version it serves.
             runtime.refresh()
-            return {"programs": runtime.versions_json()}
+            return {"programs": runtime.versions_json(), "problems": json.dumps(runtime.problems())}
 
         info = {"queues": ",".join(sorted(queues)), "pool": "threads"}
         self._heartbeat = Heartbeat(client, s, hostname, info, live_info=live_info)
@@ -138,6 +139,8 @@ class Engine:
             (self._heartbeat.run_forever(), "heartbeat"),
         ):
             self._tasks.append(asyncio.create_task(coroutine, name=name))
+        if self.runtime.has_mlflow_programs:
+            self._tasks.append(asyncio.create_task(self._refresh_mlflow_forever(), name="mlflow-refresh"))
         if s.bulk_queue in queues:
             for model in s.allowed_models:
                 loop = BulkLoop(s, client, self._capacity, runner, wakeups, model)
@@ -168,6 +171,16 @@ class Engine:
         task = asyncio.create_task(stop())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _refresh_mlflow_forever(self) -> None:
+        """Moved aliases and programs to retry, off the heartbeat: a tracking server that does not answer
+        holds up this loop for MLFLOW_TIMEOUT_S, never a heartbeat or a job."""
+        while True:
+            await asyncio.sleep(self._settings.mlflow_refresh_s)
+            try:
+                await asyncio.to_thread(self.runtime.refresh_mlflow)
+            except Exception:
+                log.exception("refreshing the MLflow programs failed; trying again later")
 
     async def _renew_forever(self) -> None:
         assert self.runner is not None and self._capacity is not None

@@ -14,6 +14,17 @@ on the version they started with (they hold their own reference). An
 artifact built for other fields than the code's signature is refused with
 the difference spelt out, and the version already loaded keeps serving.
 
+A program registered by MLflow URI (`mlflow_uri`) is loaded from the
+tracking server (worker/mlflow_loader.py) at start, and looked up again
+only by `refresh_mlflow`, which the engine calls every `mlflow_refresh_s`
+on a thread of its own (a slow tracking server must not hold up heartbeats):
+there a moved alias is found, its new version loaded and swapped in as
+above, and a program that could not be loaded is tried again. Jobs never
+wait for the tracking server: one for an MLflow program this process has
+not loaded fails at once with the reason. Each loaded version's signature
+schemas are published in Redis (`keys.program_interface`) before the
+version is served, for the API, which cannot import the program.
+
 Each load is counted in Redis (`keys.PROGRAM_LOADS`) so tests and operators
 can see that loading happens once per process and version, not per job.
 """
@@ -24,7 +35,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
@@ -32,11 +43,13 @@ import redis
 from pydantic import BaseModel, ValidationError
 
 from core import keys
+from core.mlflow_uris import MlflowUri, parse_mlflow_uri
 from core.programs import ArtifactError, RegistryError, parse_artifact
 from core.settings import Settings
 from program.lm import ServiceLM, build_adapter, build_lm
 from program.registry import ProgramSpec, program_specs
 from program.schemas import input_model, interface_mismatch, signature_schemas
+from worker.mlflow_loader import MlflowLoader, MlflowLoadError, ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +80,17 @@ class LoadedProgram:
         return {name: getattr(model, name) for name in type(model).model_fields}
 
 
+@dataclass
+class _FromMlflow:
+    """An MLflow program's state in this process, besides the version it serves."""
+
+    uri: MlflowUri
+    # Held while it is looked up and loaded: one load at a time per program.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Why it is not served, while it is not.
+    problem: str | None = None
+
+
 class Runtime:
     """One per worker process."""
 
@@ -92,6 +116,14 @@ class Runtime:
         self._specs = program_specs(settings)
         self._programs: dict[str, LoadedProgram] = {}
         self._adapters: dict[str, dspy.Adapter] = {}
+        # Why a program cannot be served here, while it cannot (in each heartbeat, for `GET /programs`).
+        self._problems: dict[str, str] = {}
+        self._mlflow = {
+            name: _FromMlflow(parse_mlflow_uri(spec.entry.mlflow_uri))
+            for name, spec in self._specs.items()
+            if spec.entry.mlflow_uri is not None
+        }
+        self._mlflow_loader = MlflowLoader(settings) if self._mlflow else None
 
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:
@@ -133,8 +165,8 @@ class Runtime:
         """The program as loaded, if its artifact has not changed since (a `stat`: cheap enough for the event
         loop); None when `program` has to load it."""
         spec, loaded = self._specs.get(name), self._programs.get(name)
-        if spec is None or loaded is None:
-            return None
+        if spec is None or loaded is None or name in self._mlflow:
+            return loaded
         try:
             stat = os.stat(spec.artifact)
         except OSError:
@@ -147,6 +179,12 @@ class Runtime:
         spec = self._specs.get(name)
         if spec is None:
             raise ProgramUnavailable(f"no program named {name!r} is registered here; known: {sorted(self._specs)}")
+        remote = self._mlflow.get(name)
+        if remote is not None:
+            loaded = self._programs.get(name)
+            if loaded is None:
+                raise ProgramUnavailable(remote.problem or f"program {name!r} is not loaded from MLflow yet")
+            return loaded
         with self._lock:
             loaded = self._programs.get(name)
             try:
@@ -176,12 +214,73 @@ class Runtime:
             return fresh
 
     def refresh(self) -> None:
-        """Load every program now (and any new artifact version): called at start and at each heartbeat."""
+        """Load every artifact program now (and any new artifact version): called at start and at each heartbeat."""
         for name in self._specs:
+            if name in self._mlflow:
+                continue
             try:
                 self.program(name)
+                self._problems.pop(name, None)
             except ProgramUnavailable as e:
-                log.warning("program %s unavailable: %s", name, e)
+                if self._problems.get(name) != str(e):
+                    log.warning("program %s unavailable: %s", name, e)
+                self._problems[name] = str(e)
+
+    @property
+    def has_mlflow_programs(self) -> bool:
+        return bool(self._mlflow)
+
+    def refresh_mlflow(self) -> None:
+        """Look up every MLflow program that may have changed (an alias, or one not loaded yet) and load what
+        did. Network calls, each bounded by MLFLOW_TIMEOUT_S: at start, then every MLFLOW_REFRESH_S on a
+        thread of the engine's, never for a job."""
+        self._check_pid()
+        for name, remote in self._mlflow.items():
+            with remote.lock:
+                loaded = self._programs.get(name)
+                if loaded is None or remote.uri.moves:
+                    self._refresh_one(self._specs[name], remote, loaded)
+
+    def _refresh_one(self, spec: ProgramSpec, remote: _FromMlflow, loaded: LoadedProgram | None) -> None:
+        assert self._mlflow_loader is not None
+        try:
+            resolved = self._mlflow_loader.resolve(remote.uri)
+            if loaded is not None and loaded.version == resolved.version:
+                return
+            fresh = self._load_mlflow(spec, resolved)
+        except (MlflowLoadError, RegistryError, redis.RedisError) as e:
+            if loaded is not None:
+                # Keep serving what we have: the tracking server may be down for a while.
+                log.warning("program %s: still serving %s: %s", spec.name, loaded.version, e)
+                return
+            if remote.problem != str(e):
+                log.warning("program %s unavailable: %s", spec.name, e)
+            remote.problem = str(e)
+            return
+        with self._lock:
+            self._programs[spec.name] = fresh
+        remote.problem = None
+        if loaded is not None:
+            log.info("program %s: switched from %s to %s", spec.name, loaded.version, fresh.version)
+
+    def _load_mlflow(self, spec: ProgramSpec, resolved: ResolvedModel) -> LoadedProgram:
+        assert self._mlflow_loader is not None
+        module = self._mlflow_loader.load(resolved)
+        signature = spec.signature(module)
+        schemas = signature_schemas(spec.name, signature)
+        if spec.entry.module is not None:
+            # The entry names the interface it expects: a version logged for other fields is refused.
+            mismatch = interface_mismatch(schemas, signature_schemas(spec.name, spec.signature(spec.build())))
+            if mismatch:
+                raise MlflowLoadError(
+                    f"{resolved.version} was logged for other fields than {spec.entry.module} has ({mismatch})"
+                )
+        interface = {**schemas, "metadata": {"mlflow_uri": resolved.uri.uri, **resolved.metadata}}
+        # Published before it serves, so the API never sees a version it cannot validate for.
+        self._redis.hset(keys.program_interface(spec.name), resolved.version, json.dumps(interface))
+        self._redis.hincrby(keys.PROGRAM_LOADS, spec.name, 1)
+        log.info("loaded program %s version %s from MLflow (pid %s)", spec.name, resolved.version, os.getpid())
+        return LoadedProgram(spec.name, module, resolved.version, input_model(spec.name, signature), (0, 0))
 
     def versions(self) -> dict[str, str]:
         """Program name -> the version this process serves now."""
@@ -191,9 +290,16 @@ class Runtime:
     def versions_json(self) -> str:
         return json.dumps(self.versions())
 
+    def problems(self) -> dict[str, str]:
+        """Program name -> why this process cannot serve it, for the programs it cannot serve."""
+        problems = dict(self._problems)
+        problems.update({name: remote.problem for name, remote in self._mlflow.items() if remote.problem})
+        return {name: problem for name, problem in problems.items() if name not in self._programs}
+
     def warm(self) -> None:
         """Load every program and the LM client now, not on the first job."""
         self.refresh()
+        self.refresh_mlflow()
         self.lm()
         if self._settings.effective_lm_engine == "litellm":
             import litellm  # noqa: F401  (seconds of import; pay them before the first job)

@@ -5,6 +5,8 @@ program, each with the program's own body model, so `/openapi.json`
 documents every program's input and output fields. A catch-all behind them
 answers for names that have no such route: 404 for a name never registered,
 503 with the reason for a registered program that cannot be served.
+A program served from MLflow has routes of its own that validate against
+what the workers publish (api/routes/mlflow_programs.py).
 """
 
 import json
@@ -16,8 +18,9 @@ from pydantic import BaseModel, Field
 
 from api.auth import UNAUTHORIZED, CallerDep
 from api.deps import RedisDep, SettingsDep
+from api.mlflow_programs import MlflowPrograms
 from api.program_catalog import Catalog, CatalogEntry, ProgramModels
-from api.routes import batches, jobs
+from api.routes import batches, jobs, mlflow_programs
 from core import keys
 from core.programs import ArtifactError, read_artifact_info
 
@@ -37,14 +40,22 @@ class ProgramInfo(BaseModel):
     default: bool = Field(description="Whether `/jobs` and `/batches` run this program.")
     available: bool = Field(description="Whether submissions are accepted (its artifact was readable at startup).")
     problem: str | None = Field(None, description="Why it cannot be served, when it cannot.")
-    module: str = Field(description="Import path of the program's module.")
-    version: str | None = Field(description="Version of the artifact on disk now.")
+    module: str | None = Field(description="Import path of the program's module (for MLflow programs, if set).")
+    version: str | None = Field(
+        description="Version of the artifact on disk now; for a program from MLflow, the newest version an online "
+        "worker serves (`models:/<name>/<version>`)."
+    )
     artifact: dict[str, Any] | None = Field(
         description="The artifact's metadata: when and how it was built, its dev score, the dspy version, ..."
     )
     input_schema: dict[str, Any] | None = Field(description="JSON Schema of the input this API accepts.")
     output_schema: dict[str, Any] | None = Field(description="JSON Schema of the result.")
     workers: list[WorkerVersion] = Field(description="Online workers and the version each serves.")
+    mlflow: dict[str, Any] | None = Field(
+        None,
+        description="For a program served from MLflow: its URI, and what the workers know of the version "
+        "served (registered model, version, run, source); `version` is then that version's URI.",
+    )
     links: ProgramLinks
 
 
@@ -115,15 +126,44 @@ def _info(entry: CatalogEntry, default: bool, workers: list[tuple[str, dict[str,
     )
 
 
+async def _mlflow_info(
+    programs: MlflowPrograms, redis: RedisDep, settings: SettingsDep, entry: CatalogEntry
+) -> ProgramInfo:
+    state = await programs.state(redis, settings, entry.name)
+    models = state.models
+    return ProgramInfo(
+        name=entry.name,
+        default=False,
+        available=state.available,
+        problem=state.problem,
+        module=entry.entry.module,
+        version=state.version,
+        artifact=None,
+        input_schema=models.input.model_json_schema() if models else None,
+        output_schema=models.output.model_json_schema() if models else None,
+        workers=[WorkerVersion(worker=worker, version=version) for worker, version in state.workers],
+        mlflow={"uri": entry.mlflow_uri, **(state.metadata or {})},
+        links=ProgramLinks(jobs=f"/programs/{entry.name}/jobs", batches=f"/programs/{entry.name}/batches"),
+    )
+
+
 def build_router(catalog: Catalog) -> APIRouter:
     router = APIRouter(tags=["programs"], responses=UNAUTHORIZED)
+    from_mlflow = MlflowPrograms()
+
+    async def info(
+        entry: CatalogEntry, redis: RedisDep, settings: SettingsDep, workers: list[tuple[str, dict[str, str]]]
+    ) -> ProgramInfo:
+        if entry.mlflow_uri is not None:
+            return await _mlflow_info(from_mlflow, redis, settings, entry)
+        return _info(entry, entry.name == catalog.default, workers)
 
     @router.get("/programs", response_model=list[ProgramInfo])
     async def list_programs(redis: RedisDep, settings: SettingsDep, _caller: CallerDep) -> list[ProgramInfo]:
         """Every registered program: its schemas, the artifact version on disk, and the version each online
         worker serves."""
         workers = await _worker_versions(redis, settings.worker_offline_after_s)
-        return [_info(entry, name == catalog.default, workers) for name, entry in catalog.programs.items()]
+        return [await info(entry, redis, settings, workers) for entry in catalog.programs.values()]
 
     @router.get(
         "/programs/{name}", response_model=ProgramInfo, responses={404: {"description": "No program with this name."}}
@@ -132,11 +172,13 @@ def build_router(catalog: Catalog) -> APIRouter:
         """One program: its schemas, the artifact version on disk, and the version each online worker serves."""
         entry = _entry(catalog, name)
         workers = await _worker_versions(redis, settings.worker_offline_after_s)
-        return _info(entry, name == catalog.default, workers)
+        return await info(entry, redis, settings, workers)
 
     for name, entry in catalog.programs.items():
         if entry.models is not None:
             _add_program_routes(router, name, entry.models)
+        elif entry.mlflow_uri is not None:
+            mlflow_programs.add_routes(router, name, from_mlflow, _inputs, _items)
 
     # Behind the concrete routes: only names without one reach these.
     @router.post("/programs/{name}/jobs", include_in_schema=False)

@@ -80,6 +80,22 @@ def test_wait_that_runs_out_returns_202_with_the_job_still_open(client: httpx.Cl
     assert wait_finished(client, response.json()["id"])["status"] == "succeeded"
 
 
+def test_get_with_wait_answers_once_the_job_has_ended_or_as_it_stands_when_the_wait_runs_out(
+    client: httpx.Client,
+) -> None:
+    question = unique("slow [lm:delay_s=1.5]")
+    job_id = client.post("/jobs", json={"question": question}).json()["id"]
+
+    early = client.get(f"/jobs/{job_id}", params={"wait": 0.2})
+    finished = client.get(f"/jobs/{job_id}", params={"wait": 20})
+    too_long = client.get(f"/jobs/{job_id}", params={"wait": 10_000})
+
+    assert early.status_code == 200 and early.json()["status"] in ("queued", "running")
+    assert finished.status_code == 200 and finished.json()["status"] == "succeeded"
+    assert finished.json()["result"] == expected_result(question)
+    assert too_long.status_code == 422
+
+
 def test_unknown_job_is_404(client: httpx.Client) -> None:
     response = client.get(f"/jobs/{uuid.uuid4().hex}")
 

@@ -28,7 +28,7 @@ from api.schemas import JobOptions
 from api.submission_rate import check_submission
 from api.webhook_url import check_webhook_url
 from core import keys
-from core.jobs import Job, JobLinks, job_from_fields, now_s
+from core.jobs import Job, JobLinks, JobStatus, job_from_fields, now_s
 from core.logging_setup import bind
 from core.queue import RUN_JOB_TASK
 from core.settings import Settings
@@ -179,13 +179,32 @@ async def _respond(
     return job
 
 
-@router.get("/{job_id}", response_model=Job, responses={404: {"description": "No job with this id."}})
-async def get_job(job_id: str, redis: RedisDep, caller: CallerDep) -> Job:
-    """The job record: status, timestamps, attempts, result or error, LM usage."""
+@router.get(
+    "/{job_id}",
+    response_model=Job,
+    responses={404: {"description": "No job with this id."}},
+)
+async def get_job(
+    job_id: str,
+    redis: RedisDep,
+    hub: HubDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    wait: WaitQuery = None,
+) -> Job | Response:
+    """The job record: status, timestamps, attempts, result or error, LM usage; with `wait`, once it has
+    ended if it does within that long."""
     bind(job_id=job_id)
+    if wait is not None and wait > settings.wait_max_s:
+        raise HTTPException(422, f"wait must be at most {settings.wait_max_s} seconds")
     fields = await job_store.read_job(redis, job_id, caller)
     if fields is None:
         raise HTTPException(404, f"no job with id {job_id!r} (never issued, or expired)")
+    if wait and not JobStatus(fields["status"]).is_terminal:
+        found = await job_store.wait_until_finished(redis, hub, job_id, wait)
+        if isinstance(found, str):
+            return Response(found, media_type="application/json")
+        fields = found or fields
     return job_from_fields(fields, JobLinks.for_job(job_id))
 
 

@@ -18,6 +18,7 @@ import httpx
 from dspy_jobs_client.batches import AsyncBatch, Batch
 from dspy_jobs_client.http import AsyncTransport, RetryPolicy, Settings, SyncTransport
 from dspy_jobs_client.jobs import AsyncJob, Job
+from dspy_jobs_client.polling import WAIT_MAX_S
 from dspy_jobs_client.records import BatchRecord, JobRecord, ProgramInfo
 from dspy_jobs_client.submissions import (
     BatchItem,
@@ -27,9 +28,6 @@ from dspy_jobs_client.submissions import (
     job_body,
     program_path,
 )
-
-# The API's WAIT_MAX_S default; a larger `?wait` is refused with 422.
-WAIT_MAX_S = 60.0
 
 
 def _settings(base_url: str, api_key: str | None, timeout_s: float, max_retries: int) -> Settings:
@@ -99,12 +97,12 @@ class Client:
             idempotent=True,
             request_timeout=waits.timeout,
         )
-        return Job(self._transport, JobRecord.from_json(data))
+        return Job(self._transport, JobRecord.from_json(data), self._wait_max_s)
 
     def get_job(self, job_id: str) -> Job:
         """A job submitted earlier (a batch item is `<batch id>-<index>`); `NotFound` if there is none."""
         data = self._transport.json("GET", f"/jobs/{job_id}", idempotent=True)
-        return Job(self._transport, JobRecord.from_json(data))
+        return Job(self._transport, JobRecord.from_json(data), self._wait_max_s)
 
     def batch(
         self, program: str, items: Iterable[Mapping[str, Any] | BatchItem], /, **options: Unpack[SubmitOptions]
@@ -183,12 +181,12 @@ class AsyncClient:
             idempotent=True,
             request_timeout=waits.timeout,
         )
-        return AsyncJob(self._transport, JobRecord.from_json(data))
+        return AsyncJob(self._transport, JobRecord.from_json(data), self._wait_max_s)
 
     async def get_job(self, job_id: str) -> AsyncJob:
         """A job submitted earlier (a batch item is `<batch id>-<index>`); `NotFound` if there is none."""
         data = await self._transport.json("GET", f"/jobs/{job_id}", idempotent=True)
-        return AsyncJob(self._transport, JobRecord.from_json(data))
+        return AsyncJob(self._transport, JobRecord.from_json(data), self._wait_max_s)
 
     async def batch(
         self, program: str, items: Iterable[Mapping[str, Any] | BatchItem], /, **options: Unpack[SubmitOptions]

@@ -9,14 +9,28 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
+
 from dspy_jobs_client.errors import JobCancelled, JobExpired, JobFailed, JobTimeout
 from dspy_jobs_client.events import ErrorEvent, JobEvent, ResultEvent, afollow, follow
 from dspy_jobs_client.http import AsyncTransport, SyncTransport
-from dspy_jobs_client.polling import Deadline, poll_delays
+from dspy_jobs_client.polling import WAIT_MAX_S, Deadline, poll_delays
 from dspy_jobs_client.records import JobRecord, JobStatus
 
 # How long a stream keeps trying to reconnect, from the first failed try in a row.
 RECONNECT_FOR_S = 60.0
+
+
+def wait_request(wait_s: float | None, timeout_s: float) -> dict[str, Any]:
+    """`GET /jobs/{id}`'s arguments: `?wait`, and a read timeout long enough to hear the answer."""
+    if not wait_s:
+        return {}
+    return {"params": {"wait": round(wait_s, 3)}, "request_timeout": httpx.Timeout(timeout_s + wait_s)}
+
+
+def answered_early(asked_at: float, wait_s: float) -> bool:
+    """A job still running came back well before its wait was up: a server without `GET ?wait`, so poll."""
+    return time.monotonic() - asked_at < wait_s / 2
 
 
 def outcome(record: JobRecord) -> dict[str, Any]:
@@ -31,8 +45,9 @@ def outcome(record: JobRecord) -> dict[str, Any]:
 
 
 class Job:
-    def __init__(self, transport: SyncTransport, record: JobRecord) -> None:
+    def __init__(self, transport: SyncTransport, record: JobRecord, wait_max_s: float = WAIT_MAX_S) -> None:
         self._transport = transport
+        self._wait_max_s = wait_max_s
         self.record = record
 
     @property
@@ -42,9 +57,11 @@ class Job:
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, program={self.record.program!r}, status={self.record.status.value!r})"
 
-    def refresh(self) -> JobRecord:
-        """Read the record again (`GET /jobs/{id}`)."""
-        self.record = JobRecord.from_json(self._transport.json("GET", f"/jobs/{self.id}", idempotent=True))
+    def refresh(self, wait_s: float | None = None) -> JobRecord:
+        """Read the record again (`GET /jobs/{id}`); with `wait_s`, once the job has ended if it does
+        within that long (at most the server's WAIT_MAX_S)."""
+        extra = wait_request(wait_s, self._transport.settings.timeout_s)
+        self.record = JobRecord.from_json(self._transport.json("GET", f"/jobs/{self.id}", idempotent=True, **extra))
         return self.record
 
     def wait(self, timeout: float | None = None) -> JobRecord:
@@ -55,8 +72,10 @@ class Job:
         while not self.record.status.is_terminal:
             if deadline.passed:
                 raise JobTimeout(self.record, timeout or 0.0)
-            time.sleep(deadline.sleep_s(next(delays)))
-            self.refresh()
+            wait_s, asked_at = deadline.sleep_s(self._wait_max_s), time.monotonic()
+            self.refresh(wait_s)
+            if not self.record.status.is_terminal and answered_early(asked_at, wait_s):
+                time.sleep(deadline.sleep_s(next(delays)))
         return self.record
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
@@ -80,8 +99,9 @@ class Job:
 
 
 class AsyncJob:
-    def __init__(self, transport: AsyncTransport, record: JobRecord) -> None:
+    def __init__(self, transport: AsyncTransport, record: JobRecord, wait_max_s: float = WAIT_MAX_S) -> None:
         self._transport = transport
+        self._wait_max_s = wait_max_s
         self.record = record
 
     @property
@@ -91,9 +111,12 @@ class AsyncJob:
     def __repr__(self) -> str:
         return f"AsyncJob(id={self.id!r}, program={self.record.program!r}, status={self.record.status.value!r})"
 
-    async def refresh(self) -> JobRecord:
-        """Read the record again (`GET /jobs/{id}`)."""
-        self.record = JobRecord.from_json(await self._transport.json("GET", f"/jobs/{self.id}", idempotent=True))
+    async def refresh(self, wait_s: float | None = None) -> JobRecord:
+        """Read the record again (`GET /jobs/{id}`); with `wait_s`, once the job has ended if it does
+        within that long (at most the server's WAIT_MAX_S)."""
+        extra = wait_request(wait_s, self._transport.settings.timeout_s)
+        data = await self._transport.json("GET", f"/jobs/{self.id}", idempotent=True, **extra)
+        self.record = JobRecord.from_json(data)
         return self.record
 
     # `timeout` as on the blocking handle, rather than asyncio.timeout around the call: running out raises
@@ -106,8 +129,10 @@ class AsyncJob:
         while not self.record.status.is_terminal:
             if deadline.passed:
                 raise JobTimeout(self.record, timeout or 0.0)
-            await asyncio.sleep(deadline.sleep_s(next(delays)))
-            await self.refresh()
+            wait_s, asked_at = deadline.sleep_s(self._wait_max_s), time.monotonic()
+            await self.refresh(wait_s)
+            if not self.record.status.is_terminal and answered_early(asked_at, wait_s):
+                await asyncio.sleep(deadline.sleep_s(next(delays)))
         return self.record
 
     async def result(self, timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109

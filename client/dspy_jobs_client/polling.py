@@ -1,14 +1,18 @@
-"""Waiting by polling: how often to ask, and how long is left.
+"""Waiting: how long is left, and how often to ask when the server cannot wait for us.
 
-The API can hold a submission open until its job ends (`?wait`, at most
-WAIT_MAX_S), but has no such wait for a job or batch already submitted, so
-`result()` and `wait()` on those poll: quickly at first, since most
-interactive jobs end within a second or two, then less often.
+The API holds `POST` and `GET /jobs/{id}` open until the job ends (`?wait`,
+at most WAIT_MAX_S), so a job's `result()` asks that again and again. A
+batch has no such wait, and a server from before `GET ?wait` answers at
+once: those are polled, quickly at first, since most interactive jobs end
+within a second or two, then less often.
 """
 
 import itertools
 import time
 from collections.abc import Iterator
+
+# The API's WAIT_MAX_S default; a larger `?wait` is refused with 422.
+WAIT_MAX_S = 60.0
 
 
 def poll_delays(first_s: float = 0.05, max_s: float = 1.0, growth: float = 1.5) -> Iterator[float]:

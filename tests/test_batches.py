@@ -113,7 +113,9 @@ def test_cancel_mid_batch_leaves_nothing_running_and_no_queued_item_ever_runs(
     run = tag()
     questions = [f"slow item {i} {run} [lm:tps=50]" for i in range(200)]
     with stack.client() as client:
-        batch_id = submit_batch(client, [{"question": q} for q in questions])["id"]
+        batch_id = submit_batch(client, [{"question": q, "custom_id": f"row-{i}"} for i, q in enumerate(questions)])[
+            "id"
+        ]
         while client.get(f"/batches/{batch_id}").json()["counts"]["succeeded"] < 8:
             time.sleep(0.1)
         cancelled = client.post(f"/batches/{batch_id}/cancel")
@@ -124,11 +126,16 @@ def test_cancel_mid_batch_leaves_nothing_running_and_no_queued_item_ever_runs(
         results = all_results(client, batch_id, limit=1000)
         time.sleep(1)
         after = client.get(f"/batches/{batch_id}").json()
+        never_started = next(r for r in results if r["status"] == "cancelled" and r["attempts"] == 0)
+        item = client.get(f"/jobs/{never_started['id']}").json()
 
     assert batch["status"] == "cancelled"
     assert batch["counts"]["running"] == 0 and batch["counts"]["queued"] == 0
     assert batch["counts"]["cancelled"] > 100
     assert after["counts"] == batch["counts"], "nothing moves after the batch ended"
+    # Items that never started still say which row they were, after the batch ended.
+    assert [r["custom_id"] for r in results] == [f"row-{i}" for i in range(200)]
+    assert item["input"] == {"question": questions[never_started["index"]]}
     for r in results:
         if r["status"] == "cancelled":
             assert lm_requests(questions[r["index"]]) == [], f"cancelled item {r['index']} reached the LM"

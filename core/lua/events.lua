@@ -19,8 +19,10 @@ local function num(value)
 end
 
 -- Ends the batch once every item has ended: `cancelled` if a cancel was asked
--- for, `expired` if any item expired, `completed` otherwise. Its inputs are no
--- longer needed then.
+-- for, `expired` if any item expired, `completed` otherwise. A completed
+-- batch's inputs are no longer needed (every item's record holds its own);
+-- a cancelled or expired one keeps them until its TTL, since items that never
+-- started have no record and are described from them (custom_id, input).
 local function batch_maybe_done(batch)
   local b = redis.call('HMGET', batch, 'status', 'total', 'n_succeeded', 'n_failed', 'n_cancelled', 'n_expired',
     'cancel_requested', 'inputs_key')
@@ -35,7 +37,7 @@ local function batch_maybe_done(batch)
   redis.call('HSET', batch, 'status', final, 'finished_at', now_text())
   redis.call('HINCRBY', batch, 'version', 1)
   webhook_enqueue(batch, 'batch', final)
-  if b[8] then redis.call('DEL', b[8]) end
+  if b[8] and final == 'completed' then redis.call('DEL', b[8]) end
 end
 
 -- `n` items of a batch move from status `from` to status `to`.

@@ -94,6 +94,10 @@ def _record(found: Job | Response) -> dict[str, Any]:
     return found.model_dump(mode="json")
 
 
+def _job_headers(response: Response) -> dict[str, str]:
+    return {name: response.headers[name] for name in _JOB_HEADERS if name in response.headers}
+
+
 def _built_at(entry: CatalogEntry) -> int:
     try:
         built = read_artifact_info(entry.name, entry.artifact).metadata.get("built_at")
@@ -165,53 +169,31 @@ def build_router(catalog: Catalog) -> APIRouter:
             raise OpenAIError(400, e.message, param=e.param) from e
         streams_tokens = body.stream and not as_json and program.answer_field is not None
         options = JobOptions(temperature=body.temperature, stream=streams_tokens)
-        if not body.stream:
+
+        async def submit(wait: float | None) -> dict[str, Any]:
             found = await jobs.submit(
-                program.name,
-                inputs,
-                options,
-                response,
-                redis,
-                celery,
-                hub,
-                settings,
-                caller,
-                idempotency_key,
-                settings.wait_max_s,
+                program.name, inputs, options, response, redis, celery, hub, settings, caller, idempotency_key, wait
             )
-            record = _record(found)
-            headers = {name: response.headers[name] for name in _JOB_HEADERS if name in response.headers}
+            return _record(found)
+
+        if not body.stream:
+            record = await submit(settings.wait_max_s)
             status = JobStatus(record["status"])
             if status is JobStatus.succeeded:
-                return JSONResponse(chat_format.completion(program, record, as_json), headers=headers)
+                return JSONResponse(chat_format.completion(program, record, as_json), headers=_job_headers(response))
             code, error = (
                 chat_format.job_failure(record)
                 if status.is_terminal
                 else chat_format.still_running(record, settings.wait_max_s)
             )
-            return JSONResponse(error, code, headers={**headers, **_NO_RETRY})
+            return JSONResponse(error, code, headers={**_job_headers(response), **_NO_RETRY})
         # The slot first: a stream the key may not open must not leave a job behind.
         stream = await streams.open(caller, "job")
         try:
-            record = _record(
-                await jobs.submit(
-                    program.name,
-                    inputs,
-                    options,
-                    response,
-                    redis,
-                    celery,
-                    hub,
-                    settings,
-                    caller,
-                    idempotency_key,
-                    None,
-                )
-            )
+            record = await submit(None)
         except BaseException:
             await streams.close(stream)
             raise
-        headers = {name: response.headers[name] for name in _JOB_HEADERS if name in response.headers}
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         writer = ChatStream(program, str(record["id"]), chat_format.created_s(record), as_json, include_usage)
         shutdown = anyio.Event()
@@ -220,7 +202,7 @@ def build_router(catalog: Catalog) -> APIRouter:
             shutdown_event=shutdown,
             shutdown_grace_period=1.0,
             ping=settings.sse_ping_s,
-            headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache", **headers},
+            headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache", **_job_headers(response)},
             send_timeout=settings.sse_send_timeout_s,
             background=BackgroundTask(streams.close, stream),
         )

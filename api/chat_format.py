@@ -340,7 +340,7 @@ def still_running(record: Mapping[str, Any], waited_s: float) -> tuple[int, dict
     job_id = str(record["id"])
     message = (
         f"job {job_id} is still {record['status']} after {waited_s:g} s (WAIT_MAX_S, the longest this API waits); "
-        f"it goes on: poll GET /jobs/{job_id} for its result (asking again would start another job; "
+        f"it goes on: GET /jobs/{job_id}?wait=<s> has its result (asking again would start another job; "
         'with "stream": true there is no such bound)'
     )
     return 504, openai_error(message, 504, code="timeout", job_id=job_id)

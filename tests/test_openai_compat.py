@@ -2,11 +2,15 @@
 against a real stack (scripted LM): the answers are the jobs' results, streams spell them, errors are OpenAI's.
 
 Most tests use the shared open stack; keys, a program of several inputs, an unservable program and the wait
-bound get a stack of their own (API_KEYS, the test suite's `extractor` program, WAIT_MAX_S=3).
+bound get a stack of their own (API_KEYS, the test suite's `extractor` program, WAIT_MAX_S=3), and a program
+served from MLflow another, with an MLflow server of its own.
 """
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,8 +24,11 @@ from openai import OpenAI
 
 from api.auth import owner_id
 from core import keys
+from stack.mlflow_server import QUIET_ENV, start_mlflow_server
+from stack.processes import ROOT, wait_for
 from tests.conftest import Stack, private_stack
 from tests.test_jobs import expected_result, unique, wait_finished
+from tests.test_mlflow_programs import mlflow_env
 from tests.test_programs import build_artifact, registry
 from tests.test_programs import expected_result as extractor_result
 
@@ -420,3 +427,57 @@ def test_a_stream_holds_one_of_the_keys_slots_and_a_stream_over_the_limit_leaves
     while open_streams(keyed) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert open_streams(keyed) == 0
+
+
+# --- A program served from MLflow: what `mlflow models serve` callers move over ---
+
+
+@pytest.fixture(scope="module")
+def from_mlflow(lm_api_base: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """qa logged and registered in an MLflow server of this module's own (logging moves the registry's alias,
+    which other modules' servers must not see), served by URI alone."""
+    server, tracking_uri = start_mlflow_server(tmp_path_factory.mktemp("openai-mlflow"), "mlflow-openai")
+    stack = private_stack(lm_api_base, "redis-openai-mlflow")
+    stack.procs.append(server)
+    try:
+        logged = subprocess.run(
+            [sys.executable, "-m", "tests.programs.log_to_mlflow", tracking_uri],
+            cwd=ROOT,
+            env={**os.environ, **QUIET_ENV},
+            capture_output=True,
+            text=True,
+        )
+        assert logged.returncode == 0, logged.stderr[-3000:]
+        programs = {
+            "qa-logged": {"mlflow_uri": "models:/qa-logged@production"},
+            "no-such-model": {"mlflow_uri": "models:/no-such-model@production"},
+        }
+        stack.extra_env = mlflow_env(tracking_uri, programs)
+        stack.start_worker(name="worker-openai-mlflow")
+        stack.start_api()
+        with stack.client() as client:
+            wait_for(lambda: client.get("/programs/qa-logged").json()["available"], 60, "qa-logged served")
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_a_program_served_from_mlflow_answers_chat_and_invocations(from_mlflow: Stack) -> None:
+    question = unique("Where is the Louvre?")
+    with OpenAI(base_url=from_mlflow.api_url + "/v1", api_key="unused") as chat:
+        assert "qa-logged" in {m.id for m in chat.models.list()}
+        completion = chat.chat.completions.create(model="qa-logged", messages=[{"role": "user", "content": question}])
+        assert completion.choices[0].message.content == answer_of(question)
+        with pytest.raises(openai.InternalServerError) as unavailable:
+            chat.with_options(max_retries=0).chat.completions.create(
+                model="no-such-model", messages=[{"role": "user", "content": question}]
+            )
+    assert isinstance(unavailable.value.body, dict) and unavailable.value.body["code"] == "model_unavailable"
+
+    with from_mlflow.client() as client:
+        response = client.post(
+            "/invocations",
+            json={"messages": [{"role": "user", "content": question}], "params": {"program": "qa-logged"}},
+        )
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["choices"][0]["message"]["content"]) == expected_result(question)

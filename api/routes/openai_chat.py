@@ -16,6 +16,9 @@ messages become inputs and records become answers is api/chat_format.py. Errors 
 - Streaming follows the job's events as `GET /jobs/{id}/events` does (`events.follow`) and holds one of the
   key's event-stream slots. It runs until the job ends, like that route: its events never stop for long, and
   keep-alive comments fill the silences. Retries: see `chat_format.AnswerStream`.
+- Programs served from MLflow (api/mlflow_programs.py) have no fields until a worker has loaded them: they
+  are looked up per request, like `POST /programs/{name}/jobs` does, and listed by `GET /v1/models` while a
+  worker serves them.
 - A job is only asked to stream its tokens (`"stream": true` on the job) when they are sent on: a JSON answer
   is sent whole at the end, so its job runs with `"stream": false`, cheaper for the worker.
 """
@@ -52,7 +55,8 @@ from api.deps import CeleryDep, HubDep, RedisDep, SettingsDep, StreamsDep
 from api.errors import OpenAIError
 from api.event_hub import EventHub
 from api.idempotency import IdempotencyKey
-from api.program_catalog import Catalog, CatalogEntry
+from api.mlflow_programs import MlflowPrograms
+from api.program_catalog import Catalog, CatalogEntry, ProgramModels
 from api.routes import events, jobs
 from api.schemas import JobOptions
 from api.stream_slots import StreamSlots
@@ -130,25 +134,42 @@ def build_router(catalog: Catalog) -> APIRouter:
     }
     # Read once, like the catalog: a new artifact version changes what workers serve, not this list.
     models = [ModelObject(id=name, created=_built_at(catalog.programs[name])) for name in programs]
+    from_mlflow = MlflowPrograms()
+    # An MLflow version's models never change (api/mlflow_programs.py): its ChatProgram is built once.
+    from_mlflow_built: dict[ProgramModels, ChatProgram] = {}
 
-    def program_of(name: str, param: str) -> ChatProgram:
+    async def mlflow_state(redis: aioredis.Redis, settings: Settings, name: str) -> tuple[ChatProgram | None, str]:
+        state = await from_mlflow.state(redis, settings, name)
+        if state.models is None:
+            return None, str(state.problem)
+        built = from_mlflow_built.get(state.models)
+        if built is None:
+            built = from_mlflow_built[state.models] = ChatProgram.of(
+                name, state.models.input, state.models.output.model_json_schema()
+            )
+        return built, ""
+
+    async def program_of(name: str, param: str, redis: aioredis.Redis, settings: Settings) -> ChatProgram:
         entry = catalog.programs.get(name)
         if entry is None:
             raise OpenAIError(
                 404,
-                f"the model {name!r} does not exist; the models are this API's programs: {sorted(programs)}",
+                f"the model {name!r} does not exist; the models are this API's programs: {sorted(catalog.programs)}",
                 param=param,
                 code="model_not_found",
             )
-        if entry.models is None:
+        program, problem = programs.get(name), entry.problem
+        if program is None and entry.mlflow_uri is not None:
+            program, problem = await mlflow_state(redis, settings, name)
+        if program is None:
             raise OpenAIError(
                 503,
-                f"program {name!r} cannot be served: {entry.problem}",
+                f"program {name!r} cannot be served: {problem}",
                 param=param,
                 code="model_unavailable",
                 headers=_NO_RETRY,
             )
-        return programs[name]
+        return program
 
     async def chat(
         program: ChatProgram,
@@ -221,7 +242,7 @@ def build_router(catalog: Catalog) -> APIRouter:
     ) -> Response:
         """OpenAI's chat completion: `model` is a program; the last user message is its input (docs/api.md).
         Runs as a job; waits for it up to WAIT_MAX_S, or streams it with `stream`."""
-        program = program_of(body.model, "model")
+        program = await program_of(body.model, "model", redis, settings)
         as_json = body.response_format is not None and body.response_format.type != "text"
         return await chat(
             program, body, as_json, response, redis, celery, hub, settings, caller, streams, idempotency_key
@@ -246,16 +267,26 @@ def build_router(catalog: Catalog) -> APIRouter:
         if body.model is not None and chosen is not None and body.model != chosen:
             raise OpenAIError(400, "`model` and `params.program` name different programs; give one", param="model")
         if chosen is not None:
-            program = program_of(chosen, "params.program")
+            program = await program_of(chosen, "params.program", redis, settings)
         else:
-            program = program_of(body.model or catalog.default, "model")
+            program = await program_of(body.model or catalog.default, "model", redis, settings)
         return await chat(program, body, True, response, redis, celery, hub, settings, caller, streams, idempotency_key)
 
+    async def served_from_mlflow(redis: aioredis.Redis, settings: Settings) -> list[ModelObject]:
+        served = []
+        for name, entry in catalog.programs.items():
+            if entry.mlflow_uri is not None:
+                state = await from_mlflow.state(redis, settings, name)
+                if state.available:
+                    created_ms = (state.metadata or {}).get("created_at_ms")
+                    served.append(ModelObject(id=name, created=int(created_ms or 0) // 1000))
+        return served
+
     @router.get("/v1/models", response_model=ModelList)
-    async def list_models(_caller: CallerDep) -> ModelList:
+    async def list_models(redis: RedisDep, settings: SettingsDep, _caller: CallerDep) -> ModelList:
         """The programs, as OpenAI's models: a chat request names one as its `model`. Programs that cannot be
-        served are left out (`GET /programs` says why)."""
-        return ModelList(data=models)
+        served now are left out (`GET /programs` says why)."""
+        return ModelList(data=[*models, *await served_from_mlflow(redis, settings)])
 
     @router.get(
         "/v1/models/{model}",
@@ -263,10 +294,13 @@ def build_router(catalog: Catalog) -> APIRouter:
         responses={404: {"description": "No program with this name that can be served (`model_not_found`)."}},
     )
     async def get_model(
-        model: Annotated[str, Path(description="A program's name.")], _caller: CallerDep
+        model: Annotated[str, Path(description="A program's name.")],
+        redis: RedisDep,
+        settings: SettingsDep,
+        _caller: CallerDep,
     ) -> ModelObject:
         """One program, as OpenAI's model."""
-        for found in models:
+        for found in [*models, *await served_from_mlflow(redis, settings)]:
             if found.id == model:
                 return found
         raise OpenAIError(404, f"the model {model!r} does not exist here", param="model", code="model_not_found")

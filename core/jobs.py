@@ -92,6 +92,9 @@ class Job(BaseModel):
     )
     error: JobError | None = None
     usage: LMUsage | None = Field(None, description="LM tokens spent on the job.")
+    trace_id: str | None = Field(
+        None, description="The MLflow trace of its last attempt, with MLFLOW_TRACING on (set when it finishes)."
+    )
     webhook: WebhookState | None = Field(None, description="The delivery of its completion event, if it has one.")
     links: JobLinks
 
@@ -164,6 +167,7 @@ def job_from_fields(fields: dict[str, str], links: JobLinks) -> Job:
         result=_json(fields.get("result")),
         error=_json(fields.get("error")),
         usage=_json(fields.get("usage")),
+        trace_id=fields.get("trace_id"),
         webhook=webhook_from_fields(fields),
         links=links,
     )

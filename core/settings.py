@@ -156,6 +156,10 @@ class Settings(BaseSettings):
     # minutes, while a worker starts and refreshes with them).
     mlflow_timeout_s: PositiveInt = 10
     mlflow_max_retries: int = Field(0, ge=0, le=10)
+    # Trace each job's DSPy call to MLflow (MLFLOW_TRACKING_URI), into this
+    # experiment; the job's record then names its trace (`trace_id`).
+    mlflow_tracing: bool = False
+    mlflow_tracing_experiment: str = "dspy-jobs"
 
     # --- Jobs -----------------------------------------------------------------
     job_ttl_s: int = 7 * 24 * 3600

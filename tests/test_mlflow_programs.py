@@ -32,6 +32,7 @@ from tests.test_jobs import expected_result, wait_finished
 pytestmark = pytest.mark.e2e
 
 MODEL = "qa-logged"
+TRACES = "dspy-jobs-test-traces"
 
 
 def unique(question: str) -> str:
@@ -61,12 +62,13 @@ def logged(mlflow_tracking_uri: str) -> dict[str, str]:
     return found
 
 
-def mlflow_env(tracking_uri: str, programs: dict[str, Any]) -> dict[str, str]:
+def mlflow_env(tracking_uri: str, programs: dict[str, Any], tracing: bool = False) -> dict[str, str]:
     return {
         "PROGRAMS": json.dumps(programs),
         "MLFLOW_TRACKING_URI": tracking_uri,
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
         "MLFLOW_REFRESH_S": "0.5",
+        **({"MLFLOW_TRACING": "true", "MLFLOW_TRACING_EXPERIMENT": TRACES} if tracing else {}),
         **QUIET_ENV,
     }
 
@@ -83,6 +85,7 @@ def mlflow_stack(lm_api_base: str, mlflow_tracking_uri: str, logged: dict[str, s
             "no-such-model": {"mlflow_uri": "models:/no-such-model@production"},
             "not-dspy": {"mlflow_uri": "models:/not-dspy/1"},
         },
+        tracing=True,
     )
     stack.start_services()
     yield stack
@@ -222,6 +225,46 @@ def test_a_uri_that_names_nothing_or_no_dspy_model_is_503_with_the_reason_while_
         assert job.json()["status"] == "succeeded", job.text
 
 
+@pytest.mark.parametrize(("program", "stream"), [("qa-logged", False), ("qa", True)])
+def test_with_tracing_on_each_job_is_traced_to_mlflow_tagged_with_its_job_id(
+    api: httpx.Client, mlflow_tracking_uri: str, program: str, stream: bool
+) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import RestException
+
+    question = unique("Traced?")
+    response = api.post(
+        f"/programs/{program}/jobs", params={"wait": 30}, json={"input": {"question": question}, "stream": stream}
+    )
+    job = response.json()
+    assert job["status"] == "succeeded", job
+    assert job["trace_id"], "the record names its trace"
+    assert api.get(f"/jobs/{job['id']}").json()["trace_id"] == job["trace_id"]
+
+    client = MlflowClient(tracking_uri=mlflow_tracking_uri)
+
+    def exported() -> bool:
+        try:
+            found = client.get_trace(job["trace_id"])
+        except RestException:
+            return False
+        return found is not None and found.info.trace_metadata.get("mlflow.trace.infoFinalized") == "true"
+
+    # MLflow exports traces in the background (its spans first, then its info): the job did not wait for it.
+    wait_for(exported, 30, "the whole trace in MLflow")
+    trace = client.get_trace(job["trace_id"])
+    assert trace.info.tags["dspy_jobs.job_id"] == job["id"]
+    assert trace.info.tags["dspy_jobs.program_version"] == job["program_version"]
+    assert trace.info.client_request_id == job["id"]
+    assert client.get_experiment(trace.info.experiment_id).name == TRACES
+    spans = {span.name: span for span in trace.data.spans}
+    assert spans[program].parent_id is None and spans[program].outputs["answer"] == job["result"]["answer"]
+    assert {"QA.forward", "Predict.forward", "ChatAdapter.format", "ChatAdapter.parse"} <= set(spans)
+    lm_spans = [span for span in trace.data.spans if span.span_type == "CHAT_MODEL"]
+    assert len(lm_spans) == 1 and lm_spans[0].attributes["model"] == "openai/simulated"
+    assert spans["QA.forward"].parent_id == spans[program].span_id
+
+
 def test_loading_a_logged_program_never_configures_dspy_and_drops_the_loggers_lm(
     mlflow_tracking_uri: str, logged: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -309,6 +352,7 @@ def test_an_unreachable_tracking_server_is_503_with_the_reason_while_qa_keeps_wo
             assert api.post("/programs/qa-logged/jobs", json={"input": {"question": "x"}}).status_code == 503
             job = api.post("/jobs", params={"wait": 30}, json={"question": unique("Still up?")})
             assert job.json()["status"] == "succeeded", job.text
+            assert job.json()["trace_id"] is None, "tracing is off unless MLFLOW_TRACING says otherwise"
         assert all(p.popen.poll() is None for p in stack.procs)
     finally:
         stack.stop()

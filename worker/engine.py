@@ -139,7 +139,7 @@ class Engine:
             (self._heartbeat.run_forever(), "heartbeat"),
         ):
             self._tasks.append(asyncio.create_task(coroutine, name=name))
-        if self.runtime.has_mlflow_programs:
+        if self.runtime.has_mlflow_programs or self.runtime.tracing.enabled:
             self._tasks.append(asyncio.create_task(self._refresh_mlflow_forever(), name="mlflow-refresh"))
         if s.bulk_queue in queues:
             for model in s.allowed_models:
@@ -173,12 +173,13 @@ class Engine:
         task.add_done_callback(self._background.discard)
 
     async def _refresh_mlflow_forever(self) -> None:
-        """Moved aliases and programs to retry, off the heartbeat: a tracking server that does not answer
-        holds up this loop for MLFLOW_TIMEOUT_S, never a heartbeat or a job."""
+        """Moved aliases, programs to retry and tracing not started yet, off the heartbeat: a tracking server
+        that does not answer holds up this loop for MLFLOW_TIMEOUT_S, never a heartbeat or a job."""
         while True:
             await asyncio.sleep(self._settings.mlflow_refresh_s)
             try:
                 await asyncio.to_thread(self.runtime.refresh_mlflow)
+                await asyncio.to_thread(self.runtime.tracing.start)
             except Exception:
                 log.exception("refreshing the MLflow programs failed; trying again later")
 

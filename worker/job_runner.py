@@ -59,6 +59,7 @@ from worker.metrics import record_job_outcome
 from worker.runtime import LoadedProgram, ProgramUnavailable, Runtime
 from worker.streaming import predict
 from worker.token_writer import TokenWriter
+from worker.tracing import JobTrace
 
 log = logging.getLogger(__name__)
 
@@ -332,18 +333,20 @@ class JobRunner:
         run.slot = None
         call_scope.set(scope)
         limit = asyncio.timeout(s.job_time_limit_s)
+        trace = self._runtime.tracing.job(run.job_id, name, program.version)
         try:
             async with limit:
-                prediction = await self._predict(run, program, on_token, stream)
+                with trace:
+                    prediction = await self._predict(run, program, on_token, stream, trace)
         except TimeoutError as e:
             error: Exception = e
             if limit.expired():
                 error = JobTimeLimitExceeded(f"the job ran longer than its time limit of {s.job_time_limit_s} s")
-            return await self._failed_attempt(run, error, stream, program)
+            return await self._failed_attempt(run, error, stream, program, trace)
         except _Stopped:
             raise asyncio.CancelledError from None
         except Exception as e:
-            return await self._failed_attempt(run, e, stream, program)
+            return await self._failed_attempt(run, e, stream, program, trace)
         finally:
             if scope.reserved is not None:
                 await asyncio.shield(self._capacity.release(scope.reserved, "unused"))
@@ -357,6 +360,7 @@ class JobRunner:
             "finished_at": repr(time.time()),
             # The record names the artifact version that served it.
             "program_version": program.version,
+            **trace.fields,
         }
         seq = await self.store.end(run.job_id, run.token, run.fields, EventType.result, updates, tokens=whole)
         await self._log_refusal(run, seq, "its result is dropped")
@@ -371,29 +375,34 @@ class JobRunner:
         return seq > 0
 
     async def _predict(
-        self, run: Run, program: LoadedProgram, on_token: Callable[[str, str], None], stream: bool
+        self, run: Run, program: LoadedProgram, on_token: Callable[[str, str], None], stream: bool, trace: JobTrace
     ) -> dspy.Prediction:
         inputs = program.inputs(json.loads(run.fields["input"]))
         temperature = float(run.fields["temperature"]) if run.fields.get("temperature") else None
         model = run.fields.get("model")
         lm, adapter = self._runtime.lm(model, temperature), self._runtime.adapter(model)
-        # History and trace off: a long-lived process would otherwise keep every
-        # prompt and completion it ever saw.
-        with dspy.context(lm=lm, adapter=adapter, disable_history=True, trace=None, track_usage=True):
-            return await predict(program.module, inputs, on_token, stream, self._run_sync)
+        # History and DSPy's trace off: a long-lived process would otherwise keep every
+        # prompt and completion it ever saw. MLflow's trace, when on, comes through callbacks.
+        callbacks = {"callbacks": trace.callbacks} if trace.callbacks else {}
+        with dspy.context(lm=lm, adapter=adapter, disable_history=True, trace=None, track_usage=True, **callbacks):
+            prediction = await predict(program.module, inputs, on_token, stream, self._run_sync)
+        trace.set_io(run.fields["input"], prediction)
+        return prediction
 
     async def _run_sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A blocking call (a program's `forward`) in a thread of its own, in this job's context."""
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._threads, call)
 
-    async def _failed_attempt(self, run: Run, e: Exception, stream: bool, program: LoadedProgram) -> bool:
+    async def _failed_attempt(
+        self, run: Run, e: Exception, stream: bool, program: LoadedProgram, trace: JobTrace
+    ) -> bool:
         if stream:
             await self.writer.barrier(run.job_id)
         if is_retryable(e) and run.attempts < self._settings.job_max_attempts:
             await self._retry(run, e)
             return False
-        return await self._fail(run, e, run.attempts, program.version)
+        return await self._fail(run, e, run.attempts, program.version, trace.fields)
 
     async def _retry(self, run: Run, e: Exception) -> None:
         s = self._settings
@@ -411,7 +420,14 @@ class JobRunner:
             await self._send(run.job_id, run.model, delay_s)
         await self._log_refusal(run, code, "no retry")
 
-    async def _fail(self, run: Run, e: Exception, attempts: int, program_version: str | None = None) -> bool:
+    async def _fail(
+        self,
+        run: Run,
+        e: Exception,
+        attempts: int,
+        program_version: str | None = None,
+        trace_fields: dict[str, str] | None = None,
+    ) -> bool:
         error = job_error(e, attempts)
         log.warning("job %s failed after %d attempt(s): %s: %s", run.job_id, attempts, error.type, error.message)
         updates = {
@@ -422,6 +438,7 @@ class JobRunner:
         }
         if program_version is not None:
             updates["program_version"] = program_version
+        updates.update(trace_fields or {})
         seq = await self.store.end(run.job_id, run.token, run.fields, EventType.error, updates)
         await self._log_refusal(run, seq, "its failure is dropped")
         return seq > 0

@@ -59,7 +59,7 @@ class ResolvedModel:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def _configure_mlflow(settings: Settings, tracking_uri: str) -> None:
+def configure_mlflow(settings: Settings, tracking_uri: str) -> None:
     """MLflow is configured through its environment variables, read where it needs them.
 
     The tracking URI too: a client is given it explicitly, but some of MLflow's own lookups (a `runs:/`
@@ -100,7 +100,7 @@ class MlflowLoader:
         if self._tracking_uri is None:
             raise MlflowLoadError("MLFLOW_TRACKING_URI is not set, so no MLflow model can be resolved")
         if self._client is None:
-            _configure_mlflow(self._settings, self._tracking_uri)
+            configure_mlflow(self._settings, self._tracking_uri)
             try:
                 from mlflow import MlflowClient
             except ImportError as e:

@@ -50,6 +50,7 @@ from program.lm import ServiceLM, build_adapter, build_lm
 from program.registry import ProgramSpec, program_specs
 from program.schemas import input_model, interface_mismatch, signature_schemas
 from worker.mlflow_loader import MlflowLoader, MlflowLoadError, ResolvedModel
+from worker.tracing import JobTracing
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class Runtime:
             if spec.entry.mlflow_uri is not None
         }
         self._mlflow_loader = MlflowLoader(settings) if self._mlflow else None
+        self.tracing = JobTracing(settings)
 
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:
@@ -300,6 +302,7 @@ class Runtime:
         """Load every program and the LM client now, not on the first job."""
         self.refresh()
         self.refresh_mlflow()
+        self.tracing.start()
         self.lm()
         if self._settings.effective_lm_engine == "litellm":
             import litellm  # noqa: F401  (seconds of import; pay them before the first job)

@@ -292,9 +292,9 @@ class Settings(BaseSettings):
             raise ValueError("CORS_ALLOW_ORIGINS takes explicit origins, not '*'")
         return value
 
-    @field_validator("webhook_secret", mode="before")
+    @field_validator("webhook_secret", "mlflow_tracking_uri", mode="before")
     @classmethod
-    def _webhook_secret_empty_is_unset(cls, value: object) -> object:
+    def _empty_is_unset(cls, value: object) -> object:
         # docker-compose passes an unset variable through as "".
         return None if value == "" else value
 

@@ -103,8 +103,12 @@ class MlflowPrograms:
             if raw is None:
                 problem = f"version {version} is served, but its interface is not in Redis (flushed?)"
                 return MlflowProgramState(version, None, problem, None, workers)
-            interface = json.loads(raw)
-            models = program_models(name, {"input": interface["input"], "output": interface["output"]})
+            try:
+                interface = json.loads(raw)
+                models = program_models(name, {"input": interface["input"], "output": interface["output"]})
+            except (ValueError, KeyError, TypeError) as e:
+                problem = f"version {version}'s published interface is unreadable ({type(e).__name__}: {e})"
+                return MlflowProgramState(version, None, problem, None, workers)
             built = self._models[(name, version)] = (models, interface.get("metadata") or {})
         models, metadata = built
         return MlflowProgramState(version, models, None, metadata, workers)

@@ -88,7 +88,7 @@ class _FromMlflow:
     uri: MlflowUri
     # Held while it is looked up and loaded: one load at a time per program.
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # Why it is not served, while it is not.
+    # Why its last lookup or load failed: why it is not served, or (while a version is) not switched.
     problem: str | None = None
 
 
@@ -248,16 +248,20 @@ class Runtime:
         try:
             resolved = self._mlflow_loader.resolve(remote.uri)
             if loaded is not None and loaded.version == resolved.version:
+                remote.problem = None
                 return
             fresh = self._load_mlflow(spec, resolved)
-        except (MlflowLoadError, RegistryError, redis.RedisError) as e:
-            if loaded is not None:
-                # Keep serving what we have: the tracking server may be down for a while.
-                log.warning("program %s: still serving %s: %s", spec.name, loaded.version, e)
-                return
-            if remote.problem != str(e):
-                log.warning("program %s unavailable: %s", spec.name, e)
-            remote.problem = str(e)
+        except Exception as e:
+            # Anything a logged model can do wrong makes that program unavailable, never the worker fail.
+            problem = str(e) if isinstance(e, MlflowLoadError | RegistryError) else f"{type(e).__name__}: {e}"
+            # Said once, not at every refresh, while it stays the same.
+            if remote.problem != problem:
+                if loaded is not None:
+                    # Keep serving what we have: the tracking server may be down for a while.
+                    log.warning("program %s: still serving %s: %s", spec.name, loaded.version, problem)
+                else:
+                    log.warning("program %s unavailable: %s", spec.name, problem)
+            remote.problem = problem
             return
         with self._lock:
             self._programs[spec.name] = fresh

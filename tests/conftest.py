@@ -108,6 +108,18 @@ class Stack:
         wait_for(lambda: httpx.get(f"{url}/api/workers", auth=FLOWER_AUTH).status_code == 200, 30, "Flower", flower)
         return url, flower
 
+    def stop_redis(self) -> None:
+        """SIGTERM to this stack's own redis-server: it writes its AOF (given `appendonly`) and exits."""
+        self.procs[0].stop()
+
+    def start_redis_again(self) -> None:
+        """Its redis-server again, on the same port and data directory, once it answers."""
+        port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        restarted, url = start_redis("redis-private", appendonly=True, port=port)
+        assert restarted is not None, "only a stack with a redis-server of its own can restart it"
+        self.procs[0] = restarted
+        wait_for(lambda: bool(redis.Redis.from_url(url).ping()), 10, "the restarted Redis", restarted)
+
     def start_services(self) -> None:
         """What serves jobs: an interactive worker, a bulk worker and the API."""
         self.start_worker()

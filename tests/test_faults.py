@@ -13,12 +13,11 @@ from typing import Any, cast
 
 import httpx
 import pytest
-import redis
 
 from core import keys
 from core.queue import RUN_JOB_TASK, make_celery
 from core.settings import Settings
-from stack.processes import start_redis, wait_for
+from stack.processes import wait_for
 from stack.sse_client import read_events
 from tests.conftest import Stack
 from tests.test_jobs import expected_result, unique, wait_finished
@@ -434,21 +433,17 @@ def test_jobs_accepted_before_a_redis_restart_complete_and_the_api_says_503_mean
     make_stack: Callable[..., Stack],
 ) -> None:
     stack = make_stack(appendonly=True)
-    redis_proc = stack.procs[0]
     stack.start_api()
-    port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
     with stack.client() as client:
         ids = [post_job(client, unique(f"durable {i}"))["id"] for i in range(20)]
 
-        redis_proc.stop()  # SIGTERM: Redis flushes its AOF and exits
+        stack.stop_redis()
         outage = client.post("/jobs", json={"question": "while Redis is down"})
         assert outage.status_code == 503
         assert "Redis" in outage.json()["detail"]
         assert client.get("/ready").status_code == 503
 
-        restarted, _ = start_redis("redis-private", appendonly=True, port=port)
-        assert restarted is not None
-        stack.procs.insert(0, restarted)
+        stack.start_redis_again()
         stack.start_worker()
         jobs = [wait_finished(client, job_id, timeout_s=60) for job_id in ids]
 
@@ -458,19 +453,14 @@ def test_jobs_accepted_before_a_redis_restart_complete_and_the_api_says_503_mean
 def test_once_a_restarted_redis_answers_no_submission_is_refused(make_stack: Callable[..., Stack]) -> None:
     """Pooled connections died with the old server: a command on one is sent again on a new one."""
     stack = make_stack(appendonly=True)
-    redis_proc = stack.procs[0]
     worker = stack.start_worker()
     stack.start_api()
-    port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
     with stack.client() as client, ThreadPoolExecutor(max_workers=10) as pool:
         # Fill the API's pool with connections: ten requests at once, a few times.
         for _ in range(3):
             list(pool.map(lambda i: post_job(client, unique(f"before {i}")), range(10)))
-        redis_proc.stop()
-        restarted, url = start_redis("redis-private", appendonly=True, port=port)
-        assert restarted is not None
-        stack.procs.insert(0, restarted)
-        wait_for(lambda: bool(redis.Redis.from_url(url).ping()), 10, "the new Redis")
+        stack.stop_redis()
+        stack.start_redis_again()
         answers = list(pool.map(lambda i: client.post("/jobs", json={"question": unique(f"after {i}")}), range(10)))
         jobs = [wait_finished(client, a.json()["id"], timeout_s=60) for a in answers if a.status_code == 202]
 

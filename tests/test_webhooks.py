@@ -8,10 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from standardwebhooks.webhooks import Webhook
 
-from stack.processes import free_port, start_redis, wait_for
+from stack.processes import free_port, wait_for
 from stack.webhook_receiver import Receiver
 from tests.conftest import Stack
 from tests.test_jobs import unique, wait_finished
@@ -174,13 +173,8 @@ def test_a_pending_delivery_survives_a_redis_restart(hooked: Callable[..., Stack
         job = submit(client, f"http://127.0.0.1:{port}/hook")
         wait_finished(client, job["id"])
         webhook_of(client, f"/jobs/{job['id']}", lambda s: s["attempts"] >= 1, 10)
-        redis_proc = stack.procs.pop(0)
-        redis_port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
-        redis_proc.stop(signal.SIGKILL)
-        restarted, url = start_redis("redis-private", appendonly=True, port=redis_port)
-        assert restarted is not None
-        stack.procs.insert(0, restarted)
-        wait_for(lambda: bool(redis.Redis.from_url(url).ping()), 10, "the restarted Redis")
+        stack.stop_redis()
+        stack.start_redis_again()
         with Receiver(port=port) as receiver:
             (event,) = receiver.wait_for(1, 60)
             state = webhook_of(client, f"/jobs/{job['id']}", delivered, 20)
@@ -317,3 +311,20 @@ def test_a_job_that_expires_unstarted_sends_job_expired_and_a_cancelled_batch_ba
     by_type = {Webhook(SECRET).verify(e.body, e.headers)["type"]: e for e in events}
     assert set(by_type) == {"job.expired", "batch.cancelled"}
     assert by_type["job.expired"].headers["webhook-id"] == f"msg_job_{job['id']}"
+
+
+def test_a_receiver_that_hangs_holds_only_its_share_of_the_senders_slots(hooked: Callable[..., Stack]) -> None:
+    # Four slots: the hanging receiver may hold one of them, however many of its events are due.
+    stack = hooked(WEBHOOK_CONCURRENCY="4", WEBHOOK_TIMEOUT_S="20")
+    stack.start_worker()
+    stack.start_api()
+    with Receiver(then=None, hold_s=30) as hanging, Receiver() as healthy, stack.client() as client:
+        for _ in range(6):
+            wait_finished(client, submit(client, hanging.url)["id"])
+        hanging.wait_for(1, 10)
+        job = submit(client, healthy.url)
+        (event,) = healthy.wait_for(1, 30)
+        held_open = len(hanging.received)
+
+    assert Webhook(SECRET).verify(event.body, event.headers)["data"]["id"] == job["id"]
+    assert held_open == 1, "the hanging receiver got more than its one slot"

@@ -4,10 +4,12 @@ Deliveries are queued in Redis as jobs and batches end (core/lua/webhooks.lua).
 Each worker's sender claims the due ones, a few at a time, and sends each on
 the worker's event loop with its own time limit, `webhook_concurrency` at
 once: a receiver that is slow or dead holds one delivery's slot for at most
-`webhook_timeout_s`, never a job. A claim lasts the attempt's time limit and
-a margin; a sender killed mid-attempt leaves the delivery to be claimed again
-once that runs out, so an event may arrive twice (the same `webhook-id`:
-receivers deduplicate on it), never not at all while the window lasts.
+`webhook_timeout_s`, never a job, and one receiver (host and port) may hold
+at most a quarter of the slots, so a dead one does not hold back everyone
+else's events. A claim lasts the attempt's time limit and a margin; a sender
+killed mid-attempt leaves the delivery to be claimed again once that runs
+out, so an event may arrive twice (the same `webhook-id`: receivers
+deduplicate on it), never not at all while the window lasts.
 
 Each attempt checks the receiver again (core/webhooks.py) and connects to the
 address it checked; the receiver's answer is read for its status only and
@@ -15,9 +17,11 @@ never logged.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -36,6 +40,8 @@ from core.webhooks import DeliveryStatus, Target, TargetRefused, check_target, e
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
+# How long a delivery put off for its receiver's share of the slots waits before it is claimed again.
+DEFER_S = 1.0
 # Beyond the attempt's own limit, before another sender may take the delivery over.
 CLAIM_MARGIN_S = 10.0
 ERROR_MAX_CHARS = 300
@@ -51,6 +57,11 @@ class Attempt:
         self.fields = dict(zip(flat[::2], flat[1::2], strict=True))
 
     @property
+    def receiver(self) -> str:
+        """Host and port: what one slow or dead receiver has in common."""
+        return httpx.URL(self.fields["url"]).netloc.decode("ascii")
+
+    @property
     def subject(self) -> str:
         kind, _, subject_id = self.delivery.partition(":")
         return f"{kind} {subject_id}"
@@ -63,6 +74,10 @@ class WebhookSender:
         secret = settings.webhook_secret
         self._signer = Webhook(secret.get_secret_value()) if secret is not None else None
         self._in_flight: set[asyncio.Task[None]] = set()
+        # A receiver that hangs holds each of its attempts for the whole timeout: it may hold only its share of
+        # the slots, so the others' events still go out.
+        self._per_receiver = max(1, settings.webhook_concurrency // 4)
+        self._by_receiver: Counter[str] = Counter()
         # Redirects are answers like any other: following one would send the event where no one checked.
         self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
 
@@ -91,11 +106,30 @@ class WebhookSender:
         now = time.time()
         lease_until = now + self._settings.webhook_timeout_s + CLAIM_MARGIN_S
         claimed = await scripts.acall(self._redis, "webhook_claim", [keys.WEBHOOKS_DUE], [now, lease_until, free])
+        started = 0
         for delivery, attempts, flat in claimed:
-            task = asyncio.create_task(self._attempt(Attempt(str(delivery), int(attempts), flat)))
+            attempt = Attempt(str(delivery), int(attempts), flat)
+            receiver = attempt.receiver
+            if self._by_receiver[receiver] >= self._per_receiver:
+                await scripts.acall(
+                    self._redis,
+                    "webhook_defer",
+                    [keys.WEBHOOKS_DUE],
+                    [attempt.delivery, attempt.attempts, now + DEFER_S],
+                )
+                continue
+            self._by_receiver[receiver] += 1
+            task = asyncio.create_task(self._attempt(attempt))
             self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-        return len(claimed)
+            task.add_done_callback(functools.partial(self._done, receiver))
+            started += 1
+        return started
+
+    def _done(self, receiver: str, task: "asyncio.Task[None]") -> None:
+        self._in_flight.discard(task)
+        self._by_receiver[receiver] -= 1
+        if self._by_receiver[receiver] <= 0:
+            del self._by_receiver[receiver]
 
     async def _attempt(self, attempt: Attempt) -> None:
         try:

@@ -11,7 +11,11 @@ from bench.scenarios.results import Results, automatic_notes, targets
 
 SSE_RESULTS = ROOT / "bench" / "results" / "sse.md"
 # Written by their own commands (bench/failover.py, bench/redis_cost.py); shown here as they are.
-REDIS_RESULTS = (ROOT / "bench" / "results" / "failover.md", ROOT / "bench" / "results" / "redis_ceiling.md")
+# Benchmarks that run on their own and keep their results in a file of their own, shown as written.
+RESULT_FILES = tuple(
+    ROOT / "bench" / "results" / name
+    for name in ("failover.md", "redis_ceiling.md", "webhooks.md", "webhooks-scripted.md")
+)
 PACKAGES = [
     "dspy",
     "litellm",
@@ -147,10 +151,11 @@ def section_sse_bench(res: Results) -> list[str]:
     return lines
 
 
-def section_redis(res: Results) -> list[str]:
-    """## Redis: each results file of bench/failover.py and bench/redis_cost.py, its headings one level down."""
+def section_result_files(res: Results) -> list[str]:
+    """Each results file of bench/failover.py, bench/redis_cost.py and bench/webhooks.py, its headings one
+    level down."""
     lines: list[str] = []
-    for path in REDIS_RESULTS:
+    for path in RESULT_FILES:
         if path.exists():
             text = path.read_text().strip()
             lines += [re.sub(r"^(#+) ", r"#\1 ", line) for line in text.splitlines()]
@@ -182,7 +187,7 @@ def render(res: Results) -> str:
         *section_profiles(res),
         *section_embedded(res),
         *section_sse_bench(res),
-        *section_redis(res),
+        *section_result_files(res),
         *section_notes(res),
     ]
     return "\n".join(lines).rstrip() + "\n"

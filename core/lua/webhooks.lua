@@ -77,3 +77,17 @@ redis.register_function('webhook_body', function(keys, args)
   redis.call('HSETNX', hash, 'body', args[2])
   return redis.call('HGET', hash, 'body')
 end)
+
+-- A claimed delivery the sender puts off without attempting it (its receiver
+-- already has as many attempts in flight as one receiver may): not counted
+-- as an attempt. KEYS: the due set. ARGV: delivery, the claimed attempt, when
+-- it is due again. Returns 1 if it was put off.
+redis.register_function('webhook_defer', function(keys, args)
+  local hash = '__WEBHOOK_PREFIX__' .. args[1]
+  if redis.call('HGET', hash, 'attempts') ~= args[2] then return 0 end
+  local attempts = redis.call('HINCRBY', hash, 'attempts', -1)
+  local record = redis.call('HGET', hash, 'record')
+  if redis.call('EXISTS', record) == 1 then redis.call('HSET', record, 'webhook_attempts', attempts) end
+  redis.call('ZADD', keys[1], args[3], args[1])
+  return 1
+end)

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scripted-lm",
         action="store_true",
-        help="the scripted LM instead of the embedded model, to measure our own cost (bench/results/webhooks-scripted.md)",
+        help="the scripted LM instead of the embedded model: our own cost alone (bench/results/webhooks-scripted.md)",
     )
     args = parser.parse_args(argv)
     results = SCRIPTED_RESULTS if args.scripted_lm else RESULTS

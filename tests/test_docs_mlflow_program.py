@@ -23,24 +23,12 @@ import pytest
 from stack.mlflow_server import QUIET_ENV
 from stack.processes import ROOT, wait_for
 from tests.conftest import private_stack
-from tests.test_docs_own_program import FENCE, Block
+from tests.test_docs_own_program import section_blocks
 from tests.test_jobs import expected_result, unique
 
 pytestmark = pytest.mark.e2e
 
 DOCS_TRACKING_URI = "http://127.0.0.1:5000"
-
-
-def section_blocks() -> list[Block]:
-    page = (ROOT / "docs" / "programs.md").read_text()
-    start = page.index("## Programs from MLflow")
-    end = page.find("\n## ", start + 1)
-    section = page[start : end if end != -1 else len(page)]
-    blocks, last = [], 0
-    for match in FENCE.finditer(section):
-        blocks.append(Block(match.group(1), match.group(2), section[last : match.start()]))
-        last = match.end()
-    return blocks
 
 
 def env_and_argv(command: str) -> tuple[dict[str, str], list[str]]:
@@ -56,7 +44,7 @@ def env_and_argv(command: str) -> tuple[dict[str, str], list[str]]:
 def test_serving_a_program_from_mlflow_as_the_docs_say(
     lm_api_base: str, mlflow_tracking_uri: str, tmp_path: Path
 ) -> None:
-    blocks = section_blocks()
+    blocks = section_blocks("## Programs from MLflow")
     assert [b.language for b in blocks] == ["python", "sh", "toml", "sh", "sh"]
     script, log_command, toml, up_command, curl_command = blocks
     assert script.text.splitlines()[0] == "# log_qa.py"

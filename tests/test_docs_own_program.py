@@ -33,9 +33,10 @@ class Block:
     before: str  # the prose between the previous block and this one
 
 
-def section_blocks() -> list[Block]:
+def section_blocks(heading: str = "## Serve your own program") -> list[Block]:
+    """The code blocks of one section of docs/programs.md, each with the prose before it."""
     page = (ROOT / "docs" / "programs.md").read_text()
-    start = page.index("## Serve your own program")
+    start = page.index(heading)
     end = page.find("\n## ", start + 1)
     section = page[start : end if end != -1 else len(page)]
     blocks, last = [], 0

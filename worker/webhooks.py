@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -45,7 +46,16 @@ DEFER_S = 1.0
 # Beyond the attempt's own limit, before another sender may take the delivery over.
 CLAIM_MARGIN_S = 10.0
 ERROR_MAX_CHARS = 300
-REFUSED = "refused:"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How one attempt went: the receiver's status code (None if none came), what went wrong (None if
+    nothing), and whether the receiver was refused (no use trying it again)."""
+
+    code: int | None
+    error: str | None = None
+    refused: bool = False
 
 
 class Attempt:
@@ -136,8 +146,7 @@ class WebhookSender:
             body = await self._body(attempt)
             if body is None:
                 return
-            code, error = await self._send(attempt, body)
-            await self._report(attempt, code, error)
+            await self._report(attempt, await self._send(attempt, body))
         except RedisError as e:
             # The claim runs out and the delivery is attempted again.
             log.warning("webhook for %s: Redis unavailable (%s); it will be attempted again", attempt.subject, e)
@@ -160,9 +169,7 @@ class WebhookSender:
         stored = await scripts.acall(self._redis, "webhook_body", [], [attempt.delivery, body])
         return str(stored) if stored else None
 
-    async def _send(self, attempt: Attempt, body: str) -> tuple[int | None, str | None]:
-        """The receiver's status code (None if none came) and what went wrong (None if nothing)."""
-        assert self._signer is not None
+    async def _send(self, attempt: Attempt, body: str) -> Answer:
         url = attempt.fields["url"]
         try:
             async with asyncio.timeout(self._settings.webhook_timeout_s):
@@ -171,14 +178,14 @@ class WebhookSender:
                 response = await self._http.send(request)
                 await response.aclose()
         except TargetRefused as e:
-            return None, f"{REFUSED} {e}"
+            return Answer(None, f"refused: {e}", refused=True)
         except TimeoutError:
-            return None, f"no answer within {self._settings.webhook_timeout_s:g} s"
+            return Answer(None, f"no answer within {self._settings.webhook_timeout_s:g} s")
         except httpx.HTTPError as e:
-            return None, f"{type(e).__name__}: {e}"[:ERROR_MAX_CHARS]
+            return Answer(None, f"{type(e).__name__}: {e}"[:ERROR_MAX_CHARS])
         if 200 <= response.status_code < 300:
-            return response.status_code, None
-        return response.status_code, f"answered {response.status_code}"
+            return Answer(response.status_code)
+        return Answer(response.status_code, f"answered {response.status_code}")
 
     def _request(self, target: Target, url: str, delivery: str, body: str) -> httpx.Request:
         assert self._signer is not None
@@ -204,13 +211,14 @@ class WebhookSender:
             extensions={"sni_hostname": target.host},
         )
 
-    async def _report(self, attempt: Attempt, code: int | None, error: str | None) -> None:
+    async def _report(self, attempt: Attempt, answer: Answer) -> None:
+        code, error = answer.code, answer.error
         now = time.time()
         delay_s = retry_delay_s(attempt.attempts)
         window_ends = float(attempt.fields["ended_at"]) + self._settings.webhook_retry_window_s
         if error is None:
             outcome = DeliveryStatus.delivered.value
-        elif error.startswith(REFUSED) or not retryable(code) or now + delay_s > window_ends:
+        elif answer.refused or not retryable(code) or now + delay_s > window_ends:
             outcome = DeliveryStatus.failed.value
         else:
             outcome = "retrying"

@@ -10,7 +10,8 @@ Three sources, merged into one answer:
 - **The workers**, through Redis (core/metrics.py): jobs finished by program
   and status, queue-wait and run-time histograms, LM tokens, retries.
 - **Redis, read at scrape time**: queue depth per queue, jobs in flight
-  (held leases), workers online per queue (heartbeats), batches by status,
+  (held leases), workers online per queue (heartbeats) and the state of
+  their webhook senders, batches by status,
   and each model's LM capacity (api/lm_capacity.py): calls in flight, its
   limit, who waits (by priority), whether it is paused, its 429s and pauses.
 
@@ -33,6 +34,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from api.lm_capacity import ModelCapacity, bulk_waiting, read_capacity
+from api.webhook_senders import sender_states
 from core import keys
 from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus
 from core.metrics import (
@@ -81,6 +83,7 @@ class Snapshot:
     counters: dict[str, list[Series]] = field(default_factory=dict)
     histograms: dict[str, list[HistogramSeries]] = field(default_factory=dict)
     models: list[ModelCapacity] = field(default_factory=list)
+    webhook_senders: dict[str, int] = field(default_factory=dict)
 
 
 async def _sweep_batches(redis: aioredis.Redis, settings: Settings) -> dict[str, int]:
@@ -124,6 +127,7 @@ async def read_snapshot(redis: aioredis.Redis, settings: Settings) -> Snapshot:
             worker_queues = cast(list[str | None], await pipe.execute())
         waiting_items = await bulk_waiting(redis, settings)
         snapshot.models = await read_capacity(redis, settings, waiting_items)
+        senders = await sender_states(redis, settings, workers)
     except RedisError as e:
         log.warning("/metrics: Redis does not answer (%s); serving this process's metrics only", e)
         return snapshot
@@ -140,6 +144,9 @@ async def read_snapshot(redis: aioredis.Redis, settings: Settings) -> Snapshot:
             if queue:
                 snapshot.workers[queue] = snapshot.workers.get(queue, 0) + 1
     snapshot.open_batches = open_batches
+    snapshot.webhook_senders = {status: 0 for status in ("ok", "stalled", "off")}
+    for state in senders.values():
+        snapshot.webhook_senders[state["status"]] += 1
     snapshot.counters = parse_counters(counters)
     snapshot.histograms = parse_histograms(histograms)
     return snapshot
@@ -175,6 +182,15 @@ class SnapshotCollector(Collector):
         for status, n in s.open_batches.items():
             batches.add_metric([status], n)
         yield batches
+        senders = GaugeMetricFamily(
+            "dspy_jobs_webhook_senders",
+            "Online workers by the state of their webhook sender: ok, stalled (its loop has not gone round "
+            "within WORKER_OFFLINE_AFTER_S) or off (no WEBHOOK_SECRET).",
+            labels=["status"],
+        )
+        for status, n in s.webhook_senders.items():
+            senders.add_metric([status], n)
+        yield senders
         yield from _model_metrics(s.models)
         for name, spec in COUNTERS.items():
             counter = CounterMetricFamily(name, spec.help, labels=list(spec.labels))

@@ -174,7 +174,8 @@ WEBHOOK_PREFIX = f"{PREFIX}:webhook:"
 
 
 def webhook(delivery: str) -> str:
-    """Hash: one delivery: url, the record's key, event type, end time, attempts, the body once built."""
+    """Hash: one delivery: url, the record's key and owner, event type, end time, attempts, crashed attempts,
+    whether its latest claim is open, the body once built (core/lua/webhooks.lua)."""
     return f"{WEBHOOK_PREFIX}{delivery}"
 
 

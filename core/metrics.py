@@ -26,6 +26,8 @@ CAPACITY_WAIT = "dspy_jobs_capacity_wait_seconds"
 BATCHES_FINISHED = "dspy_jobs_batches_finished"
 # Counted by the workers' webhook senders, one per attempt (worker/webhooks.py).
 WEBHOOK_DELIVERIES = "dspy_jobs_webhook_deliveries"
+# Counted by a worker's supervisor each time it restarts a background loop (worker/supervisor.py).
+LOOP_RESTARTS = "dspy_jobs_worker_loop_restarts"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ COUNTERS: dict[str, Spec] = {
         "Webhook delivery attempts by outcome: delivered, retrying (failed, tried again later) or failed "
         "(given up: retry window over, 410 Gone, or the receiver no longer allowed).",
         ("outcome",),
+    ),
+    LOOP_RESTARTS: Spec(
+        "Times a worker's background loop ended (crashed, or returned) and was restarted, by loop.", ("loop",)
     ),
 }
 

@@ -241,6 +241,15 @@ class Settings(BaseSettings):
     webhook_retry_window_s: float = Field(24 * 3600.0, gt=0)
     # Deliveries one worker process sends at once; a slow receiver holds one.
     webhook_concurrency: PositiveInt = 16
+    # Of those, at most this many for one API key's deliveries (unset: half),
+    # and for one receiver, a registrable domain whatever its subdomains and
+    # ports (unset: a quarter), so no caller's slow receivers hold them all.
+    webhook_key_max_in_flight: PositiveInt | None = None
+    webhook_receiver_max_in_flight: PositiveInt | None = None
+    # Receivers' names are looked up on this many threads of each process's
+    # own (not the pool its heartbeat uses), each lookup within this long.
+    webhook_dns_threads: PositiveInt = 4
+    webhook_dns_timeout_s: float = Field(5.0, gt=0)
     # By default only https receivers on public addresses are accepted. These
     # open loopback and private ranges (and plain http) to every host, or to
     # the hosts listed (exact names or IP literals, comma-separated).

@@ -15,28 +15,31 @@ attempt, and the worker connects to the very address it checked, so a name
 that resolves differently later (DNS rebinding) does not slip through.
 """
 
-import asyncio
 import base64
 import binascii
-import ipaddress
 import json
 import random
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
+
+from core.resolver import NotResolved
+from core.special_addresses import non_public
+from core.webhook_url import ReceiverURL, TargetRefused, parse_receiver_url
 
 if TYPE_CHECKING:  # the settings validate the secret with `secret_problem`
     from core.settings import Settings
 
 SECRET_PREFIX = "whsec_"
 SECRET_MIN_BYTES = 24
-URL_MAX_CHARS = 2048
+# What a worker's heartbeat says of its webhook sender (worker/webhooks.py), read by /ready and /metrics:
+# when its loop last went round (unix time) and how often it was restarted. Absent: the worker runs none.
+SENDER_WENT_ROUND_AT = "webhooks_went_round_at"
+SENDER_RESTARTS = "webhooks_restarts"
 # Backoff between attempts: doubling from the first, at most the last, each
 # drawn between half and all of it so receivers that failed together are not
 # hit again together.
@@ -91,10 +94,6 @@ def submitted_fields(url: str) -> dict[str, str]:
     return {"webhook_url": url, "webhook_status": DeliveryStatus.pending.value}
 
 
-class TargetRefused(ValueError):
-    """A receiver the settings do not allow; the message says why and what would allow it."""
-
-
 @dataclass(frozen=True)
 class Target:
     """A receiver, checked: its URL's parts and the addresses it may be reached at."""
@@ -108,76 +107,35 @@ class Target:
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
-async def resolve(host: str, port: int) -> list[str]:
-    """Every address `host` resolves to (an IP literal is itself)."""
-    try:
-        return [str(ipaddress.ip_address(host))]
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as e:
-        raise TargetRefused(f"webhook_url host {host!r} does not resolve ({e})") from e
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+def _opened(receiver: ReceiverURL, settings: "Settings") -> bool:
+    return settings.webhook_allow_private or bool(
+        receiver.names & {h.lower().strip("[]") for h in settings.webhook_allowed_hosts}
+    )
 
 
-def _opened(host: str, settings: "Settings") -> bool:
-    return settings.webhook_allow_private or host.lower() in {
-        h.lower().strip("[]") for h in settings.webhook_allowed_hosts
-    }
-
-
-def _not_public(address: str) -> str | None:
-    """What kind of non-public address this is, or None for a public one."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for kind, test in (
-        ("unspecified", ip.is_unspecified),
-        ("loopback", ip.is_loopback),
-        ("link-local", ip.is_link_local),
-        ("private", ip.is_private),
-        ("multicast", ip.is_multicast),
-        ("reserved", ip.is_reserved),
-    ):
-        if test:
-            return kind
-    return None if ip.is_global else "non-public"
-
-
-async def check_target(url: str, settings: "Settings", resolver: Resolver = resolve) -> Target:
-    """The receiver at `url` if the settings allow it, else `TargetRefused`."""
-    if len(url) > URL_MAX_CHARS:
-        raise TargetRefused(f"webhook_url is {len(url)} characters; the limit is {URL_MAX_CHARS}")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise TargetRefused(f"webhook_url is not a valid URL ({e})") from e
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise TargetRefused("webhook_url must be an absolute http(s) URL")
-    if parts.username is not None or parts.password is not None:
-        raise TargetRefused("webhook_url must not hold credentials; the signature authenticates the sender")
-    host = parts.hostname
-    opened = _opened(host, settings)
-    if parts.scheme == "http" and not opened:
+async def check_target(url: str, settings: "Settings", resolver: Resolver) -> Target:
+    """The receiver at `url` if the settings allow it, else `TargetRefused` (`NotResolved` if its host did not
+    resolve)."""
+    receiver = parse_receiver_url(url)
+    opened = _opened(receiver, settings)
+    if receiver.scheme == "http" and not opened:
         raise TargetRefused(
             "webhook_url must be https (plain http only for hosts opened by WEBHOOK_ALLOW_PRIVATE or "
             "WEBHOOK_ALLOWED_HOSTS)"
         )
-    port = port or (443 if parts.scheme == "https" else 80)
-    addresses = await resolver(host, port)
+    host = receiver.host
+    addresses = await resolver(host, receiver.port)
     if not addresses:
-        raise TargetRefused(f"webhook_url host {host!r} does not resolve")
+        raise NotResolved(f"webhook_url host {host!r} does not resolve")
     if not opened:
         for address in addresses:
-            kind = _not_public(address)
-            if kind is not None:
+            refused = non_public(address)
+            if refused is not None:
                 raise TargetRefused(
-                    f"webhook_url host {host!r} resolves to {address}, a {kind} address; receivers must be "
+                    f"webhook_url host {host!r} resolves to {address}, {refused.describe()}; receivers must be "
                     "public unless WEBHOOK_ALLOW_PRIVATE or WEBHOOK_ALLOWED_HOSTS opens them"
                 )
-    return Target(parts.scheme, host, port, tuple(addresses))
+    return Target(receiver.scheme, host, receiver.port, tuple(addresses))
 
 
 def event_type(kind: str, status: str) -> str:

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from core.settings import Settings
+from core.webhook_url import TargetRefused
 from core.webhooks import (
     BACKOFF_MAX_S,
-    TargetRefused,
     check_target,
     event_body,
     retry_delay_s,

@@ -47,9 +47,10 @@ from worker.job_store import JobStore
 from worker.lm_gate import GatedLM
 from worker.reaper import Reaper
 from worker.runtime import Runtime
+from worker.supervisor import Liveness
 from worker.token_writer import TokenWriter
 from worker.wakeups import Wakeups
-from worker.webhooks import WebhookSender
+from worker.webhooks import run_sender, sender_liveness
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,12 +122,15 @@ class Engine:
         runner.writer.start()
         await asyncio.to_thread(self.runtime.warm)
         runtime = self.runtime
+        # Without WEBHOOK_SECRET the API refuses webhook_url: nothing is queued, no sender runs.
+        webhooks = Liveness() if s.webhook_secret is not None else None
 
         def live_info() -> dict[str, str]:
             # Each beat also picks up new artifact versions, so a worker with no jobs
             # still switches, and reports the version it serves.
             runtime.refresh()
-            return {"programs": runtime.versions_json(), "problems": json.dumps(runtime.problems())}
+            info = {"programs": runtime.versions_json(), "problems": json.dumps(runtime.problems())}
+            return {**info, **sender_liveness(webhooks)}
 
         info = {"queues": ",".join(sorted(queues)), "pool": "threads"}
         self._heartbeat = Heartbeat(client, s, hostname, info, live_info=live_info)
@@ -135,10 +139,11 @@ class Engine:
         for coroutine, name in (
             (self._renew_forever(), "lease-renewal"),
             (reaper.run_forever(), "reaper"),
-            (WebhookSender(client, s).run_forever(), "webhooks"),
             (self._heartbeat.run_forever(), "heartbeat"),
         ):
             self._tasks.append(asyncio.create_task(coroutine, name=name))
+        if webhooks is not None:
+            self._tasks.append(asyncio.create_task(run_sender(client, s, webhooks), name="webhooks"))
         if self.runtime.has_mlflow_programs or self.runtime.tracing.enabled:
             self._tasks.append(asyncio.create_task(self._refresh_mlflow_forever(), name="mlflow-refresh"))
         if s.bulk_queue in queues:

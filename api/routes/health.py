@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from api.auth import UNAUTHORIZED, CallerDep
 from api.deps import RedisDep, SettingsDep
+from api.webhook_senders import sender_states
 from core import keys
 from core.settings import Settings
 
@@ -60,7 +61,8 @@ async def _check_lm(settings: Settings) -> dict[str, Any]:
 )
 async def ready(redis: RedisDep, settings: SettingsDep, _caller: CallerDep) -> JSONResponse:
     """Readiness: Redis answers and at least one worker sent a heartbeat recently. Also reports the
-    workers on each queue and whether the LM endpoint answers (informational: never a 503 by itself)."""
+    workers on each queue, each one's webhook sender, and whether the LM endpoint answers (informational:
+    never a 503 by itself)."""
     checks: dict[str, Any] = {}
     lm = asyncio.create_task(_check_lm(settings))
     try:
@@ -72,6 +74,7 @@ async def ready(redis: RedisDep, settings: SettingsDep, _caller: CallerDep) -> J
             for name in workers:
                 pipe.hget(keys.worker(name), "queues")
             listed = cast(list[str | None], await pipe.execute())
+        senders = await sender_states(redis, settings, workers)
     except (RedisError, OSError) as e:
         lm.cancel()
         return JSONResponse(
@@ -84,11 +87,13 @@ async def ready(redis: RedisDep, settings: SettingsDep, _caller: CallerDep) -> J
             if queue:
                 queues.setdefault(queue, []).append(name)
     checks["queues"] = {queue: {"workers": names} for queue, names in queues.items()}
+    checks["webhooks"] = senders
     checks["lm"] = await lm
     if not workers:
         reason = f"no worker online (none sent a heartbeat in the last {settings.worker_offline_after_s:g} s)"
         return JSONResponse({"status": "unavailable", "reason": reason, "checks": checks}, 503)
     warnings = [f"no worker consumes the {queue} queue" for queue, names in queues.items() if not names]
+    warnings += [f"the webhook sender of {name} is stalled" for name, w in senders.items() if w["status"] == "stalled"]
     if checks["lm"]["status"] == "down":
         warnings.append(f"the LM at {checks['lm']['url']} does not answer ({checks['lm']['reason']})")
     return JSONResponse({"status": "ready", "checks": checks, "warnings": warnings})

@@ -5,6 +5,7 @@ verifies it when WEBHOOK_SECRET is set): a receiver to point `webhook_url` at
 while trying the service locally (with WEBHOOK_ALLOW_PRIVATE=true).
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -29,15 +30,24 @@ class Received:
 
 class Receiver:
     """Answers each POST with the next of `answers` (then `then`); an answer of None holds the request
-    `hold_s` seconds without answering."""
+    `hold_s` seconds without answering. `reply`: the body and headers of every answer, in place of a small
+    JSON one (a gzip bomb, for instance). `host`: any loopback address (127.0.0.2 is another receiver than
+    127.0.0.1 to the sender, whatever the ports)."""
 
     def __init__(
-        self, port: int = 0, answers: list[int | None] | None = None, then: int | None = 200, hold_s: float = 60.0
+        self,
+        port: int = 0,
+        answers: list[int | None] | None = None,
+        then: int | None = 200,
+        hold_s: float = 60.0,
+        reply: tuple[bytes, dict[str, str]] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.received: list[Received] = []
         self._answers = list(answers or [])
         self._then = then
         self._hold_s = hold_s
+        reply_body, reply_headers = reply or (b'{"receiver": "says something the service must not log"}', {})
         self._lock = threading.Lock()
         self._released = threading.Event()
         receiver = self
@@ -53,22 +63,25 @@ class Receiver:
                 if answer is None:
                     receiver._released.wait(receiver._hold_s)
                     return
-                reply = b'{"receiver": "says something the service must not log"}'
                 self.send_response(answer)
                 if 300 <= answer < 400:
-                    self.send_header("location", f"http://127.0.0.1:{receiver.port}/redirected")
+                    self.send_header("location", f"http://{host}:{receiver.port}/redirected")
                 self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(reply)))
+                for name, value in reply_headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(reply_body)))
                 self.end_headers()
-                self.wfile.write(reply)
+                # A client that reads the status only hangs up before the body: what the sender does.
+                with contextlib.suppress(ConnectionError):
+                    self.wfile.write(reply_body)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.url = f"http://{host}:{self.port}/hook"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 

@@ -314,17 +314,23 @@ def test_a_job_that_expires_unstarted_sends_job_expired_and_a_cancelled_batch_ba
 
 
 def test_a_receiver_that_hangs_holds_only_its_share_of_the_senders_slots(hooked: Callable[..., Stack]) -> None:
-    # Four slots: the hanging receiver may hold one of them, however many of its events are due.
+    # Four slots: the hanging receiver may hold one of them, however many of its events are due and on however
+    # many of its ports; a receiver is its host (its registrable domain), so the healthy one is on another address.
     stack = hooked(WEBHOOK_CONCURRENCY="4", WEBHOOK_TIMEOUT_S="20")
     stack.start_worker()
     stack.start_api()
-    with Receiver(then=None, hold_s=30) as hanging, Receiver() as healthy, stack.client() as client:
-        for _ in range(6):
-            wait_finished(client, submit(client, hanging.url)["id"])
-        hanging.wait_for(1, 10)
+    with (
+        Receiver(then=None, hold_s=30) as hanging,
+        Receiver(then=None, hold_s=30) as hanging_elsewhere,
+        Receiver(host="127.0.0.2") as healthy,
+        stack.client() as client,
+    ):
+        for i in range(6):
+            wait_finished(client, submit(client, (hanging, hanging_elsewhere)[i % 2].url)["id"])
+        wait_for(lambda: len(hanging.received) + len(hanging_elsewhere.received) >= 1, 10, "the first attempt")
         job = submit(client, healthy.url)
         (event,) = healthy.wait_for(1, 30)
-        held_open = len(hanging.received)
+        held_open = len(hanging.received) + len(hanging_elsewhere.received)
 
     assert Webhook(SECRET).verify(event.body, event.headers)["data"]["id"] == job["id"]
     assert held_open == 1, "the hanging receiver got more than its one slot"

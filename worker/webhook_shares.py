@@ -23,7 +23,7 @@ def receiver_of(host: str) -> str:
     try:
         ip = ip_address(host)
     except ValueError:
-        name = host.lower().rstrip(".")
+        name = host.lower().rstrip(".") or host
         # A public suffix itself (`github.io`), or a single label, has no registrable domain: the name stands alone.
         return _SUFFIXES.privatesuffix(name) or name
     if isinstance(ip, IPv6Address):

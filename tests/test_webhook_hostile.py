@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from core import keys
 from stack.processes import Proc, free_port, wait_for
 from stack.webhook_receiver import Receiver
 from tests.conftest import Stack
@@ -66,16 +67,16 @@ def test_poison_deliveries_put_in_redis_end_failed_and_the_good_ones_still_go_ou
         # Queued with no worker yet; then, behind the API's back, their receivers become poison.
         poisoned = {kind: submit(client, receiver.url)["id"] for kind in POISON}
         for kind, job_id in poisoned.items():
-            r.hset(f"dj:job:{job_id}", "webhook_url", POISON[kind][0].format(port=receiver.port))
+            r.hset(keys.job(job_id), "webhook_url", POISON[kind][0].format(port=receiver.port))
         # A delivery forged outright, missing what the sender needs to build its body.
-        r.hset("dj:webhook:job:forged", mapping={"url": receiver.url, "ended_at": time.time(), "attempts": 0})
-        r.zadd("dj:webhooks:due", {"job:forged": time.time()})
+        r.hset(keys.webhook("job:forged"), mapping={"url": receiver.url, "ended_at": time.time(), "attempts": 0})
+        r.zadd(keys.WEBHOOKS_DUE, {"job:forged": time.time()})
         worker = stack.start_worker()
         states = {kind: webhook_of(client, f"/jobs/{job_id}", failed, 30) for kind, job_id in poisoned.items()}
         good = [submit(client, receiver.url)["id"] for _ in range(3)]
         for job_id in good:
             webhook_of(client, f"/jobs/{job_id}", delivered, 30)
-        wait_for(lambda: not r.exists("dj:webhook:job:forged"), 30, "the forged delivery to end")
+        wait_for(lambda: not r.exists(keys.webhook("job:forged")), 30, "the forged delivery to end")
         ready = client.get("/ready").json()
         metrics = client.get("/metrics").text
 
@@ -91,7 +92,7 @@ def test_poison_deliveries_put_in_redis_end_failed_and_the_good_ones_still_go_ou
     # The forged one crashed the sender's attempt three times: each logged with its id, then it ended.
     assert log.count("webhook job:forged: attempt") == 3
     assert "webhook job:forged to 127.0.0.1: attempt 3 failed (the sender failed: KeyError: 'record')" in log
-    assert r.zcard("dj:webhooks:due") == 0, "no delivery is left behind"
+    assert r.zcard(keys.WEBHOOKS_DUE) == 0, "no delivery is left behind"
     assert ready["checks"]["webhooks"] == {worker.hostname: {"status": "ok", "restarts": 0}}
     assert 'dspy_jobs_webhook_senders{status="ok"} 1.0' in metrics
     assert 'dspy_jobs_webhook_deliveries_total{outcome="failed"} 3.0' in metrics

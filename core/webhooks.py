@@ -10,9 +10,11 @@ consume, retried until `webhook_retry_window_s` after the first attempt.
 Receivers are a server-side request forgery risk: a caller could name an
 address only the service can reach (a metadata endpoint, an internal admin
 port). By default a receiver must be https on addresses that are all
-public; the API checks that at submit time and the worker again at each
-attempt, and the worker connects to the very address it checked, so a name
-that resolves differently later (DNS rebinding) does not slip through.
+public (the table of core/special_addresses.py); the API checks that at
+submit time and the worker again at each attempt, both with the sender's
+own URL parser (core/webhook_url.py), and the worker connects to the very
+address it checked, so a name that resolves differently later (DNS
+rebinding) does not slip through.
 """
 
 import base64

@@ -7,8 +7,10 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from fastapi import HTTPException
+from redis.exceptions import WatchError
 
 from api.auth import Caller
+from api.idempotency import Claim
 from core import keys, replication, scripts
 from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus, item_id, new_batch_fields, unpicked_status
 from core.capacity import endpoint_for
@@ -31,12 +33,14 @@ async def create_batch(
     stream: bool = False,
     expires_at_s: float | None = None,
     webhook_url: str | None = None,
-) -> dict[str, str]:
-    """Store the record and every item's input, and give the batch its turn in the bulk rotation of its
-    model's endpoint, in one transaction: all or nothing.
+    claim: Claim | None = None,
+) -> dict[str, str] | str:
+    """Store the record, every item's input and the Idempotency-Key `claim`, and give the batch its turn in
+    the bulk rotation of its model's endpoint, in one transaction: all or nothing.
 
     Each item is the program's input fields plus `custom_id` when it has one.
-    `owner` (the creating key's owner id) is stored in the record; its items inherit it. Returns the record.
+    `owner` (the creating key's owner id) is stored in the record; its items inherit it. Returns the record,
+    or the id of the batch the claim's key already made (then nothing is written).
     """
     endpoint = endpoint_for(settings, model).id
     fields = new_batch_fields(
@@ -54,18 +58,32 @@ async def create_batch(
     if webhook_url is not None:
         fields.update(submitted_fields(webhook_url))
     inputs = [json.dumps(item, separators=(",", ":")) for item in items]
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]  # redis-py: invariant keys
-        pipe.expire(keys.batch(batch_id), settings.job_ttl_s)
-        for start in range(0, len(inputs), _PUSH_CHUNK):
-            pipe.rpush(keys.batch_inputs(batch_id), *inputs[start : start + _PUSH_CHUNK])
-        pipe.expire(keys.batch_inputs(batch_id), settings.job_ttl_s)
-        # /metrics reports batches by status from here (api/metrics.py).
-        pipe.zadd(keys.OPEN_BATCHES, {batch_id: created_at_s})
-        if expires_at_s is not None:
-            pipe.zadd(keys.BATCH_DEADLINES, {batch_id: expires_at_s})
-        pipe.fcall(scripts.function_name("batch_register"), 1, keys.batch(batch_id))
-        *_, registered = await pipe.execute(raise_on_error=False)
+    while True:
+        async with redis.pipeline(transaction=True) as pipe:
+            if claim is not None:
+                # Another request with the key that stores its batch first makes this transaction fail:
+                # then its batch is the one this request answers with.
+                await pipe.watch(claim.key)
+                claimed = cast(str | None, await pipe.get(claim.key))
+                if claimed is not None and await pipe.exists(keys.batch(claimed.partition(" ")[0])):
+                    return claim.original(claimed)
+                pipe.multi()
+                pipe.set(claim.key, claim.value, ex=claim.ttl_s)
+            pipe.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]  # redis-py: invariant keys
+            pipe.expire(keys.batch(batch_id), settings.job_ttl_s)
+            for start in range(0, len(inputs), _PUSH_CHUNK):
+                pipe.rpush(keys.batch_inputs(batch_id), *inputs[start : start + _PUSH_CHUNK])
+            pipe.expire(keys.batch_inputs(batch_id), settings.job_ttl_s)
+            # /metrics reports batches by status from here (api/metrics.py).
+            pipe.zadd(keys.OPEN_BATCHES, {batch_id: created_at_s})
+            if expires_at_s is not None:
+                pipe.zadd(keys.BATCH_DEADLINES, {batch_id: expires_at_s})
+            pipe.fcall(scripts.function_name("batch_register"), 1, keys.batch(batch_id))
+            try:
+                *_, registered = await pipe.execute(raise_on_error=False)
+            except WatchError:
+                continue
+        break
     if isinstance(registered, Exception):
         # This Redis lost our functions (a new server): the batch is stored; give it its turn now.
         await scripts.acall(redis, "batch_register", [keys.batch(batch_id)], [])

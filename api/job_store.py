@@ -12,6 +12,7 @@ from fastapi import HTTPException
 from api.auth import Caller
 from api.enqueue import TaskMessage
 from api.event_hub import RESYNC, EventHub
+from api.idempotency import Claim
 from core import keys, replication, scripts
 from core.batches import item_fields, unpicked_status
 from core.events import split_event
@@ -37,8 +38,10 @@ async def create_job(
     stream: bool = True,
     expires_at_s: float | None = None,
     webhook_url: str | None = None,
-) -> dict[str, str]:
-    """Write the record, its `queued` event and its task `message` in one step; returns the record.
+    claim: Claim | None = None,
+) -> dict[str, str] | str:
+    """Write the record, its `queued` event, its task `message` and its Idempotency-Key `claim` in one step;
+    returns the record, or the id of the job the claim's key already made (then nothing is written).
 
     `owner` (the creating key's owner id) is stored in the record; only that key sees the job.
     """
@@ -55,6 +58,8 @@ async def create_job(
         keys.queued(message.queue),
         keys.DEADLINES,
     ]
+    if claim is not None:
+        script_keys.append(claim.key)
     argv: list[scripts.Arg] = [
         settings.job_ttl_s,
         settings.event_stream_maxlen,
@@ -65,10 +70,15 @@ async def create_job(
         repr(created_at_s),
         job_id,
         repr(expires_at_s) if expires_at_s is not None else "",
+        claim.value if claim is not None else "",
+        claim.ttl_s if claim is not None else 0,
+        keys.job("%s"),
     ]
     for pair in fields.items():
         argv += pair
-    await replication.acall(redis, settings, "job_create", script_keys, argv)
+    created = await replication.acall(redis, settings, "job_create", script_keys, argv)
+    if isinstance(created, str) and claim is not None:
+        return claim.original(created)
     return fields
 
 

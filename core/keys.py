@@ -81,6 +81,12 @@ def batch_retries(batch_id: str) -> str:
     return f"{PREFIX}:batch:{{{batch_id}}}:retry"
 
 
+def batch_ended(batch_id: str) -> str:
+    """Set: indexes of items a client cancelled before any worker picked them; a pick skips them and the
+    batch's own end (cancel, deadline) does not count them again (core/lua/batches.lua)."""
+    return f"{PREFIX}:batch:{{{batch_id}}}:ended"
+
+
 # --- Bulk rotation, per LM endpoint (core/lua/batches.lua) ----------------------
 
 

@@ -27,7 +27,6 @@ from api.metrics import JOBS_SUBMITTED
 from api.schemas import JobOptions
 from api.submission_rate import check_submission
 from api.webhook_url import check_webhook_url
-from core import keys
 from core.jobs import Job, JobLinks, JobStatus, job_from_fields, now_s
 from core.logging_setup import bind
 from core.queue import RUN_JOB_TASK
@@ -107,13 +106,8 @@ async def submit(
     await check_webhook_url(options.webhook_url, settings)
     await check_submission(redis, settings, caller)
     job_id = uuid.uuid4().hex
-    idempotency_key = caller.scoped(idempotency_key)
-    digest = idempotency.body_digest({"program": program, "input": inputs, **options.model_dump()})
-    original_id = await idempotency.claim(redis, idempotency_key, digest, job_id, settings.idempotency_ttl_s, keys.job)
-    if original_id is not None:
-        bind(job_id=original_id)
-        response.headers["Idempotent-Replayed"] = "true"
-        return await _respond(response, redis, hub, original_id, wait, None, caller)
+    body = {"program": program, "input": inputs, **options.model_dump()}
+    claim = idempotency.claim_for(caller.scoped(idempotency_key), body, job_id, settings.idempotency_ttl_s)
     bind(job_id=job_id)
     # The model travels with the message: a worker asks for its LM capacity before it reads the record.
     message = task_messages(celery).build(
@@ -121,7 +115,7 @@ async def submit(
     )
     created_at = now_s()
     try:
-        fields = await job_store.create_job(
+        created = await job_store.create_job(
             redis,
             settings,
             job_id,
@@ -135,6 +129,7 @@ async def submit(
             stream=options.stream,
             expires_at_s=created_at + (options.expires_after_s or settings.job_expires_after_s),
             webhook_url=options.webhook_url,
+            claim=claim,
         )
     except RedisError:
         # Answered 503 (api/main.py). The script may have run before the
@@ -142,8 +137,13 @@ async def submit(
         # was not accepted.
         with contextlib.suppress(RedisError):
             await job_store.delete_job(redis, job_id)
-            await idempotency.release(redis, idempotency_key)
+            await idempotency.release(redis, claim)
         raise
+    if isinstance(created, str):
+        bind(job_id=created)
+        response.headers["Idempotent-Replayed"] = "true"
+        return await _respond(response, redis, hub, created, wait, None, caller)
+    fields = created
     JOBS_SUBMITTED.labels(program, caller.name).inc()
     log.info("job submitted (program %s, key %s)", program, caller.name)
     # Without `wait`, the answer is the record as accepted (`queued`), even if

@@ -75,11 +75,23 @@ local function release(keys, job_id)
 end
 
 -- KEYS: job hash, event stream, channel, the queue's list, the queue's queued
--- set, the deadline set. ARGV: ttl_s, maxlen, the `queued` event's data, the
--- task message, the task-sent event's channel ('' for none) and message,
--- now, job id, expires_at ('' for none), then the record's field/value pairs.
+-- set, the deadline set, and the Idempotency-Key's claim (optional). ARGV:
+-- ttl_s, maxlen, the `queued` event's data, the task message, the task-sent
+-- event's channel ('' for none) and message, now, job id, expires_at ('' for
+-- none), the claim's value (`<job id> <digest>`), its ttl_s, the key template
+-- of a job hash (`%s` = job id), then the record's field/value pairs.
+-- Returns 1 when created; with a claim whose job exists, that claim's value
+-- and nothing is created (a claim whose job is gone is taken over): claim
+-- and record are made in one step, so one key can never create two jobs.
 redis.register_function('job_create', function(keys, args)
-  redis.call('HSET', keys[1], unpack(args, 10))
+  if keys[7] then
+    local claimed = redis.call('GET', keys[7])
+    if claimed and redis.call('EXISTS', string.format(args[12], string.match(claimed, '^%S+'))) == 1 then
+      return claimed
+    end
+    redis.call('SET', keys[7], args[10], 'EX', args[11])
+  end
+  redis.call('HSET', keys[1], unpack(args, 13))
   redis.call('EXPIRE', keys[1], args[1])
   append_event(keys[1], keys[2], keys[3], 'status', args[3], args[2], args[1], {}, nil)
   redis.call('LPUSH', keys[4], args[4])
@@ -234,12 +246,18 @@ end)
 -- The API cancels a job. ARGV: the terminal event's data (the cancelled
 -- record), maxlen, ttl_s, m, m field/value pairs for the record, then the
 -- field/value pairs to create the record with if it has none (a batch item no
--- worker has picked: cancelled now, it is never picked). Returns the event's
--- sequence number, or what `append_event` refused with.
+-- worker has picked: cancelled now, it is never picked; refused as FINISHED
+-- if its batch has already ended it). Returns the event's sequence number, or
+-- what `append_event` refused with.
 redis.register_function('job_cancel', function(keys, args)
   local m = tonumber(args[4])
   if redis.call('EXISTS', keys[1]) == 0 and #args > 4 + 2 * m then
     redis.call('HSET', keys[1], unpack(args, 5 + 2 * m))
+    local f = redis.call('HMGET', keys[1], 'batch_key', 'index')
+    if f[1] and not item_end_unpicked(f[1], tonumber(f[2]) or -1, args[3]) then
+      redis.call('DEL', keys[1])
+      return FINISHED
+    end
     redis.call('EXPIRE', keys[1], args[3])
   end
   local seq = append_event(keys[1], keys[2], keys[3], 'error', args[1], args[2], args[3], {unpack(args, 5, 4 + 2 * m)},

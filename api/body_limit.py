@@ -3,14 +3,18 @@
 Pure ASGI: a declared Content-Length over the limit is refused at once (the
 server never reads more than it declares); a chunked body is read here, up
 to the limit, and refused as soon as it passes it.
-`/batches` gets its own, larger limit.
+Batch submissions get their own, larger limit, whichever route they take.
 """
 
+import re
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_bytes
+
+# `POST /batches` and `POST /programs/{name}/batches` (the page uploads through the latter).
+BATCH_SUBMISSIONS = re.compile(r"^/(?:programs/[^/]+/)?batches/?$")
 
 
 class BodyLimitMiddleware:

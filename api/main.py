@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import PUBLIC_PATHS, AuthMiddleware, parse_api_keys
-from api.body_limit import BodyLimitMiddleware
+from api.body_limit import BATCH_SUBMISSIONS, BodyLimitMiddleware
 from api.enqueue import task_messages
 from api.errors import OpenAIError, document_errors, error_content, error_content_for, openai_error, openai_shaped
 from api.event_hub import EventHub
@@ -143,7 +143,7 @@ def create_app() -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         limit_for_path=lambda path: (
-            settings.batch_max_bytes if path.startswith("/batches") else settings.request_max_bytes
+            settings.batch_max_bytes if BATCH_SUBMISSIONS.match(path) else settings.request_max_bytes
         ),
     )
     app.add_middleware(AuthMiddleware, keys=api_keys, on_reject=lambda reason: REQUESTS_REFUSED.labels(reason).inc())

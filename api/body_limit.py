@@ -6,15 +6,11 @@ to the limit, and refused as soon as it passes it.
 Batch submissions get their own, larger limit, whichever route they take.
 """
 
-import re
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_bytes
-
-# `POST /batches` and `POST /programs/{name}/batches` (the page uploads through the latter).
-BATCH_SUBMISSIONS = re.compile(r"^/(?:programs/[^/]+/)?batches/?$")
+from api.errors import send_error
 
 
 class BodyLimitMiddleware:
@@ -64,12 +60,4 @@ class BodyLimitMiddleware:
 
 
 async def _refuse(send: Send, limit: int, path: str) -> None:
-    body = error_bytes(f"request body is larger than the limit of {limit} bytes", path, 413)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, path, 413, f"request body is larger than the limit of {limit} bytes")

@@ -166,6 +166,21 @@ def sse_streams(bucket: str) -> str:
     return f"{PREFIX}:sse:{bucket}"
 
 
+def quota_stored_bytes(bucket: str) -> str:
+    """Hash: hour (unix time // 3600) -> input bytes a key submitted in it, for its stored-bytes quota."""
+    return f"{PREFIX}:quota:{bucket}:bytes"
+
+
+def quota_open_batches(bucket: str) -> str:
+    """Set: a key's batches that had not ended when it last submitted one, for its open-batches quota."""
+    return f"{PREFIX}:quota:{bucket}:batches"
+
+
+def long_polls(bucket: str) -> str:
+    """Sorted set: a key's requests waiting for a job to end (`?wait`), slot token -> lease end."""
+    return f"{PREFIX}:waits:{bucket}"
+
+
 # Hash: worker-side counters for /metrics, field `[name, labels]` (JSON) -> value (core/metrics.py).
 METRICS_COUNTERS = f"{PREFIX}:metrics:counters"
 # Hash: worker-side histograms for /metrics, field `[name, labels, bucket index | "sum" | "count"]`.

@@ -132,7 +132,7 @@ async def submit(
             options.model,
             options.temperature,
             created_at,
-            owner=caller.owner,
+            caller=caller,
             stream=options.stream,
             expires_at_s=created_at + expires_after_s,
             webhook_url=options.webhook_url,

@@ -77,8 +77,39 @@ local function item_end_unpicked(batch, index, ttl_s)
   return true
 end
 
--- KEYS: batch hash. ARGV: none. Called by the API with the batch's creation.
-redis.register_function('batch_register', function(keys, args)
+-- The API stores a batch: its record, its items' inputs, its Idempotency-Key
+-- claim and its turn in the bulk rotation, in one step. KEYS: batch hash,
+-- inputs list, the claim ('' for none), the open batches set
+-- (`keys.OPEN_BATCHES`), the batch deadlines set, then the quota block
+-- (`quota_args`). ARGV: ttl_s, batch id, created_at, expires_at ('' for
+-- none), the claim's value (`<batch id> <digest>`), its ttl_s, the key
+-- template of a batch hash (`%s` = batch id), the quota block (6 values), n,
+-- n field/value pairs of the record, then every item's input (JSON).
+-- Returns 1 when stored; the claim's value when its key already made a batch
+-- that exists (a claim whose batch is gone is taken over); {quota, in use,
+-- limit} when over a quota. Nothing is written unless it returns 1.
+redis.register_function('batch_create', function(keys, args)
+  if keys[3] ~= '' then
+    local claimed = redis.call('GET', keys[3])
+    if claimed and redis.call('EXISTS', string.format(args[7], string.match(claimed, '^%S+'))) == 1 then
+      return claimed
+    end
+  end
+  local n = tonumber(args[14])
+  local first_input = 15 + 2 * n
+  local q = quota_args(keys, 6, args, 8)
+  local refused = quota_refusal(q, #args - first_input + 1)
+  if refused then return refused end
+  quota_charge(q, args[2])
+  if keys[3] ~= '' then redis.call('SET', keys[3], args[5], 'EX', args[6]) end
+  redis.call('HSET', keys[1], unpack(args, 15, first_input - 1))
+  redis.call('EXPIRE', keys[1], args[1])
+  for i = first_input, #args, 1000 do
+    redis.call('RPUSH', keys[2], unpack(args, i, math.min(i + 999, #args)))
+  end
+  if #args >= first_input then redis.call('EXPIRE', keys[2], args[1]) end
+  redis.call('ZADD', keys[4], args[3], args[2])
+  if args[4] ~= '' then redis.call('ZADD', keys[5], args[4], args[2]) end
   ensure_in_rotation(keys[1])
   return 1
 end)

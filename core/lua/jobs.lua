@@ -75,23 +75,29 @@ local function release(keys, job_id)
 end
 
 -- KEYS: job hash, event stream, channel, the queue's list, the queue's queued
--- set, the deadline set, and the Idempotency-Key's claim (optional). ARGV:
--- ttl_s, maxlen, the `queued` event's data, the task message, the task-sent
--- event's channel ('' for none) and message, now, job id, expires_at ('' for
--- none), the claim's value (`<job id> <digest>`), its ttl_s, the key template
--- of a job hash (`%s` = job id), then the record's field/value pairs.
--- Returns 1 when created; with a claim whose job exists, that claim's value
--- and nothing is created (a claim whose job is gone is taken over): claim
--- and record are made in one step, so one key can never create two jobs.
+-- set, the deadline set, the Idempotency-Key's claim ('' for none), then the
+-- quota block (`quota_args`). ARGV: ttl_s, maxlen, the `queued` event's data,
+-- the task message, the task-sent event's channel ('' for none) and message,
+-- now, job id, expires_at ('' for none), the claim's value (`<job id>
+-- <digest>`), its ttl_s, the key template of a job hash (`%s` = job id), the
+-- quota block (6 values), then the record's field/value pairs.
+-- Returns 1 when created; the claim's value when its key already made a job
+-- that exists (a claim whose job is gone is taken over), so one key never
+-- creates two jobs; {quota, in use, limit} when over a quota. Nothing is
+-- written unless it returns 1.
 redis.register_function('job_create', function(keys, args)
-  if keys[7] then
+  if keys[7] ~= '' then
     local claimed = redis.call('GET', keys[7])
     if claimed and redis.call('EXISTS', string.format(args[12], string.match(claimed, '^%S+'))) == 1 then
       return claimed
     end
-    redis.call('SET', keys[7], args[10], 'EX', args[11])
   end
-  redis.call('HSET', keys[1], unpack(args, 13))
+  local q = quota_args(keys, 8, args, 13)
+  local refused = quota_refusal(q, nil)
+  if refused then return refused end
+  quota_charge(q, nil)
+  if keys[7] ~= '' then redis.call('SET', keys[7], args[10], 'EX', args[11]) end
+  redis.call('HSET', keys[1], unpack(args, 19))
   redis.call('EXPIRE', keys[1], args[1])
   append_event(keys[1], keys[2], keys[3], 'status', args[3], args[2], args[1], {}, nil)
   redis.call('LPUSH', keys[4], args[4])

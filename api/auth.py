@@ -17,11 +17,16 @@ exists) for anything another key created.
 browser's EventSource cannot send headers; anywhere else a key in the URL
 would end up in proxies' and servers' access logs for nothing.
 
+Operators' keys (`API_ADMIN_KEYS`, same format) are keys like the others
+and also see every key's work, `/metrics`, and what `/ready` and `/models`
+say about the deployment (worker host names, LM URLs); other keys get a
+summary of those, and `403` from `/metrics` (`AdminDep`).
+
 With no keys configured the API is open (local use) and everything is
 visible to everyone, as before.
 
     python -m api.auth hash <key>      # the digest to put in API_KEYS (`hash` alone reads the key from stdin)
-    python -m api.auth new [name]      # a fresh random key and its API_KEYS entry
+    python -m api.auth new [--admin] [name]   # a fresh random key and its API_KEYS (API_ADMIN_KEYS) entry
 """
 
 import base64
@@ -34,10 +39,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import parse_qs
+from urllib.parse import unquote_plus
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_bytes
@@ -59,15 +65,20 @@ class ApiKey:
     name: str
     digest: bytes
     owner: str
+    admin: bool = False
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: a key's name (for logs and metrics, never the key) and its owner id."""
+    """Who is calling: a key's name (for logs and metrics, never the key), its owner id, and whether it is an
+    operator's (admin) key."""
 
     name: str
     # Stored on every job and batch the key creates. None: the API is open.
     owner: str | None
+    # Sees every key's work, /metrics and the operator's details of /ready and /models. Every caller of an
+    # open API is one: there is nobody to keep apart.
+    admin: bool = False
 
     @property
     def bucket(self) -> str:
@@ -75,7 +86,7 @@ class Caller:
         return self.owner or "public"
 
     def can_see(self, record_owner: str | None) -> bool:
-        if self.owner is None:
+        if self.owner is None or self.admin:
             return True
         return record_owner is not None and hmac.compare_digest(record_owner, self.owner)
 
@@ -86,7 +97,7 @@ class Caller:
         return f"{self.owner}:{idempotency_key}"
 
 
-OPEN = Caller(name="anonymous", owner=None)
+OPEN = Caller(name="anonymous", owner=None, admin=True)
 
 
 def digest(key: str) -> str:
@@ -103,11 +114,20 @@ class ApiKeyConfigError(ValueError):
 
 
 def parse_api_keys(settings: Settings) -> list[ApiKey]:
-    """The configured keys; a malformed entry stops the API at startup, without echoing what it holds."""
-    raw = settings.api_keys.get_secret_value() if settings.api_keys is not None else ""
+    """The configured keys (API_KEYS, and the operators' API_ADMIN_KEYS); a malformed entry stops the API at
+    startup, without echoing what it holds."""
+    keys = _parse_entries("API_KEYS", settings.api_keys, admin=False)
+    admins = _parse_entries("API_ADMIN_KEYS", settings.api_admin_keys, admin=True)
+    if admins and not keys:
+        raise ApiKeyConfigError("API_ADMIN_KEYS is set but API_KEYS is not: with no API_KEYS the API is open to all")
+    return keys + admins
+
+
+def _parse_entries(variable: str, value: SecretStr | None, admin: bool) -> list[ApiKey]:
+    raw = value.get_secret_value() if value is not None else ""
     entries = [e.strip() for e in raw.split(",")]
     if raw.strip() and not any(entries):
-        raise ApiKeyConfigError("API_KEYS is set but names no key; unset it to run an open API")
+        raise ApiKeyConfigError(f"{variable} is set but names no key; unset it to run an open API")
     keys: list[ApiKey] = []
     for position, entry in enumerate(entries, start=1):
         if not entry:
@@ -116,12 +136,12 @@ def parse_api_keys(settings: Settings) -> list[ApiKey]:
         if match is None:
             # Most likely a plain key pasted in: say how to fix it, never what it was.
             raise ApiKeyConfigError(
-                f"API_KEYS entry {position} is not a sha256 hex digest (or name:digest); "
+                f"{variable} entry {position} is not a sha256 hex digest (or name:digest); "
                 "store keys hashed: python -m api.auth hash <key>"
             )
         key_digest = bytes.fromhex(match["digest"])
         owner = owner_id(key_digest)
-        keys.append(ApiKey(name=match["name"] or f"key-{owner[:8]}", digest=key_digest, owner=owner))
+        keys.append(ApiKey(name=match["name"] or f"key-{owner[:8]}", digest=key_digest, owner=owner, admin=admin))
     return keys
 
 
@@ -145,9 +165,11 @@ def _presented_key(scope: Scope) -> str | None:
     if header_key:
         return header_key
     if SSE_PATH.match(scope["path"]):
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if query.get("api_key") and query["api_key"][0]:
-            return query["api_key"][0]
+        # By its name as sent, not decoded: `api%5Fkey=` is no key (and the log filter masks it all the same).
+        for pair in scope.get("query_string", b"").decode("latin-1").split("&"):
+            name, _, value = pair.partition("=")
+            if name == "api_key" and value:
+                return unquote_plus(value)
     return None
 
 
@@ -177,7 +199,7 @@ class AuthMiddleware:
             log.warning("%s API key on %s %s", reason, scope["method"], scope["path"])
             await _unauthorized(send, reason, scope["path"])
             return
-        state["caller"] = Caller(name=key.name, owner=key.owner)
+        state["caller"] = Caller(name=key.name, owner=key.owner, admin=key.admin)
         await self.app(scope, receive, send)
 
 
@@ -233,7 +255,14 @@ async def _documented_sse_caller(
     return _caller(request)
 
 
+async def _admin(caller: Annotated[Caller, Depends(_documented_caller)]) -> Caller:
+    if not caller.admin:
+        raise HTTPException(403, "this needs an operator's key (API_ADMIN_KEYS; python -m api.auth new --admin)")
+    return caller
+
+
 CallerDep = Annotated[Caller, Depends(_documented_caller)]
+AdminDep = Annotated[Caller, Depends(_admin)]
 SseCallerDep = Annotated[Caller, Depends(_documented_sse_caller)]
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
@@ -250,17 +279,23 @@ def main(argv: list[str]) -> int:
             return 2
         print(digest(key))
         return 0
-    if len(argv) in (1, 2) and argv[0] == "new":
+    if argv[:1] == ["new"]:
+        admin = "--admin" in argv
+        names = [a for a in argv[1:] if a != "--admin"]
+        if len(names) > 1:
+            print("usage: python -m api.auth new [--admin] [name]", file=sys.stderr)
+            return 2
         key = "dj_" + secrets.token_urlsafe(32)
-        entry = f"{argv[1]}:{digest(key)}" if len(argv) == 2 else digest(key)
+        entry = f"{names[0]}:{digest(key)}" if names else digest(key)
         print(f"key (give it to the client; it is not stored anywhere): {key}")
-        print(f"API_KEYS entry: {entry}")
+        print(f"{'API_ADMIN_KEYS' if admin else 'API_KEYS'} entry: {entry}")
         return 0
     if argv == ["webhook-secret"]:
         print(f"WEBHOOK_SECRET={SECRET_PREFIX}{base64.b64encode(secrets.token_bytes(32)).decode()}")
         return 0
     print(
-        "usage: python -m api.auth hash <key>  |  python -m api.auth new [name]  |  python -m api.auth webhook-secret",
+        "usage: python -m api.auth hash <key>  |  python -m api.auth new [--admin] [name]  |  "
+        "python -m api.auth webhook-secret",
         file=sys.stderr,
     )
     return 2

@@ -8,14 +8,14 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from fastapi import HTTPException
 
-from api.auth import Caller
+from api import quotas
+from api.auth import OPEN, Caller
+from api.idempotency import Claim
 from core import keys, replication, scripts
 from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus, item_id, new_batch_fields, unpicked_status
 from core.capacity import endpoint_for
 from core.settings import Settings
 from core.webhooks import submitted_fields
-
-_PUSH_CHUNK = 1000
 
 
 async def create_batch(
@@ -27,16 +27,19 @@ async def create_batch(
     model: str | None,
     temperature: float | None,
     created_at_s: float,
-    owner: str | None = None,
     stream: bool = False,
     expires_at_s: float | None = None,
     webhook_url: str | None = None,
-) -> dict[str, str]:
-    """Store the record and every item's input, and give the batch its turn in the bulk rotation of its
-    model's endpoint, in one transaction: all or nothing.
+    claim: Claim | None = None,
+    caller: Caller = OPEN,
+) -> dict[str, str] | str:
+    """Store the record, every item's input and the Idempotency-Key `claim`, and give the batch its turn in
+    the bulk rotation of its model's endpoint, in one step, within the `caller`'s quotas (api/quotas.py: 429
+    when over one): all or nothing.
 
     Each item is the program's input fields plus `custom_id` when it has one.
-    `owner` (the creating key's owner id) is stored in the record; its items inherit it. Returns the record.
+    The caller's owner id (its key's) is stored in the record; its items inherit it. Returns the record,
+    or the id of the batch the claim's key already made (then nothing is written).
     """
     endpoint = endpoint_for(settings, model).id
     fields = new_batch_fields(
@@ -48,27 +51,41 @@ async def create_batch(
         created_at_s,
         stream,
         endpoint=endpoint,
-        owner=owner,
+        owner=caller.owner,
         expires_at_s=expires_at_s,
     )
     if webhook_url is not None:
         fields.update(submitted_fields(webhook_url))
     inputs = [json.dumps(item, separators=(",", ":")) for item in items]
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]  # redis-py: invariant keys
-        pipe.expire(keys.batch(batch_id), settings.job_ttl_s)
-        for start in range(0, len(inputs), _PUSH_CHUNK):
-            pipe.rpush(keys.batch_inputs(batch_id), *inputs[start : start + _PUSH_CHUNK])
-        pipe.expire(keys.batch_inputs(batch_id), settings.job_ttl_s)
+    input_bytes = sum(len(i) for i in inputs)
+    quota = quotas.quota_for(settings, caller, input_bytes)
+    script_keys = [
+        keys.batch(batch_id),
+        keys.batch_inputs(batch_id),
+        claim.key if claim is not None else "",
         # /metrics reports batches by status from here (api/metrics.py).
-        pipe.zadd(keys.OPEN_BATCHES, {batch_id: created_at_s})
-        if expires_at_s is not None:
-            pipe.zadd(keys.BATCH_DEADLINES, {batch_id: expires_at_s})
-        pipe.fcall(scripts.function_name("batch_register"), 1, keys.batch(batch_id))
-        *_, registered = await pipe.execute(raise_on_error=False)
-    if isinstance(registered, Exception):
-        # This Redis lost our functions (a new server): the batch is stored; give it its turn now.
-        await scripts.acall(redis, "batch_register", [keys.batch(batch_id)], [])
+        keys.OPEN_BATCHES,
+        keys.BATCH_DEADLINES,
+        *quota.keys,
+    ]
+    args: list[scripts.Arg] = [
+        settings.job_ttl_s,
+        batch_id,
+        repr(created_at_s),
+        repr(expires_at_s) if expires_at_s is not None else "",
+        claim.value if claim is not None else "",
+        claim.ttl_s if claim is not None else 0,
+        keys.batch("%s"),
+        *quota.args,
+        len(fields),
+    ]
+    for pair in fields.items():
+        args += pair
+    created = await scripts.acall(redis, "batch_create", script_keys, [*args, *inputs])
+    if isinstance(created, list):
+        raise quotas.refused(created, input_bytes, len(inputs))
+    if isinstance(created, str) and claim is not None:
+        return claim.original(created)
     await replication.confirm(redis, settings, keys.batch(batch_id), settings.job_ttl_s)
     return fields
 

@@ -3,14 +3,14 @@
 Pure ASGI: a declared Content-Length over the limit is refused at once (the
 server never reads more than it declares); a chunked body is read here, up
 to the limit, and refused as soon as it passes it.
-`/batches` gets its own, larger limit.
+Batch submissions get their own, larger limit, whichever route they take.
 """
 
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_bytes
+from api.errors import send_error
 
 
 class BodyLimitMiddleware:
@@ -60,12 +60,4 @@ class BodyLimitMiddleware:
 
 
 async def _refuse(send: Send, limit: int, path: str) -> None:
-    body = error_bytes(f"request body is larger than the limit of {limit} bytes", path, 413)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, path, 413, f"request body is larger than the limit of {limit} bytes")

@@ -12,7 +12,8 @@ from celery import Celery
 from fastapi import Depends, Request
 
 from api.event_hub import EventHub
-from api.stream_slots import StreamSlots
+from api.key_slots import KeySlots
+from api.waits import Waits
 from core.settings import Settings, get_settings
 
 
@@ -31,9 +32,14 @@ async def _hub(request: Request) -> EventHub:
     return hub
 
 
-async def _streams(request: Request) -> StreamSlots:
-    streams: StreamSlots = request.app.state.streams
+async def _streams(request: Request) -> KeySlots:
+    streams: KeySlots = request.app.state.streams
     return streams
+
+
+async def _waits(request: Request) -> Waits:
+    waits: Waits = request.app.state.waits
+    return waits
 
 
 async def _settings() -> Settings:
@@ -44,4 +50,5 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 RedisDep = Annotated[aioredis.Redis, Depends(_redis)]
 CeleryDep = Annotated[Celery, Depends(_celery)]
 HubDep = Annotated[EventHub, Depends(_hub)]
-StreamsDep = Annotated[StreamSlots, Depends(_streams)]
+StreamsDep = Annotated[KeySlots, Depends(_streams)]
+WaitsDep = Annotated[Waits, Depends(_waits)]

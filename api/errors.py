@@ -23,6 +23,9 @@ from typing import Any
 
 from fastapi import HTTPException
 from pydantic import BaseModel, Field
+from starlette.types import Send
+
+from core.redact import without_credentials
 
 
 class ErrorBody(BaseModel):
@@ -74,7 +77,7 @@ def openai_error(
     kind = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
     error: dict[str, Any] = {
         # What a request echoes may hold a lone surrogate, which no response can carry.
-        "message": message.encode("utf-8", "replace").decode("utf-8"),
+        "message": without_credentials(message).encode("utf-8", "replace").decode("utf-8"),
         "type": kind,
         "param": param.encode("utf-8", "replace").decode("utf-8") if param is not None else None,
         "code": code or _OPENAI_CODES.get(status),
@@ -101,6 +104,7 @@ class OpenAIError(HTTPException):
 
 
 def error_content(message: str, detail: str | list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    message = without_credentials(message)
     return {"message": message, "detail": message if detail is None else detail}
 
 
@@ -114,6 +118,15 @@ def error_content_for(
 def error_bytes(message: str, path: str = "", status: int = 400) -> bytes:
     """The body of an error answered from middleware, before any route runs."""
     return json.dumps(error_content_for(path, status, message)).encode()
+
+
+async def send_error(send: Send, path: str, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    """Answer an error from pure ASGI middleware, in the shape `path` calls for."""
+    body = error_bytes(message, path, status)
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw_headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 _CROSS_CUTTING = {

@@ -1,23 +1,27 @@
 """`Idempotency-Key` on submissions: a retried POST returns the original, never a second job.
 
-The first request with a key claims it (SET NX, with a TTL) for the id it is
-about to create, together with a digest of its body. A repeat with the same
-body gets that id back; the same key with a different body is a client bug
-and gets 422. Keys are stored hashed.
+A request with a key carries a claim: the key (stored hashed) pointing at
+the id it is about to create, with a digest of its body. The claim is made
+in the same Redis step that creates the record (`job_create` for a job, the
+batch's transaction for a batch), so concurrent requests with one key
+create one job or batch between them, and the others get its id back. A
+repeat with the same body gets that id; the same key with a different body
+is a client bug and gets 422.
 
-A claim whose original was never stored (its request answered `503` and was
-undone, or a Redis failover kept the claim and lost the record) is taken
-over by the repeat, which then creates its own: the key never stays stuck
+A claim whose original is gone (its request answered `503` and was undone,
+or a Redis failover kept the claim and lost the record) is taken over by
+the next request with the key, in that same step: the key never stays stuck
 on an id that does not exist.
 """
 
 import hashlib
 import json
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
 from fastapi import Header, HTTPException
+from redis.exceptions import WatchError
 
 from core import keys
 
@@ -25,53 +29,56 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
+        min_length=1,
         max_length=255,
         description="Repeat a submission safely: the same key and body return the original instead of a new one.",
     ),
 ]
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What a request with an Idempotency-Key writes with its record: `key` -> `<new id> <digest>`."""
+
+    key: str
+    new_id: str
+    digest: str
+    ttl_s: int
+
+    @property
+    def value(self) -> str:
+        return f"{self.new_id} {self.digest}"
+
+    def original(self, claimed: str) -> str:
+        """The id an existing claim points at; 422 when it was made for another body."""
+        original_id, _, original_digest = claimed.partition(" ")
+        if original_digest != self.digest:
+            raise HTTPException(422, "this Idempotency-Key was already used with a different request body")
+        return original_id
+
+
 def body_digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _key(idempotency_key: str) -> str:
-    return keys.idempotency(hashlib.sha256(idempotency_key.encode()).hexdigest())
-
-
-async def claim(
-    redis: aioredis.Redis,
-    idempotency_key: str | None,
-    digest: str,
-    new_id: str,
-    ttl_s: int,
-    record_key: Callable[[str], str],
-) -> str | None:
-    """None when this request is new (the key now points at `new_id`); else the original id.
-
-    `record_key` names the original's record: one that does not exist is taken over."""
+def claim_for(idempotency_key: str | None, body: dict[str, Any], new_id: str, ttl_s: int) -> Claim | None:
+    """The claim a request makes, or None without a key."""
     if idempotency_key is None:
         return None
-    key, value = _key(idempotency_key), f"{new_id} {digest}"
-    if await redis.set(key, value, nx=True, ex=ttl_s):
-        return None
-    existing = await redis.get(key)
-    if existing is None:  # expired in between: this request is new after all
-        return await claim(redis, idempotency_key, digest, new_id, ttl_s, record_key)
-    original_id, original_digest = str(existing).split(" ", 1)
-    if original_digest != digest:
-        raise HTTPException(422, "this Idempotency-Key was already used with a different request body")
-    if await redis.exists(record_key(original_id)):
-        return original_id
-    # Taken over only if nobody else took it over first (SET ... GET answers what it replaced).
-    replaced = await redis.set(key, value, xx=True, ex=ttl_s, get=True)
-    if replaced in (None, existing):
-        return None
-    await redis.set(key, replaced, xx=True, ex=ttl_s)
-    return str(replaced).split(" ", 1)[0]
+    key = keys.idempotency(hashlib.sha256(idempotency_key.encode()).hexdigest())
+    return Claim(key, new_id, body_digest(body), ttl_s)
 
 
-async def release(redis: aioredis.Redis, idempotency_key: str | None) -> None:
-    """Forget a claim whose request was not accepted after all."""
-    if idempotency_key is not None:
-        await redis.delete(_key(idempotency_key))
+async def release(redis: aioredis.Redis, claim: Claim | None) -> None:
+    """Forget a claim whose request was not accepted after all, if it is still this request's."""
+    if claim is None:
+        return
+    async with redis.pipeline(transaction=True) as pipe:
+        try:
+            await pipe.watch(claim.key)
+            if await pipe.get(claim.key) == claim.value:
+                pipe.multi()
+                pipe.delete(claim.key)
+                await pipe.execute()
+        except WatchError:
+            pass  # another request with the key changed it meanwhile: it is theirs now

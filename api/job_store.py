@@ -9,9 +9,11 @@ from typing import cast
 import redis.asyncio as aioredis
 from fastapi import HTTPException
 
-from api.auth import Caller
+from api import quotas
+from api.auth import OPEN, Caller
 from api.enqueue import TaskMessage
 from api.event_hub import RESYNC, EventHub
+from api.idempotency import Claim
 from core import keys, replication, scripts
 from core.batches import item_fields, unpicked_status
 from core.events import split_event
@@ -33,18 +35,22 @@ async def create_job(
     temperature: float | None,
     created_at_s: float,
     message: TaskMessage,
-    owner: str | None = None,
     stream: bool = True,
     expires_at_s: float | None = None,
     webhook_url: str | None = None,
-) -> dict[str, str]:
-    """Write the record, its `queued` event and its task `message` in one step; returns the record.
+    claim: Claim | None = None,
+    caller: Caller = OPEN,
+) -> dict[str, str] | str:
+    """Write the record, its `queued` event, its task `message` and its Idempotency-Key `claim` in one step,
+    within the `caller`'s quotas (api/quotas.py: 429 when over one); returns the record, or the id of the job
+    the claim's key already made (then nothing is written).
 
-    `owner` (the creating key's owner id) is stored in the record; only that key sees the job.
+    The caller's owner id (its key's) is stored in the record; only that key sees the job.
     """
     fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s, stream, expires_at_s)
-    if owner is not None:
-        fields["owner"] = owner
+    quota = quotas.quota_for(settings, caller, len(fields["input"]))
+    if caller.owner is not None:
+        fields["owner"] = caller.owner
     if webhook_url is not None:
         fields.update(submitted_fields(webhook_url))
     script_keys = [
@@ -54,6 +60,8 @@ async def create_job(
         message.queue,
         keys.queued(message.queue),
         keys.DEADLINES,
+        claim.key if claim is not None else "",
+        *quota.keys,
     ]
     argv: list[scripts.Arg] = [
         settings.job_ttl_s,
@@ -65,10 +73,18 @@ async def create_job(
         repr(created_at_s),
         job_id,
         repr(expires_at_s) if expires_at_s is not None else "",
+        claim.value if claim is not None else "",
+        claim.ttl_s if claim is not None else 0,
+        keys.job("%s"),
+        *quota.args,
     ]
     for pair in fields.items():
         argv += pair
-    await replication.acall(redis, settings, "job_create", script_keys, argv)
+    created = await replication.acall(redis, settings, "job_create", script_keys, argv)
+    if isinstance(created, list):
+        raise quotas.refused(created, len(fields["input"]))
+    if isinstance(created, str) and claim is not None:
+        return claim.original(created)
     return fields
 
 

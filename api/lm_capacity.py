@@ -25,7 +25,10 @@ class ModelWaiting(BaseModel):
 
 class ModelCapacity(BaseModel):
     model: str
-    api_base: str = Field(description="The endpoint's API base ('' for the provider's default).")
+    api_base: str | None = Field(
+        description="The endpoint's API base ('' for the provider's default); null unless the caller has an "
+        "operator's key (API_ADMIN_KEYS) on an API with keys."
+    )
     default: bool = Field(description="Whether this is LM_MODEL, the model jobs use unless they ask for another.")
     limits: ModelLimitsPublic
     in_flight: int = Field(description="LM calls in flight now.")

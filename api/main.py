@@ -25,10 +25,13 @@ from api.body_limit import BodyLimitMiddleware
 from api.enqueue import task_messages
 from api.errors import OpenAIError, document_errors, error_content, error_content_for, openai_error, openai_shaped
 from api.event_hub import EventHub
+from api.key_slots import KeySlots
 from api.metrics import REQUESTS_REFUSED, on_process_exit
+from api.paths import BATCH_SUBMISSIONS
 from api.program_catalog import Catalog
+from api.redis_memory import MemoryGuard, SubmissionGuard
 from api.routes import batches, events, health, jobs, metrics, models, openai_chat, page, programs
-from api.stream_slots import StreamSlots
+from api.waits import Waits
 from core import scripts
 from core.gc_tuning import tune_gc
 from core.logging_setup import configure_logging
@@ -60,12 +63,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.celery = make_celery(settings)
     task_messages(app.state.celery)  # refuses broker options the API's messages cannot honour
     app.state.hub = EventHub(redis)
-    app.state.streams = StreamSlots(redis, settings)
+    app.state.streams = KeySlots.event_streams(redis, settings)
+    app.state.waits = Waits(redis, app.state.hub, settings)
+    await app.state.memory.start(redis)
     await app.state.hub.start()
     await app.state.streams.start()
+    await app.state.waits.slots.start()
     try:
         yield
     finally:
+        await app.state.waits.slots.stop()
+        await app.state.memory.stop()
         await app.state.streams.stop()
         await app.state.hub.stop()
         await redis.aclose()
@@ -138,14 +146,17 @@ def create_app() -> FastAPI:
     api_keys = parse_api_keys(settings)
     if not api_keys:
         log.warning("no API_KEYS configured: the API is open to anyone who can reach it")
-    # Middleware added last runs first: CORS, then the key check, then the body
-    # limit, so a caller without a key is refused before its body is read.
+    # Middleware added last runs first: CORS, then the key check, then the Redis
+    # high-water mark, then the body limit, so a caller without a key, or any
+    # submission while Redis is nearly full, is refused before its body is read.
+    app.state.memory = MemoryGuard(settings)
     app.add_middleware(
         BodyLimitMiddleware,
         limit_for_path=lambda path: (
-            settings.batch_max_bytes if path.startswith("/batches") else settings.request_max_bytes
+            settings.batch_max_bytes if BATCH_SUBMISSIONS.match(path) else settings.request_max_bytes
         ),
     )
+    app.add_middleware(SubmissionGuard, guard=app.state.memory)
     app.add_middleware(AuthMiddleware, keys=api_keys, on_reject=lambda reason: REQUESTS_REFUSED.labels(reason).inc())
     if settings.cors_allow_origins:
         # Keys travel in headers, never cookies: no credentials, so a page

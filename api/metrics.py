@@ -66,6 +66,12 @@ REQUESTS_REFUSED = Counter(
 SSE_STREAMS_OPEN = Gauge(
     "dspy_jobs_sse_streams_open", "Event streams this API serves right now.", ["kind"], multiprocess_mode="livesum"
 )
+LONG_POLLS_OPEN = Gauge(
+    "dspy_jobs_long_polls_open",
+    "Requests this API holds while they wait for a job to end.",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
 
 # Batch record field set once a scrape has counted the batch as finished.
 _BATCH_COUNTED = "metrics_counted"
@@ -84,6 +90,8 @@ class Snapshot:
     histograms: dict[str, list[HistogramSeries]] = field(default_factory=dict)
     models: list[ModelCapacity] = field(default_factory=list)
     webhook_senders: dict[str, int] = field(default_factory=dict)
+    redis_memory_bytes: int = 0
+    redis_memory_limit_bytes: int | None = None
 
 
 async def _sweep_batches(redis: aioredis.Redis, settings: Settings) -> dict[str, int]:
@@ -128,10 +136,13 @@ async def read_snapshot(redis: aioredis.Redis, settings: Settings) -> Snapshot:
         waiting_items = await bulk_waiting(redis, settings)
         snapshot.models = await read_capacity(redis, settings, waiting_items)
         senders = await sender_states(redis, settings, workers)
+        memory = await redis.info("memory")
     except RedisError as e:
         log.warning("/metrics: Redis does not answer (%s); serving this process's metrics only", e)
         return snapshot
     snapshot.redis_up = True
+    snapshot.redis_memory_bytes = int(memory.get("used_memory") or 0)
+    snapshot.redis_memory_limit_bytes = int(memory.get("maxmemory") or 0) or settings.redis_memory_limit_bytes
     # Batch items wait as inputs of their batch, not as messages (worker/bulk.py): the bulk queue's depth is them.
     snapshot.queue_depth = {
         settings.interactive_queue: int(interactive_depth),
@@ -192,6 +203,14 @@ class SnapshotCollector(Collector):
             senders.add_metric([status], n)
         yield senders
         yield from _model_metrics(s.models)
+        yield GaugeMetricFamily("dspy_jobs_redis_memory_bytes", "Memory Redis uses.", value=s.redis_memory_bytes)
+        if s.redis_memory_limit_bytes is not None:
+            yield GaugeMetricFamily(
+                "dspy_jobs_redis_memory_limit_bytes",
+                "Redis' memory limit (maxmemory, or REDIS_MEMORY_LIMIT_BYTES); above REDIS_HIGH_WATER of it the API "
+                "refuses new submissions.",
+                value=s.redis_memory_limit_bytes,
+            )
         for name, spec in COUNTERS.items():
             counter = CounterMetricFamily(name, spec.help, labels=list(spec.labels))
             for series in s.counters.get(name, []):

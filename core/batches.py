@@ -115,6 +115,7 @@ def new_batch_fields(
         "cursor": "0",
         "inputs_key": keys.batch_inputs(batch_id),
         "retry_key": keys.batch_retries(batch_id),
+        "ended_key": keys.batch_ended(batch_id),
         "rotation_owners": keys.bulk_owners(endpoint),
         "rotation_batches": keys.bulk_batches(endpoint, rotation_owner),
         "rotation_owner": rotation_owner,

@@ -81,6 +81,12 @@ def batch_retries(batch_id: str) -> str:
     return f"{PREFIX}:batch:{{{batch_id}}}:retry"
 
 
+def batch_ended(batch_id: str) -> str:
+    """Set: indexes of items a client cancelled before any worker picked them; a pick skips them and the
+    batch's own end (cancel, deadline) does not count them again (core/lua/batches.lua)."""
+    return f"{PREFIX}:batch:{{{batch_id}}}:ended"
+
+
 # --- Bulk rotation, per LM endpoint (core/lua/batches.lua) ----------------------
 
 
@@ -158,6 +164,21 @@ def rate_submit(bucket: str) -> str:
 def sse_streams(bucket: str) -> str:
     """Sorted set: a key's open event streams, slot token -> unix time its lease runs out."""
     return f"{PREFIX}:sse:{bucket}"
+
+
+def quota_stored_bytes(bucket: str) -> str:
+    """Hash: hour (unix time // 3600) -> input bytes a key submitted in it, for its stored-bytes quota."""
+    return f"{PREFIX}:quota:{bucket}:bytes"
+
+
+def quota_open_batches(bucket: str) -> str:
+    """Set: a key's batches that had not ended when it last submitted one, for its open-batches quota."""
+    return f"{PREFIX}:quota:{bucket}:batches"
+
+
+def long_polls(bucket: str) -> str:
+    """Sorted set: a key's requests waiting for a job to end (`?wait`), slot token -> lease end."""
+    return f"{PREFIX}:waits:{bucket}"
 
 
 # Hash: worker-side counters for /metrics, field `[name, labels]` (JSON) -> value (core/metrics.py).

@@ -7,8 +7,9 @@
   a task (received, succeeded) are given the task's job id too.
 - **Secrets**: every line goes through one filter on the handler that
   masks API keys however they were sent (`Authorization: Bearer`,
-  `X-API-Key`, `?api_key=` in an access-log URL), and the literal values of
-  the secrets in the settings (the LM key, the Redis and Flower passwords).
+  `X-API-Key`, `?api_key=` in an access-log URL), the user information of
+  any URL (core/redact.py), and the literal values of the secrets in the
+  settings (the LM key, the Redis and Flower passwords).
 - **Payloads**: questions and answers are user data; unless `LOG_PAYLOADS`
   is set, the current job's input values and the LM response text that
   DSPy puts in its parse errors are cut out of every line.
@@ -28,6 +29,7 @@ from typing import Any
 
 from core import redis_clients
 from core.queue import RUN_JOB_TASK
+from core.redact import without_credentials
 from core.settings import Settings
 
 job_id_var: ContextVar[str | None] = ContextVar("job_id", default=None)
@@ -41,7 +43,8 @@ OMITTED = "[payload omitted; set LOG_PAYLOADS=true to log it]"
 _MIN_PAYLOAD_CHARS = 8
 
 _KEY_PATTERNS = [
-    (re.compile(r"(?i)(api_key=)[^&\s\"']+"), r"\1" + REDACTED),
+    # Any spelling a URL parser reads as `api_key` (`api%5Fkey=`, `%61pi_key=`), whether or not it was taken.
+    (re.compile(r"(?i)((?:a|%61)(?:p|%70)(?:i|%69)(?:_|%5f)(?:k|%6b)(?:e|%65)(?:y|%79)=)[^&\s\"']+"), r"\1" + REDACTED),
     (re.compile(r"(?i)(bearer\s+)[^\s\"',]+"), r"\1" + REDACTED),
     (re.compile(r"(?i)(x-api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',]+"), r"\1" + REDACTED),
 ]
@@ -110,6 +113,7 @@ class RedactFilter(logging.Filter):
             text = text.replace(secret, REDACTED)
         for pattern, replacement in _KEY_PATTERNS:
             text = pattern.sub(replacement, text)
+        text = without_credentials(text)
         if not self._log_payloads:
             text = _LM_RESPONSE.sub(lambda m: f"{m.group(1)} {OMITTED}{m.group(2)}", text)
             for payload in payloads_var.get():

@@ -22,7 +22,7 @@
 import contextlib
 import time
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import redis
 import redis.asyncio as aioredis
@@ -61,17 +61,19 @@ def database(settings: Settings) -> int:
 
 
 def password(settings: Settings) -> str | None:
+    """REDIS_PASSWORD, else REDIS_URL's, percent-decoded as a URL's user information is written."""
     if settings.redis_password is not None:
         return settings.redis_password.get_secret_value()
-    return urlparse(settings.redis_url).password
+    encoded = urlparse(settings.redis_url).password
+    return unquote(encoded) if encoded is not None else None
 
 
 def secrets(settings: Settings) -> list[str]:
-    """Every Redis password the settings hold, for the log filter."""
-    found = [password(settings)]
+    """Every Redis password the settings hold, as given and as used, for the log filter."""
+    found = [password(settings), urlparse(settings.redis_url).password]
     if settings.redis_sentinel_password is not None:
         found.append(settings.redis_sentinel_password.get_secret_value())
-    return [s for s in found if s]
+    return list(dict.fromkeys(s for s in found if s))
 
 
 def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:

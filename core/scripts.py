@@ -1,7 +1,7 @@
 """The service's Lua: one library of Redis functions, loaded once per Redis, called by name.
 
 Every script lives in `core/lua/`, one file per family (webhooks, events,
-batches, jobs, capacity, limits), each documenting the KEYS and ARGV of its functions. They
+limits, batches, jobs, capacity), each documenting the KEYS and ARGV of its functions. They
 are loaded together as one library (`FUNCTION LOAD`), so a family can call
 another's local helpers (every family appends events through
 `append_event`) without pasting source into source. Redis keeps functions
@@ -30,7 +30,8 @@ from core import keys
 from core.batches import TERMINAL_BATCH_STATUSES
 from core.jobs import TERMINAL_STATUSES
 
-FAMILIES = ("webhooks", "events", "batches", "jobs", "capacity", "limits")
+# In this order: a family may call the local helpers of those before it.
+FAMILIES = ("webhooks", "events", "limits", "batches", "jobs", "capacity")
 _LUA = Path(__file__).with_name("lua")
 
 

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     flower_port: int = 5555
+    # `maxmemory` of the Redis `make up` starts (docker-compose passes the same
+    # variable to its Redis); the API refuses submissions above
+    # REDIS_HIGH_WATER of it, so Redis never refuses a running job's result.
+    redis_maxmemory: str = "2gb"
     # "user:password" for Flower; `make up` generates one when empty.
     flower_basic_auth: SecretStr | None = None
 
@@ -264,6 +268,10 @@ class Settings(BaseSettings):
     # mistake must not end up in a log or an error message (api/auth.py
     # validates it at startup without echoing it).
     api_keys: SecretStr | None = None
+    # Operators' keys, in the same form: keys like the others that also see
+    # every key's work, /metrics, and the deployment's details in /ready and
+    # /models (`python -m api.auth new --admin`). Needs API_KEYS.
+    api_admin_keys: SecretStr | None = None
     # Submissions (`POST /jobs`, `POST /batches`) per key: a token bucket that
     # refills at this rate and holds at most `key_submit_burst`. 0: unlimited.
     key_submit_rate_per_s: float = 0.0
@@ -272,8 +280,24 @@ class Settings(BaseSettings):
     key_max_sse_streams: int = 0
     # Items per batch for each key, below `batch_max_items`. 0: `batch_max_items`.
     key_batch_max_items: int = 0
-    # How long a stream's slot outlives an API process that died holding it.
+    # How long a stream's (or a long poll's) slot outlives an API process that died holding it.
     sse_slot_lease_s: float = 60.0
+    # What one key may keep in Redis (api/quotas.py); 0: no limit. Input bytes
+    # it submitted within JOB_TTL_S (inputs are kept that long) ...
+    key_max_stored_bytes: int = Field(512 * 1024 * 1024, ge=0)
+    # ... batches that have not ended ...
+    key_max_open_batches: int = Field(50, ge=0)
+    # ... and batch items not started yet, across its batches.
+    key_max_queued_items: int = Field(1_000_000, ge=0)
+    # Requests of one key waiting at once for a job to end (`?wait`, `POST
+    # /v1/chat/completions` without streaming). 0: unlimited.
+    key_max_long_polls: int = Field(64, ge=0)
+    # Above this share of Redis' memory limit the API refuses new submissions
+    # (503, Retry-After) while running jobs still finish and write their
+    # results (api/redis_memory.py). The limit is Redis' `maxmemory`, or
+    # REDIS_MEMORY_LIMIT_BYTES for a Redis that has none set.
+    redis_high_water: float = Field(0.85, gt=0, le=1)
+    redis_memory_limit_bytes: int | None = Field(None, gt=0)
     # Browser origins allowed to call the API (CORS), comma-separated, exact
     # (`https://app.example.com`). Empty: none. No wildcard: see api/main.py.
     cors_allow_origins: Annotated[list[str], NoDecode] = []

@@ -67,6 +67,8 @@ def _redis_command(url: str) -> list[str] | None:
         "yes",
         "--maxmemory-policy",
         "noeviction",
+        "--maxmemory",
+        get_settings().redis_maxmemory,
     ]
     if parsed.password:
         args += ["--requirepass", parsed.password]
@@ -162,7 +164,8 @@ def main() -> int:
         supervisor.add(name, [*celery, "--loglevel", "INFO", "--without-mingle", "--without-gossip"], env, cwd)
     api = [PY, "-m", "uvicorn", "api.main:app", "--host", settings.api_host, "--port", str(settings.api_port)]
     supervisor.add("api", api, env, cwd)
-    flower = [PY, "-m", "celery", "-A", "core.queue", "flower", f"--port={settings.flower_port}"]
+    # Flower's default is every interface; make up is for this machine only.
+    flower = [PY, "-m", "celery", "-A", "core.queue", "flower", f"--port={settings.flower_port}", "--address=127.0.0.1"]
     supervisor.add("flower", flower, env, cwd)
     threading.Thread(target=_announce_when_ready, args=(settings, flower_auth, generated), daemon=True).start()
     return supervisor.run()

@@ -155,6 +155,22 @@ def test_an_oversized_batch_is_413_and_nothing_is_stored(make_stack: Callable[..
     assert r.keys("dj:batch:*") == [] and r.llen("bulk") == 0
 
 
+def test_both_batch_routes_take_the_batch_body_limit(make_stack: Callable[..., Stack]) -> None:
+    """Regression: the page's route (`/programs/{name}/batches`) had the 1 MiB limit of single jobs."""
+    stack = make_stack()
+    stack.extra_env = {"REQUEST_MAX_BYTES": "5000", "BATCH_MAX_BYTES": "20000"}
+    stack.start_api()
+    items = [{"question": "x" * 3000} for _ in range(4)]  # over the request limit, under the batch limit
+    with stack.client() as client:
+        flat = client.post("/batches", json={"items": items})
+        typed = client.post("/programs/qa/batches", json={"items": [{"input": item} for item in items]})
+        too_big = client.post("/programs/qa/batches", json={"items": [{"input": item} for item in items * 2]})
+
+    assert flat.status_code == 202, flat.text
+    assert typed.status_code == 202, typed.text
+    assert too_big.status_code == 413 and "20000 bytes" in too_big.json()["detail"]
+
+
 def test_an_invalid_item_is_422_naming_it_and_nothing_is_stored(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack()
     stack.start_api()

@@ -77,6 +77,8 @@ def test_redis_is_persistent_password_protected_and_not_published() -> None:
     assert "--appendonly yes" in redis["command"]
     assert "--requirepass" in redis["command"]
     assert "noeviction" in redis["command"]
+    # A limit, so the API's high-water mark refuses new work before Redis refuses a running job's result.
+    assert "--maxmemory ${REDIS_MAXMEMORY" in redis["command"]
     assert "ports" not in redis
     assert "/data" in redis["volumes"][0]
     assert "${REDIS_PASSWORD" in COMPOSE["x-app-env"]["REDIS_URL"]
@@ -89,6 +91,7 @@ def test_the_ha_profile_adds_two_replicas_of_redis_and_three_sentinels_watching_
         command = SERVICES[name]["command"]
         assert "--replicaof redis 6379" in command
         assert "--appendonly yes" in command and "noeviction" in command
+        assert "--maxmemory ${REDIS_MAXMEMORY" in command  # a promoted replica keeps the limit
         assert "--requirepass" in command and "--masterauth" in command
     # A demoted primary must authenticate to the new one.
     assert "--masterauth" in SERVICES["redis"]["command"]

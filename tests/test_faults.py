@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -17,7 +17,7 @@ import pytest
 from core import keys
 from core.queue import RUN_JOB_TASK, make_celery
 from core.settings import Settings
-from stack.processes import wait_for
+from stack.processes import start_api, wait_for
 from stack.sse_client import read_events
 from tests.conftest import Stack
 from tests.test_jobs import expected_result, unique, wait_finished
@@ -184,6 +184,61 @@ def test_a_repeat_whose_original_was_never_stored_creates_the_job_instead_of_rep
     assert repeat.status_code == 202 and repeat.json()["id"] != lost
     assert again.json()["id"] == repeat.json()["id"]  # and the key now names the new job
     assert wait_finished(client, repeat.json()["id"])["status"] == "succeeded"
+
+
+@pytest.fixture(scope="module")
+def two_apis(stack: Stack) -> Iterator[list[str]]:
+    """The shared stack's API and a second API process on the same Redis, as a deployment runs several."""
+    proc, url = start_api(stack.env, name="api-second")
+    yield [stack.api_url, url]
+    proc.stop()
+
+
+def _at_once(apis: list[str], n: int, send: Callable[[httpx.Client], httpx.Response]) -> list[httpx.Response]:
+    """`n` calls of `send`, released together, spread over the API processes."""
+    start = threading.Barrier(n)
+
+    def one(i: int) -> httpx.Response:
+        with httpx.Client(base_url=apis[i % len(apis)], timeout=120) as client:
+            start.wait()
+            return send(client)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def _batches_stored(stack: Stack) -> int:
+    return sum(1 for key in stack.redis().scan_iter(match="dj:batch:{*}", count=1000) if key.endswith("}"))
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_ten_concurrent_submissions_with_one_idempotency_key_make_one_job(two_apis: list[str], round_: int) -> None:
+    """Regression: a repeat that found the key claimed before its job was stored took it over and made its own
+    (an earlier form of this test failed in one run of three before the fix)."""
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    # Expired at once: stored like any other job, and never the worker's time.
+    body = {"question": unique("ten at once"), "expires_after_s": 0.001}
+
+    answers = _at_once(two_apis, 10, lambda c: c.post("/jobs", json=body, headers=headers))
+
+    assert all(a.status_code in (200, 202) for a in answers), [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert sum("idempotent-replayed" not in a.headers for a in answers) == 1
+
+
+def test_ten_concurrent_submissions_of_a_10k_item_batch_with_one_idempotency_key_make_one_batch(
+    stack: Stack, two_apis: list[str]
+) -> None:
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    # Expired at once: the batch is stored like any other, and its items never take the bulk worker's time.
+    body = {"items": [{"question": f"item {i}"} for i in range(10_000)], "expires_after_s": 0.001}
+    before = _batches_stored(stack)
+
+    answers = _at_once(two_apis, 10, lambda c: c.post("/batches", json=body, headers=headers))
+
+    assert all(a.status_code == 202 for a in answers), [a.text[:200] for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert _batches_stored(stack) == before + 1
 
 
 # --- killed workers ----------------------------------------------------------------

@@ -7,9 +7,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pytest
+import redis
 
 from stack.processes import Proc, free_port, start_lm_simulator, wait_for
 
@@ -44,16 +46,35 @@ def children(pid: int) -> dict[str, int]:
     return found
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses a TCP socket listens on at `port` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+class Launched(NamedTuple):
+    proc: Proc
+    api: str
+    flower_port: int
+    redis_url: str
+
+
 @pytest.fixture
-def launcher() -> Iterator[tuple[Proc, str]]:
+def launcher() -> Iterator[Launched]:
     lm, lm_base = start_lm_simulator("lm-simulator-launcher")
-    api_port = free_port()
+    api_port, flower_port = free_port(), free_port()
     env = {
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "LM_MODEL": "openai/simulated",
         "LM_API_BASE": lm_base,
         "API_PORT": str(api_port),
-        "FLOWER_PORT": str(free_port()),
+        "FLOWER_PORT": str(flower_port),
         "FLOWER_BASIC_AUTH": "admin:launcher-test",
         "WORKER_HEARTBEAT_S": "0.5",
         "JOB_LEASE_S": "3",
@@ -61,14 +82,14 @@ def launcher() -> Iterator[tuple[Proc, str]]:
     proc = Proc("local-stack", [sys.executable, "-m", "stack.up"], env)
     try:
         wait_for(lambda: "DSPy jobs is up" in proc.own_log(), 120, "the stack to be up", proc)
-        yield proc, f"http://127.0.0.1:{api_port}"
+        yield Launched(proc, f"http://127.0.0.1:{api_port}", flower_port, env["REDIS_URL"])
     finally:
         proc.stop(signal.SIGINT, timeout_s=30)
         lm.stop()
 
 
-def test_a_process_that_dies_is_restarted_while_the_api_keeps_answering(launcher: tuple[Proc, str]) -> None:
-    proc, api = launcher
+def test_a_process_that_dies_is_restarted_while_the_api_keeps_answering(launcher: Launched) -> None:
+    proc, api, _, _ = launcher
     first = children(proc.pid)
     assert set(first) == set(ROLES), first
     for role in ("worker", "bulk", "flower", "redis"):
@@ -93,11 +114,20 @@ def test_a_process_that_dies_is_restarted_while_the_api_keeps_answering(launcher
     assert proc.popen.poll() is None
 
 
-def test_ctrl_c_stops_every_process(launcher: tuple[Proc, str]) -> None:
-    proc, _ = launcher
+def test_ctrl_c_stops_every_process(launcher: Launched) -> None:
+    proc = launcher.proc
     pids = children(proc.pid).values()
     proc.popen.send_signal(signal.SIGINT)
     proc.popen.wait(30)
     time.sleep(0.5)
     assert [pid for pid in pids if Path(f"/proc/{pid}").exists()] == []
     assert proc.popen.returncode == 0
+
+
+def test_flower_listens_on_loopback_only_and_redis_has_a_memory_limit(launcher: Launched) -> None:
+    proc = launcher.proc
+    wait_for(lambda: bool(listening_addresses(launcher.flower_port)), 30, "Flower to listen", proc)
+    # 127.0.0.1 as /proc writes it (little-endian hex); never 0.0.0.0 or ::.
+    assert listening_addresses(launcher.flower_port) == {"0100007F"}
+    with redis.Redis.from_url(launcher.redis_url) as r:
+        assert int(r.config_get("maxmemory")["maxmemory"]) == 2 * 1024**3

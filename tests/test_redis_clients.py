@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from api.enqueue import TaskMessages
 from core.queue import make_celery
-from core.redis_clients import broker_transport_options, broker_url, retries_spanning, secrets
+from core.redis_clients import broker_transport_options, broker_url, password, retries_spanning, secrets
 from core.settings import Settings
 
 
@@ -53,6 +53,16 @@ def test_without_sentinels_the_broker_is_redis_url_with_redis_password_when_set(
     with_password = Settings(redis_url="redis://:old@h:6379/1", redis_password="new")
     assert broker_url(with_password) == "redis://:new@h:6379/1"
     assert "master_name" not in broker_transport_options(with_password)
+
+
+def test_a_percent_encoded_password_in_redis_url_is_used_decoded_with_or_without_sentinels() -> None:
+    """Regression: `redis://:p%40ss@h` sent `p%40ss` (and, through Sentinels, `p%2540ss`) as the password."""
+    direct = Settings(redis_url="redis://:p%40ss%3Aword@h:6379/0")
+    through_sentinels = Settings(redis_url="redis://:p%40ss%3Aword@h:6379/2", redis_sentinels="s1:26379")
+
+    assert password(direct) == "p@ss:word" == password(through_sentinels)
+    assert broker_url(through_sentinels).startswith("sentinel://:p%40ss%3Aword@")
+    assert "p%40ss%3Aword" in secrets(direct) and "p@ss:word" in secrets(direct)
 
 
 def test_both_passwords_are_masked_in_logs() -> None:

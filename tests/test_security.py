@@ -411,6 +411,9 @@ def test_no_key_or_lm_secret_in_any_log_record_or_error(keyed: Stack, alice: htt
     with httpx.Client(base_url=keyed.api_url, timeout=30) as stranger:
         stranger.get("/ready", headers=bearer(KEY_A + "x"))
         stranger.get(f"/jobs/{failed['id']}/events", params={"api_key": KEY_B + "x"})
+        # Not the parameter's name as sent: no key (401), and masked in the access log all the same.
+        encoded = stranger.get(f"/jobs/{failed['id']}/events?api%5Fkey={KEY_A}")
+        assert encoded.status_code == 401
     time.sleep(1)  # let the processes flush their logs
 
     secrets = [KEY_A, KEY_B, LM_SECRET]

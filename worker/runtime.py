@@ -45,6 +45,7 @@ from pydantic import BaseModel, ValidationError
 from core import keys
 from core.mlflow_uris import MlflowUri, parse_mlflow_uri
 from core.programs import ArtifactError, RegistryError, parse_artifact
+from core.redact import without_credentials
 from core.settings import Settings
 from program.lm import ServiceLM, build_adapter, build_lm
 from program.registry import ProgramSpec, program_specs
@@ -300,7 +301,8 @@ class Runtime:
         """Program name -> why this process cannot serve it, for the programs it cannot serve."""
         problems = dict(self._problems)
         problems.update({name: remote.problem for name, remote in self._mlflow.items() if remote.problem})
-        return {name: problem for name, problem in problems.items() if name not in self._programs}
+        # Published in Redis and shown by the API: a tracking URI's credentials stay here.
+        return {name: without_credentials(p) for name, p in problems.items() if name not in self._programs}
 
     def warm(self) -> None:
         """Load every program and the LM client now, not on the first job."""

@@ -25,11 +25,11 @@ from api import batch_store, idempotency
 from api.auth import UNAUTHORIZED, Caller, CallerDep, SseCallerDep
 from api.deps import RedisDep, SettingsDep, StreamsDep
 from api.idempotency import IdempotencyKey
+from api.last_event_id import parse_last_event_id
 from api.metrics import BATCHES_SUBMITTED
 from api.schemas import BatchOptions
 from api.submission_rate import check_submission
 from api.webhook_url import check_webhook_url
-from core import keys
 from core.batches import TERMINAL_BATCH_STATUSES, Batch, batch_from_fields
 from core.jobs import now_s
 from core.logging_setup import bind
@@ -117,20 +117,13 @@ async def submit(
     await check_webhook_url(options.webhook_url, settings)
     await check_submission(redis, settings, caller)
     batch_id = uuid.uuid4().hex
-    idempotency_key = caller.scoped(idempotency_key)
-    digest = idempotency.body_digest({"program": program, "items": items, **options.model_dump()})
-    original_id = await idempotency.claim(
-        redis, idempotency_key, digest, batch_id, settings.idempotency_ttl_s, keys.batch
-    )
-    if original_id is not None:
-        bind(batch_id=original_id)
-        response.headers["Idempotent-Replayed"] = "true"
-        return batch_from_fields(await batch_store.read_batch(redis, original_id, caller))
+    body = {"program": program, "items": items, **options.model_dump()}
+    claim = idempotency.claim_for(caller.scoped(idempotency_key), body, batch_id, settings.idempotency_ttl_s)
     bind(batch_id=batch_id)
     created_at = now_s()
     expires_after_s = options.expires_after_s or settings.batch_expires_after_s
     try:
-        fields = await batch_store.create_batch(
+        created = await batch_store.create_batch(
             redis,
             settings,
             batch_id,
@@ -139,17 +132,23 @@ async def submit(
             options.model,
             options.temperature,
             created_at,
-            owner=caller.owner,
+            caller=caller,
             stream=options.stream,
             expires_at_s=created_at + expires_after_s,
             webhook_url=options.webhook_url,
+            claim=claim,
         )
     except RedisError:
         # Answered 503 (api/main.py): nothing may stay of a batch its client was told was not accepted.
         with contextlib.suppress(RedisError):
             await batch_store.delete_batch(redis, batch_id)
-            await idempotency.release(redis, idempotency_key)
+            await idempotency.release(redis, claim)
         raise
+    if isinstance(created, str):
+        bind(batch_id=created)
+        response.headers["Idempotent-Replayed"] = "true"
+        return batch_from_fields(await batch_store.read_batch(redis, created, caller))
+    fields = created
     BATCHES_SUBMITTED.labels(caller.name).inc()
     log.info("batch of %d items submitted (program %s, key %s)", len(items), program, caller.name)
     response.headers["Location"] = f"/batches/{batch_id}"
@@ -230,6 +229,7 @@ async def cancel_batch(batch_id: str, redis: RedisDep, settings: SettingsDep, ca
     response_class=EventSourceResponse,
     responses={
         200: {"content": {"text/event-stream": {}}},
+        400: {"description": "Malformed Last-Event-ID."},
         404: {"description": "No batch."},
         429: {"description": "This key has as many event streams open as it may."},
     },
@@ -247,9 +247,9 @@ async def batch_events(
     state it has already seen. A browser's EventSource, which cannot send headers, may pass the key as
     `?api_key=`."""
     bind(batch_id=batch_id)
+    seen = parse_last_event_id(last_event_id)
     await batch_store.read_batch(redis, batch_id, caller)
     stream = await streams.open(caller, "batch")
-    seen = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     shutdown = anyio.Event()
 
     async def events() -> AsyncIterator[ServerSentEvent]:

@@ -27,6 +27,7 @@ from api import job_store
 from api.auth import UNAUTHORIZED, SseCallerDep
 from api.deps import HubDep, RedisDep, SettingsDep, StreamsDep
 from api.event_hub import RESYNC, Event, EventHub, LiveEvent, live_event
+from api.last_event_id import parse_last_event_id
 from core import keys
 from core.jobs import JobStatus
 from core.logging_setup import bind
@@ -49,19 +50,6 @@ async def _task(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
-
-
-def _last_event_id(header: str | None, query: str | None) -> int:
-    raw = header if header is not None else query
-    if raw is None or raw == "":
-        return 0
-    try:
-        seq = int(raw)
-    except ValueError:
-        seq = -1
-    if seq < 0:
-        raise HTTPException(422, f"Last-Event-ID must be a non-negative integer (an event's id), got {raw!r}")
-    return seq
 
 
 async def _replay(redis: aioredis.Redis, job_id: str, after: int) -> list[LiveEvent]:
@@ -159,7 +147,7 @@ async def follow(
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "`status`, `token`, then `result` or `error`."},
         404: {"description": "No job with this id."},
-        422: {"description": "Malformed Last-Event-ID."},
+        400: {"description": "Malformed Last-Event-ID."},
         429: {"description": "This key has as many event streams open as it may."},
     },
 )
@@ -178,7 +166,7 @@ async def job_events(
     """Stream the job's events: replays what the client has not seen, follows live, ends after the result.
     A browser's EventSource, which cannot send headers, may pass the key as `?api_key=`."""
     bind(job_id=job_id)
-    after = _last_event_id(last_event_id_header, last_event_id)
+    after = parse_last_event_id(last_event_id_header, last_event_id)
     if not await job_store.visible(redis, job_id, caller):
         raise HTTPException(404, f"no job with id {job_id!r} (never issued, or expired)")
     stream = await streams.open(caller, "job")

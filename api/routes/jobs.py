@@ -19,15 +19,14 @@ from redis.exceptions import RedisError
 
 from api import idempotency, job_store
 from api.auth import UNAUTHORIZED, Caller, CallerDep
-from api.deps import CeleryDep, HubDep, RedisDep, SettingsDep
+from api.deps import CeleryDep, RedisDep, SettingsDep, WaitsDep
 from api.enqueue import task_messages
-from api.event_hub import EventHub
 from api.idempotency import IdempotencyKey
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import JobOptions
 from api.submission_rate import check_submission
+from api.waits import Waits
 from api.webhook_url import check_webhook_url
-from core import keys
 from core.jobs import Job, JobLinks, JobStatus, job_from_fields, now_s
 from core.logging_setup import bind
 from core.queue import RUN_JOB_TASK
@@ -65,7 +64,7 @@ def add_submit_route(
         response: Response,
         redis: RedisDep,
         celery: CeleryDep,
-        hub: HubDep,
+        waits: WaitsDep,
         settings: SettingsDep,
         caller: CallerDep,
         idempotency_key: IdempotencyKey = None,
@@ -73,7 +72,7 @@ def add_submit_route(
     ) -> Job | Response:
         options: JobOptions = body
         return await submit(
-            program, inputs_of(body), options, response, redis, celery, hub, settings, caller, idempotency_key, wait
+            program, inputs_of(body), options, response, redis, celery, waits, settings, caller, idempotency_key, wait
         )
 
     submit_job.__doc__ = doc
@@ -95,7 +94,7 @@ async def submit(
     response: Response,
     redis: aioredis.Redis,
     celery: Celery,
-    hub: EventHub,
+    waits: Waits,
     settings: Settings,
     caller: Caller,
     idempotency_key: str | None,
@@ -107,13 +106,8 @@ async def submit(
     await check_webhook_url(options.webhook_url, settings)
     await check_submission(redis, settings, caller)
     job_id = uuid.uuid4().hex
-    idempotency_key = caller.scoped(idempotency_key)
-    digest = idempotency.body_digest({"program": program, "input": inputs, **options.model_dump()})
-    original_id = await idempotency.claim(redis, idempotency_key, digest, job_id, settings.idempotency_ttl_s, keys.job)
-    if original_id is not None:
-        bind(job_id=original_id)
-        response.headers["Idempotent-Replayed"] = "true"
-        return await _respond(response, redis, hub, original_id, wait, None, caller)
+    body = {"program": program, "input": inputs, **options.model_dump()}
+    claim = idempotency.claim_for(caller.scoped(idempotency_key), body, job_id, settings.idempotency_ttl_s)
     bind(job_id=job_id)
     # The model travels with the message: a worker asks for its LM capacity before it reads the record.
     message = task_messages(celery).build(
@@ -121,7 +115,7 @@ async def submit(
     )
     created_at = now_s()
     try:
-        fields = await job_store.create_job(
+        created = await job_store.create_job(
             redis,
             settings,
             job_id,
@@ -131,10 +125,11 @@ async def submit(
             options.temperature,
             created_at,
             message,
-            owner=caller.owner,
+            caller=caller,
             stream=options.stream,
             expires_at_s=created_at + (options.expires_after_s or settings.job_expires_after_s),
             webhook_url=options.webhook_url,
+            claim=claim,
         )
     except RedisError:
         # Answered 503 (api/main.py). The script may have run before the
@@ -142,19 +137,24 @@ async def submit(
         # was not accepted.
         with contextlib.suppress(RedisError):
             await job_store.delete_job(redis, job_id)
-            await idempotency.release(redis, idempotency_key)
+            await idempotency.release(redis, claim)
         raise
+    if isinstance(created, str):
+        bind(job_id=created)
+        response.headers["Idempotent-Replayed"] = "true"
+        return await _respond(response, redis, waits, created, wait, None, caller)
+    fields = created
     JOBS_SUBMITTED.labels(program, caller.name).inc()
     log.info("job submitted (program %s, key %s)", program, caller.name)
     # Without `wait`, the answer is the record as accepted (`queued`), even if
     # a worker has already picked the job up: that is what the client polls from.
-    return await _respond(response, redis, hub, job_id, wait, fields, caller)
+    return await _respond(response, redis, waits, job_id, wait, fields, caller)
 
 
 async def _respond(
     response: Response,
     redis: aioredis.Redis,
-    hub: EventHub,
+    waits: Waits,
     job_id: str,
     wait: float | None,
     fields: dict[str, str] | None,
@@ -162,7 +162,7 @@ async def _respond(
 ) -> Job | Response:
     response.headers["Location"] = f"/jobs/{job_id}"
     if wait:
-        found = await job_store.wait_until_finished(redis, hub, job_id, wait)
+        found = await waits.until_finished(caller, job_id, wait)
         if isinstance(found, str):
             # The finished record as its terminal event carries it: already the response body.
             return Response(found, status.HTTP_200_OK, headers=dict(response.headers), media_type="application/json")
@@ -187,7 +187,7 @@ async def _respond(
 async def get_job(
     job_id: str,
     redis: RedisDep,
-    hub: HubDep,
+    waits: WaitsDep,
     settings: SettingsDep,
     caller: CallerDep,
     wait: WaitQuery = None,
@@ -201,7 +201,7 @@ async def get_job(
     if fields is None:
         raise HTTPException(404, f"no job with id {job_id!r} (never issued, or expired)")
     if wait and not JobStatus(fields["status"]).is_terminal:
-        found = await job_store.wait_until_finished(redis, hub, job_id, wait)
+        found = await waits.until_finished(caller, job_id, wait)
         if isinstance(found, str):
             return Response(found, media_type="application/json")
         fields = found or fields

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from api.auth import UNAUTHORIZED, CallerDep
+from api.auth import UNAUTHORIZED, AdminDep
 from api.deps import RedisDep, SettingsDep
 from api.metrics import SnapshotCollector, process_metrics, read_snapshot
 
@@ -16,10 +16,12 @@ router = APIRouter(tags=["operations"])
     responses={
         200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Prometheus text format."},
         **UNAUTHORIZED,
+        403: {"description": "Not an operator's key (API_ADMIN_KEYS)."},
     },
 )
-async def metrics(redis: RedisDep, settings: SettingsDep, _caller: CallerDep) -> Response:
-    """Prometheus metrics of the API, the workers and the queues."""
+async def metrics(redis: RedisDep, settings: SettingsDep, _admin: AdminDep) -> Response:
+    """Prometheus metrics of the API, the workers and the queues. With API keys configured, an operator's key
+    (API_ADMIN_KEYS) only: they name every key and what it does."""
     snapshot = await read_snapshot(redis, settings)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(snapshot))

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from api.auth import CallerDep
-from api.deps import CeleryDep, HubDep, RedisDep, SettingsDep
+from api.deps import CeleryDep, RedisDep, SettingsDep, WaitsDep
 from api.idempotency import IdempotencyKey
 from api.mlflow_programs import MlflowPrograms
 from api.program_catalog import ProgramModels
@@ -63,7 +63,7 @@ def add_routes(
         response: Response,
         redis: RedisDep,
         celery: CeleryDep,
-        hub: HubDep,
+        waits: WaitsDep,
         settings: SettingsDep,
         caller: CallerDep,
         idempotency_key: IdempotencyKey = None,
@@ -71,7 +71,7 @@ def add_routes(
     ) -> Job | Response:
         parsed = _validated((await _models(programs, redis, settings, name)).job_create, body)
         return await jobs.submit(
-            name, inputs_of(parsed), parsed, response, redis, celery, hub, settings, caller, idempotency_key, wait
+            name, inputs_of(parsed), parsed, response, redis, celery, waits, settings, caller, idempotency_key, wait
         )
 
     async def submit_batch(

@@ -15,6 +15,10 @@ class ModelsPage(BaseModel):
 
 
 @router.get("/models", response_model=ModelsPage)
-async def list_models(redis: RedisDep, settings: SettingsDep, _caller: CallerDep) -> ModelsPage:
-    """Every model jobs may use: its endpoint's limits, calls in flight, who waits, whether it is paused."""
-    return ModelsPage(models=await read_capacity(redis, settings, await bulk_waiting(redis, settings)))
+async def list_models(redis: RedisDep, settings: SettingsDep, caller: CallerDep) -> ModelsPage:
+    """Every model jobs may use: its endpoint's limits, calls in flight, who waits, whether it is paused.
+    With API keys configured, only an operator's key (API_ADMIN_KEYS) sees each endpoint's `api_base`."""
+    models = await read_capacity(redis, settings, await bulk_waiting(redis, settings))
+    if not caller.admin:
+        models = [model.model_copy(update={"api_base": None}) for model in models]
+    return ModelsPage(models=models)

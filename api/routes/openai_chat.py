@@ -51,15 +51,16 @@ from api.chat_format import (
     ModelList,
     ModelObject,
 )
-from api.deps import CeleryDep, HubDep, RedisDep, SettingsDep, StreamsDep
+from api.deps import CeleryDep, RedisDep, SettingsDep, StreamsDep, WaitsDep
 from api.errors import OpenAIError
 from api.event_hub import EventHub
 from api.idempotency import IdempotencyKey
+from api.key_slots import KeySlots
 from api.mlflow_programs import MlflowPrograms
 from api.program_catalog import Catalog, CatalogEntry, ProgramModels
 from api.routes import events, jobs
 from api.schemas import JobOptions
-from api.stream_slots import StreamSlots
+from api.waits import Waits
 from core.jobs import Job, JobStatus
 from core.programs import ArtifactError, read_artifact_info
 from core.settings import Settings
@@ -178,10 +179,10 @@ def build_router(catalog: Catalog) -> APIRouter:
         response: Response,
         redis: aioredis.Redis,
         celery: Celery,
-        hub: EventHub,
+        waits: Waits,
         settings: Settings,
         caller: Caller,
-        streams: StreamSlots,
+        streams: KeySlots,
         idempotency_key: str | None,
     ) -> Response:
         try:
@@ -193,7 +194,7 @@ def build_router(catalog: Catalog) -> APIRouter:
 
         async def submit(wait: float | None) -> dict[str, Any]:
             found = await jobs.submit(
-                program.name, inputs, options, response, redis, celery, hub, settings, caller, idempotency_key, wait
+                program.name, inputs, options, response, redis, celery, waits, settings, caller, idempotency_key, wait
             )
             return _record(found)
 
@@ -219,7 +220,7 @@ def build_router(catalog: Catalog) -> APIRouter:
         writer = ChatStream(program, str(record["id"]), chat_format.created_s(record), as_json, include_usage)
         shutdown = anyio.Event()
         return EventSourceResponse(
-            _chunks(redis, hub, writer, shutdown),
+            _chunks(redis, waits.hub, writer, shutdown),
             shutdown_event=shutdown,
             shutdown_grace_period=1.0,
             ping=settings.sse_ping_s,
@@ -234,7 +235,7 @@ def build_router(catalog: Catalog) -> APIRouter:
         response: Response,
         redis: RedisDep,
         celery: CeleryDep,
-        hub: HubDep,
+        waits: WaitsDep,
         settings: SettingsDep,
         caller: CallerDep,
         streams: StreamsDep,
@@ -245,7 +246,7 @@ def build_router(catalog: Catalog) -> APIRouter:
         program = await program_of(body.model, "model", redis, settings)
         as_json = body.response_format is not None and body.response_format.type != "text"
         return await chat(
-            program, body, as_json, response, redis, celery, hub, settings, caller, streams, idempotency_key
+            program, body, as_json, response, redis, celery, waits, settings, caller, streams, idempotency_key
         )
 
     @router.post("/invocations", response_model=None, responses=_CHAT_RESPONSES)
@@ -254,7 +255,7 @@ def build_router(catalog: Catalog) -> APIRouter:
         response: Response,
         redis: RedisDep,
         celery: CeleryDep,
-        hub: HubDep,
+        waits: WaitsDep,
         settings: SettingsDep,
         caller: CallerDep,
         streams: StreamsDep,
@@ -270,7 +271,9 @@ def build_router(catalog: Catalog) -> APIRouter:
             program = await program_of(chosen, "params.program", redis, settings)
         else:
             program = await program_of(body.model or catalog.default, "model", redis, settings)
-        return await chat(program, body, True, response, redis, celery, hub, settings, caller, streams, idempotency_key)
+        return await chat(
+            program, body, True, response, redis, celery, waits, settings, caller, streams, idempotency_key
+        )
 
     async def served_from_mlflow(redis: aioredis.Redis, settings: Settings) -> list[ModelObject]:
         served = []

@@ -36,10 +36,12 @@ end
 
 -- Items no worker has picked of a batch that was cancelled or is past its
 -- deadline end here, all at once: they have no record to write, only counts
--- (their status reads from `settled_from` and `settled_as`). Items waiting for
--- a retry have records, and end when they are picked. True if it settled any.
+-- (their status reads from `settled_from` and `settled_as`). Those among them
+-- that already ended one by one (cancelled by a client: `item_end_unpicked`)
+-- were counted then and are not counted again. Items waiting for a retry have
+-- records, and end when they are picked. True if it settled any.
 local function settle_unpicked(batch, now)
-  local f = redis.call('HMGET', batch, 'total', 'cursor', 'cancel_requested', 'expires_at')
+  local f = redis.call('HMGET', batch, 'total', 'cursor', 'cancel_requested', 'expires_at', 'ended_key')
   local total, cursor = num(f[1]), num(f[2])
   if cursor >= total then return false end
   local ending = nil
@@ -49,13 +51,65 @@ local function settle_unpicked(batch, now)
     ending = 'expired'
   end
   if not ending then return false end
+  local already = 0
+  if f[5] then
+    already = redis.call('SCARD', f[5])
+    redis.call('DEL', f[5])
+  end
   redis.call('HSET', batch, 'cursor', total, 'settled_from', cursor, 'settled_as', ending)
-  batch_items_moved(batch, 'queued', ending, total - cursor, nil)
+  batch_items_moved(batch, 'queued', ending, total - cursor - already, nil)
   return true
 end
 
--- KEYS: batch hash. ARGV: none. Called by the API with the batch's creation.
-redis.register_function('batch_register', function(keys, args)
+-- Whether the item at `index` of `batch`, which has no record, may be given
+-- one that ends it now (a client cancels it before any worker picked it).
+-- Refused (false) when the batch already ended it (`settled_from`) or there
+-- is no such item. An item the cursor has not reached is noted in the batch's
+-- ended set (for `ttl_s`), so neither a pick nor `settle_unpicked` counts it again.
+local function item_end_unpicked(batch, index, ttl_s)
+  local f = redis.call('HMGET', batch, 'total', 'cursor', 'settled_from', 'ended_key')
+  if not f[1] or index < 0 or index >= num(f[1]) then return false end
+  if f[3] and index >= num(f[3]) then return false end
+  if index >= num(f[2]) and f[4] then
+    redis.call('SADD', f[4], index)
+    redis.call('EXPIRE', f[4], ttl_s)
+  end
+  return true
+end
+
+-- The API stores a batch: its record, its items' inputs, its Idempotency-Key
+-- claim and its turn in the bulk rotation, in one step. KEYS: batch hash,
+-- inputs list, the claim ('' for none), the open batches set
+-- (`keys.OPEN_BATCHES`), the batch deadlines set, then the quota block
+-- (`quota_args`). ARGV: ttl_s, batch id, created_at, expires_at ('' for
+-- none), the claim's value (`<batch id> <digest>`), its ttl_s, the key
+-- template of a batch hash (`%s` = batch id), the quota block (6 values), n,
+-- n field/value pairs of the record, then every item's input (JSON).
+-- Returns 1 when stored; the claim's value when its key already made a batch
+-- that exists (a claim whose batch is gone is taken over); {quota, in use,
+-- limit} when over a quota. Nothing is written unless it returns 1.
+redis.register_function('batch_create', function(keys, args)
+  if keys[3] ~= '' then
+    local claimed = redis.call('GET', keys[3])
+    if claimed and redis.call('EXISTS', string.format(args[7], string.match(claimed, '^%S+'))) == 1 then
+      return claimed
+    end
+  end
+  local n = tonumber(args[14])
+  local first_input = 15 + 2 * n
+  local q = quota_args(keys, 6, args, 8)
+  local refused = quota_refusal(q, #args - first_input + 1)
+  if refused then return refused end
+  quota_charge(q, args[2])
+  if keys[3] ~= '' then redis.call('SET', keys[3], args[5], 'EX', args[6]) end
+  redis.call('HSET', keys[1], unpack(args, 15, first_input - 1))
+  redis.call('EXPIRE', keys[1], args[1])
+  for i = first_input, #args, 1000 do
+    redis.call('RPUSH', keys[2], unpack(args, i, math.min(i + 999, #args)))
+  end
+  if #args >= first_input then redis.call('EXPIRE', keys[2], args[1]) end
+  redis.call('ZADD', keys[4], args[3], args[2])
+  if args[4] ~= '' then redis.call('ZADD', keys[5], args[4], args[2]) end
   ensure_in_rotation(keys[1])
   return 1
 end)
@@ -77,10 +131,16 @@ local function pick_from(batch, batch_id, batches_list, owners, owner, now, pick
   if due[1] then
     item = due[1]
     index = tonumber(string.match(item, '%-(%d+)$'))
-  elseif cursor < total then
-    index = cursor
-    item = batch_id .. '-' .. cursor
-    redis.call('HSET', batch, 'cursor', cursor + 1)
+  else
+    -- Past the items a client already ended before any worker picked them.
+    local ended, from = redis.call('HGET', batch, 'ended_key'), cursor
+    while cursor < total and ended and redis.call('SREM', ended, cursor) == 1 do cursor = cursor + 1 end
+    if cursor < total then
+      index = cursor
+      item = batch_id .. '-' .. cursor
+      cursor = cursor + 1
+    end
+    if cursor ~= from then redis.call('HSET', batch, 'cursor', cursor) end
   end
   if not item then
     if cursor >= total and redis.call('ZCARD', f[6]) == 0 then

@@ -75,11 +75,29 @@ local function release(keys, job_id)
 end
 
 -- KEYS: job hash, event stream, channel, the queue's list, the queue's queued
--- set, the deadline set. ARGV: ttl_s, maxlen, the `queued` event's data, the
--- task message, the task-sent event's channel ('' for none) and message,
--- now, job id, expires_at ('' for none), then the record's field/value pairs.
+-- set, the deadline set, the Idempotency-Key's claim ('' for none), then the
+-- quota block (`quota_args`). ARGV: ttl_s, maxlen, the `queued` event's data,
+-- the task message, the task-sent event's channel ('' for none) and message,
+-- now, job id, expires_at ('' for none), the claim's value (`<job id>
+-- <digest>`), its ttl_s, the key template of a job hash (`%s` = job id), the
+-- quota block (6 values), then the record's field/value pairs.
+-- Returns 1 when created; the claim's value when its key already made a job
+-- that exists (a claim whose job is gone is taken over), so one key never
+-- creates two jobs; {quota, in use, limit} when over a quota. Nothing is
+-- written unless it returns 1.
 redis.register_function('job_create', function(keys, args)
-  redis.call('HSET', keys[1], unpack(args, 10))
+  if keys[7] ~= '' then
+    local claimed = redis.call('GET', keys[7])
+    if claimed and redis.call('EXISTS', string.format(args[12], string.match(claimed, '^%S+'))) == 1 then
+      return claimed
+    end
+  end
+  local q = quota_args(keys, 8, args, 13)
+  local refused = quota_refusal(q, nil)
+  if refused then return refused end
+  quota_charge(q, nil)
+  if keys[7] ~= '' then redis.call('SET', keys[7], args[10], 'EX', args[11]) end
+  redis.call('HSET', keys[1], unpack(args, 19))
   redis.call('EXPIRE', keys[1], args[1])
   append_event(keys[1], keys[2], keys[3], 'status', args[3], args[2], args[1], {}, nil)
   redis.call('LPUSH', keys[4], args[4])
@@ -234,12 +252,18 @@ end)
 -- The API cancels a job. ARGV: the terminal event's data (the cancelled
 -- record), maxlen, ttl_s, m, m field/value pairs for the record, then the
 -- field/value pairs to create the record with if it has none (a batch item no
--- worker has picked: cancelled now, it is never picked). Returns the event's
--- sequence number, or what `append_event` refused with.
+-- worker has picked: cancelled now, it is never picked; refused as FINISHED
+-- if its batch has already ended it). Returns the event's sequence number, or
+-- what `append_event` refused with.
 redis.register_function('job_cancel', function(keys, args)
   local m = tonumber(args[4])
   if redis.call('EXISTS', keys[1]) == 0 and #args > 4 + 2 * m then
     redis.call('HSET', keys[1], unpack(args, 5 + 2 * m))
+    local f = redis.call('HMGET', keys[1], 'batch_key', 'index')
+    if f[1] and not item_end_unpicked(f[1], tonumber(f[2]) or -1, args[3]) then
+      redis.call('DEL', keys[1])
+      return FINISHED
+    end
     redis.call('EXPIRE', keys[1], args[3])
   end
   local seq = append_event(keys[1], keys[2], keys[3], 'error', args[1], args[2], args[3], {unpack(args, 5, 4 + 2 * m)},

@@ -1,0 +1,8 @@
+"""Which request paths submit work, for the middleware that decides before any route runs."""
+
+import re
+
+# Every route that stores a job or a batch (POST).
+SUBMISSIONS = re.compile(r"^/(?:jobs|batches|programs/[^/]+/(?:jobs|batches)|v1/chat/completions|invocations)/?$")
+# `POST /batches` and `POST /programs/{name}/batches` (the page uploads through the latter): the batch body limit.
+BATCH_SUBMISSIONS = re.compile(r"^/(?:programs/[^/]+/)?batches/?$")

@@ -8,7 +8,6 @@ dependency in its thread pool, a thread hop per dependency per request
 from typing import Annotated
 
 import redis.asyncio as aioredis
-from celery import Celery
 from fastapi import Depends, Request
 
 from api.event_hub import EventHub
@@ -20,11 +19,6 @@ from core.settings import Settings, get_settings
 async def _redis(request: Request) -> aioredis.Redis:
     client: aioredis.Redis = request.app.state.redis
     return client
-
-
-async def _celery(request: Request) -> Celery:
-    app: Celery = request.app.state.celery
-    return app
 
 
 async def _hub(request: Request) -> EventHub:
@@ -48,7 +42,6 @@ async def _settings() -> Settings:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RedisDep = Annotated[aioredis.Redis, Depends(_redis)]
-CeleryDep = Annotated[Celery, Depends(_celery)]
 HubDep = Annotated[EventHub, Depends(_hub)]
 StreamsDep = Annotated[KeySlots, Depends(_streams)]
 WaitsDep = Annotated[Waits, Depends(_waits)]

@@ -176,29 +176,9 @@ def create_app() -> FastAPI:
     app.add_exception_handler(NotReplicated, _not_replicated)
     catalog = Catalog(settings)
     app.state.catalog = catalog
-    default = catalog.default_models
-    jobs.add_submit_route(
-        jobs.router,
-        "",
-        settings.default_program,
-        catalog.default_bodies.job_create,  # type: ignore[arg-type]
-        default.job,
-        lambda body: body.model_dump(mode="json", include=set(default.input_fields), exclude_unset=True),
-        f"Submit a `{settings.default_program}` job (the default program); answers 202 at once, or the finished "
-        "job if it completes within `wait` seconds.",
-    )
-    batches.add_submit_route(
-        batches.router,
-        "",
-        settings.default_program,
-        catalog.default_bodies.batch_create,  # type: ignore[arg-type]
-        lambda body: [item.model_dump(mode="json", exclude_unset=True, exclude_none=False) for item in body.items],
-        f"Submit a batch of `{settings.default_program}` jobs (the default program); answers 202 once every item "
-        "is stored, before they are all enqueued.",
-    )
-    app.include_router(jobs.router)
+    app.include_router(jobs.build_router(catalog))
     app.include_router(events.router)
-    app.include_router(batches.router)
+    app.include_router(batches.build_router(catalog))
     app.include_router(programs.build_router(catalog))
     app.include_router(health.router)
     app.include_router(models.router)

@@ -7,7 +7,7 @@ Schemas of its signature's fields to Redis (`keys.program_interface`)
 before serving it, and every heartbeat says which version each worker
 serves and, for a program it cannot serve, why (worker/runtime.py).
 
-Per request, from those (three Redis round trips):
+Per request, from those (the catalog reads the heartbeats, api/program_catalog.py):
 
 - some online worker serves it: it is available; the version it is known by
   is the newest one an online worker serves (while an alias moves, workers
@@ -25,23 +25,14 @@ has their schemas.
 """
 
 import json
-import time
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
-from api.program_catalog import ProgramModels, program_models
+from api.program_models import ProgramModels, program_models
 from core import keys
 from core.mlflow_uris import version_number
-from core.settings import Settings
-
-
-@dataclass(frozen=True)
-class WorkerReport:
-    worker: str
-    versions: dict[str, str]
-    problems: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -51,25 +42,6 @@ class MlflowProgramState:
     problem: str | None
     # What the workers know of the version: the registered model, its version and run, its source.
     metadata: dict[str, Any] | None
-    # Each online worker and the version it serves (None: not this program).
-    workers: list[tuple[str, str | None]] = field(default_factory=list)
-
-    @property
-    def available(self) -> bool:
-        return self.models is not None
-
-
-async def online_workers(redis: aioredis.Redis, offline_after_s: float) -> list[WorkerReport]:
-    since = time.time() - offline_after_s
-    workers = cast(list[str], await redis.zrangebyscore(keys.WORKERS, since, "+inf"))
-    async with redis.pipeline(transaction=False) as pipe:
-        for worker in workers:
-            pipe.hmget(keys.worker(worker), ["programs", "problems"])
-        listed = cast(list[list[str | None]], await pipe.execute())
-    return [
-        WorkerReport(worker, json.loads(versions or "{}"), json.loads(problems or "{}"))
-        for worker, (versions, problems) in zip(workers, listed, strict=True)
-    ]
 
 
 def _newest(versions: list[str]) -> str:
@@ -83,32 +55,33 @@ class MlflowPrograms:
     def __init__(self) -> None:
         self._models: dict[tuple[str, str], tuple[ProgramModels, dict[str, Any]]] = {}
 
-    async def state(self, redis: aioredis.Redis, settings: Settings, name: str) -> MlflowProgramState:
-        reports = await online_workers(redis, settings.worker_offline_after_s)
-        workers = [(report.worker, report.versions.get(name)) for report in reports]
+    async def state(
+        self, redis: aioredis.Redis, name: str, workers: list[tuple[str, str | None]], problems: list[str]
+    ) -> MlflowProgramState:
+        """The program now, from what the online `workers` serve of it (worker, version) and the `problems`
+        they reported for it."""
         served = [version for _, version in workers if version is not None]
         if not served:
-            problems = sorted({report.problems[name] for report in reports if name in report.problems})
             if problems:
-                problem = "; ".join(problems)
-            elif reports:
+                problem = "; ".join(sorted(set(problems)))
+            elif workers:
                 problem = "no online worker has loaded it from MLflow yet"
             else:
                 problem = "no worker is online to load it from MLflow"
-            return MlflowProgramState(None, None, problem, None, workers)
+            return MlflowProgramState(None, None, problem, None)
         version = _newest(served)
         built = self._models.get((name, version))
         if built is None:
             raw = await redis.hget(keys.program_interface(name), version)
             if raw is None:
                 problem = f"version {version} is served, but its interface is not in Redis (flushed?)"
-                return MlflowProgramState(version, None, problem, None, workers)
+                return MlflowProgramState(version, None, problem, None)
             try:
                 interface = json.loads(raw)
                 models = program_models(name, {"input": interface["input"], "output": interface["output"]})
             except (ValueError, KeyError, TypeError) as e:
                 problem = f"version {version}'s published interface is unreadable ({type(e).__name__}: {e})"
-                return MlflowProgramState(version, None, problem, None, workers)
+                return MlflowProgramState(version, None, problem, None)
             built = self._models[(name, version)] = (models, interface.get("metadata") or {})
         models, metadata = built
-        return MlflowProgramState(version, models, None, metadata, workers)
+        return MlflowProgramState(version, models, None, metadata)

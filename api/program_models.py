@@ -17,9 +17,14 @@ package: the ones on PyPI name enums and nested models generically, which
 collides across programs in one OpenAPI document.
 """
 
+from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from api.schemas import BatchOptions, CustomId, JobOptions, ProgramInput
+from core.jobs import Job
+from core.programs import model_prefix
 
 _SCALARS: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool, "null": type(None)}
 
@@ -82,3 +87,47 @@ def model_from_schema(
 ) -> type[BaseModel]:
     """A model named `name` for an object schema; nested models are named `prefix` + their title."""
     return _Builder(prefix, schema).model(name, schema, extra, base)
+
+
+@dataclass(frozen=True)
+class ProgramModels:
+    input: type[ProgramInput]
+    output: type[BaseModel]
+    job: type[Job]  # the job record, with `result` typed as the program's output
+    job_create: type[JobOptions]  # {"input": {...}, "model"?, "temperature"?, "stream"?}
+    batch_create: type[BatchOptions]  # {"items": [{"input": {...}, "custom_id"?}], ...}
+
+    @property
+    def input_fields(self) -> list[str]:
+        return list(self.input.model_fields)
+
+
+def program_models(name: str, schemas: dict[str, dict[str, Any]]) -> ProgramModels:
+    """The request and response models of a program whose signature has these `{"input", "output"}` schemas."""
+    camel = model_prefix(name)
+    input_model = model_from_schema(f"{camel}Input", schemas["input"], prefix=camel, base=ProgramInput)
+    # Every output field optional in the response: a record written by a
+    # worker on another artifact version must still be answerable.
+    output_schema = {**schemas["output"], "required": []}
+    output_model = model_from_schema(f"{camel}Output", output_schema, prefix=camel, extra="allow")
+    job = create_model(
+        f"{camel}Job",
+        __base__=Job,
+        result=(output_model | None, Field(None, description=f"The {name} program's output fields.")),  # type: ignore[arg-type]
+    )
+    item = create_model(
+        f"{camel}BatchItem",
+        __base__=CustomId,
+        input=(input_model, Field(description=f"The {name} program's input fields.")),
+    )
+    job_create = create_model(
+        f"{camel}JobCreate",
+        __base__=JobOptions,
+        input=(input_model, Field(description=f"The {name} program's input fields.")),
+    )
+    batch_create = create_model(
+        f"{camel}BatchCreate",
+        __base__=BatchOptions,
+        items=(list[item], Field(min_length=1, description="The items, each the input of one job.")),
+    )
+    return ProgramModels(input_model, output_model, job, job_create, batch_create)  # type: ignore[arg-type]

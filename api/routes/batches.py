@@ -1,42 +1,35 @@
 """`/batches`: submit many inputs at once, watch progress, page through results, cancel.
 
-Submitting is shared by `POST /batches` (the default program, flat items)
-and `POST /programs/{name}/batches` (any program, each item's input under
-`input`); both routes are added by `add_submit_route` (api/main.py).
+`POST /batches` takes the default program's items flat; it and
+`POST /programs/{name}/batches` submit through the same service
+(api/submission.py).
 """
 
-import contextlib
 import json
 import logging
-import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from typing import Annotated
 
 import anyio
-import redis.asyncio as aioredis
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from api import batch_store, idempotency
-from api.auth import UNAUTHORIZED, Caller, CallerDep, SseCallerDep
+from api import batch_store
+from api.auth import UNAUTHORIZED, CallerDep, SseCallerDep
 from api.deps import RedisDep, SettingsDep, StreamsDep
-from api.idempotency import IdempotencyKey
 from api.last_event_id import parse_last_event_id
-from api.metrics import BATCHES_SUBMITTED
-from api.schemas import BatchOptions
-from api.submission_rate import check_submission
-from api.webhook_url import check_webhook_url
+from api.program_catalog import Catalog
+from api.submission import add_batch_route
 from core.batches import TERMINAL_BATCH_STATUSES, Batch, batch_from_fields
-from core.jobs import now_s
 from core.logging_setup import bind
-from core.settings import Settings
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/batches", tags=["batches"], responses=UNAUTHORIZED)
+# The routes of one batch, the same whatever the catalog holds.
+_by_id = APIRouter()
 
 
 class BatchItemResult(BaseModel):
@@ -55,115 +48,29 @@ class BatchResultsPage(BaseModel):
     next_cursor: int | None = Field(description="Pass as `cursor` for the next page; null after the last item.")
 
 
-SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    413: {"description": "Too many items, or the body is too large; nothing was stored."},
-    429: {"description": "Over this key's submission rate; `Retry-After` says when to retry. Nothing stored."},
-    503: {"description": "Redis or the queue is unavailable; nothing was stored."},
-}
-
-# One batch item as the bulk worker reads it (worker/bulk.py): the input fields, plus `custom_id`.
-StoredItem = dict[str, Any]
-
-
-def add_submit_route(
-    router: APIRouter,
-    path: str,
-    program: str,
-    body_model: type[BatchOptions],
-    items_of: Callable[[Any], list[StoredItem]],
-    doc: str,
-) -> None:
-    """`POST <path>`: submit a batch of `program` jobs, items taken from a `body_model` body."""
-
-    async def submit_batch(
-        body: body_model,  # type: ignore[valid-type]
-        response: Response,
-        redis: RedisDep,
-        settings: SettingsDep,
-        caller: CallerDep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> Batch:
-        options: BatchOptions = body
-        return await submit(program, items_of(body), options, response, redis, settings, caller, idempotency_key)
-
-    submit_batch.__doc__ = doc
-    router.add_api_route(
-        path,
-        submit_batch,
-        methods=["POST"],
-        status_code=status.HTTP_202_ACCEPTED,
-        response_model=Batch,
-        summary=f"Submit a {program} batch",
-        responses=SUBMIT_RESPONSES,
+def build_router(catalog: Catalog) -> APIRouter:
+    router = APIRouter(prefix="/batches", tags=["batches"], responses=UNAUTHORIZED)
+    add_batch_route(
+        router,
+        "",
+        catalog.default,
+        catalog.default_bodies.batch_create,  # type: ignore[arg-type]
+        lambda body: [item.model_dump(mode="json", exclude_unset=True, exclude_none=False) for item in body.items],
+        f"Submit a batch of `{catalog.default}` jobs (the default program); answers 202 once every item is "
+        "stored, before they are all enqueued.",
     )
+    router.include_router(_by_id)
+    return router
 
 
-async def submit(
-    program: str,
-    items: list[StoredItem],
-    options: BatchOptions,
-    response: Response,
-    redis: aioredis.Redis,
-    settings: Settings,
-    caller: Caller,
-    idempotency_key: str | None,
-) -> Batch:
-    """Store the batch and answer once every item is stored; bulk workers take its items in turn."""
-    max_items = settings.batch_max_items
-    if caller.owner is not None and settings.key_batch_max_items > 0:
-        max_items = min(max_items, settings.key_batch_max_items)
-    if len(items) > max_items:
-        raise HTTPException(413, f"{len(items)} items; a batch may hold at most {max_items}")
-    await check_webhook_url(options.webhook_url, settings)
-    await check_submission(redis, settings, caller)
-    batch_id = uuid.uuid4().hex
-    body = {"program": program, "items": items, **options.model_dump()}
-    claim = idempotency.claim_for(caller.scoped(idempotency_key), body, batch_id, settings.idempotency_ttl_s)
-    bind(batch_id=batch_id)
-    created_at = now_s()
-    expires_after_s = options.expires_after_s or settings.batch_expires_after_s
-    try:
-        created = await batch_store.create_batch(
-            redis,
-            settings,
-            batch_id,
-            program,
-            items,
-            options.model,
-            options.temperature,
-            created_at,
-            caller=caller,
-            stream=options.stream,
-            expires_at_s=created_at + expires_after_s,
-            webhook_url=options.webhook_url,
-            claim=claim,
-        )
-    except RedisError:
-        # Answered 503 (api/main.py): nothing may stay of a batch its client was told was not accepted.
-        with contextlib.suppress(RedisError):
-            await batch_store.delete_batch(redis, batch_id)
-            await idempotency.release(redis, claim)
-        raise
-    if isinstance(created, str):
-        bind(batch_id=created)
-        response.headers["Idempotent-Replayed"] = "true"
-        return batch_from_fields(await batch_store.read_batch(redis, created, caller))
-    fields = created
-    BATCHES_SUBMITTED.labels(caller.name).inc()
-    log.info("batch of %d items submitted (program %s, key %s)", len(items), program, caller.name)
-    response.headers["Location"] = f"/batches/{batch_id}"
-    # The batch as accepted, even if a bulk worker has already picked an item: what the client polls from.
-    return batch_from_fields(fields)
-
-
-@router.get("/{batch_id}", response_model=Batch, responses={404: {"description": "No batch with this id."}})
+@_by_id.get("/{batch_id}", response_model=Batch, responses={404: {"description": "No batch with this id."}})
 async def get_batch(batch_id: str, redis: RedisDep, caller: CallerDep) -> Batch:
     """The batch: status, counts by item status, timestamps, total LM usage."""
     bind(batch_id=batch_id)
     return batch_from_fields(await batch_store.read_batch(redis, batch_id, caller))
 
 
-@router.get("/{batch_id}/results", response_model=BatchResultsPage, responses={404: {"description": "No batch."}})
+@_by_id.get("/{batch_id}/results", response_model=BatchResultsPage, responses={404: {"description": "No batch."}})
 async def get_batch_results(
     batch_id: str,
     redis: RedisDep,
@@ -184,7 +91,7 @@ async def get_batch_results(
     )
 
 
-@router.get(
+@_by_id.get(
     "/{batch_id}/results.ndjson",
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-ndjson": {}}}, 404: {"description": "No batch."}},
@@ -211,7 +118,7 @@ async def download_batch_results(
     )
 
 
-@router.post(
+@_by_id.post(
     "/{batch_id}/cancel",
     response_model=Batch,
     responses={404: {"description": "No batch."}, 409: {"description": "The batch already finished."}},
@@ -224,7 +131,7 @@ async def cancel_batch(batch_id: str, redis: RedisDep, settings: SettingsDep, ca
     return batch
 
 
-@router.get(
+@_by_id.get(
     "/{batch_id}/events",
     response_class=EventSourceResponse,
     responses={

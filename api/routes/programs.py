@@ -1,33 +1,45 @@
 """`/programs`: every registered program, its schemas and versions; submit jobs and batches to any of them.
 
-`POST /programs/{name}/jobs` and `/batches` are one concrete route per
-program, each with the program's own body model, so `/openapi.json`
-documents every program's input and output fields. A catch-all behind them
-answers for names that have no such route: 404 for a name never registered,
-503 with the reason for a registered program that cannot be served.
-A program served from MLflow has routes of its own that validate against
-what the workers publish (api/routes/mlflow_programs.py).
+Every program is looked up in the catalog (api/program_catalog.py), whatever
+its source. `POST /programs/{name}/jobs` and `/batches`:
+
+- for a program from an artifact, one concrete route per program, each with
+  the program's own body model, so `/openapi.json` documents every program's
+  input and output fields;
+- for a program from MLflow, whose fields are known only once a worker has
+  loaded it, a route that takes any JSON object and validates it against
+  the models of the version served now: the same 422 naming the field as
+  every other route, or 503 with the workers' reason while none serves it;
+- behind those, for names with no route: 404 for a name never registered,
+  503 with the reason for a registered program that cannot be served.
 """
 
-import json
-import time
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Body, HTTPException, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from api.auth import UNAUTHORIZED, CallerDep
-from api.deps import RedisDep, SettingsDep
-from api.mlflow_programs import MlflowPrograms
-from api.program_catalog import Catalog, CatalogEntry, ProgramModels
-from api.routes import batches, jobs, mlflow_programs
-from core import keys
-from core.programs import ArtifactError, read_artifact_info
+from api.deps import RedisDep
+from api.program_catalog import Catalog, Program, UnknownProgram
+from api.program_models import ProgramModels
+from api.submission import (
+    BATCH_RESPONSES,
+    JOB_RESPONSES,
+    SubmissionDep,
+    WaitQuery,
+    add_batch_route,
+    add_job_route,
+)
+from core.batches import Batch
+from core.jobs import Job
 
 
 class WorkerVersion(BaseModel):
     worker: str = Field(description="The worker (Celery hostname).")
-    version: str | None = Field(description="The artifact version it serves now; null if it has not loaded it.")
+    version: str | None = Field(description="The version it serves now; null if it has not loaded it.")
 
 
 class ProgramLinks(BaseModel):
@@ -38,7 +50,7 @@ class ProgramLinks(BaseModel):
 class ProgramInfo(BaseModel):
     name: str
     default: bool = Field(description="Whether `/jobs` and `/batches` run this program.")
-    available: bool = Field(description="Whether submissions are accepted (its artifact was readable at startup).")
+    available: bool = Field(description="Whether submissions are accepted now.")
     problem: str | None = Field(None, description="Why it cannot be served, when it cannot.")
     module: str | None = Field(description="Import path of the program's module (for MLflow programs, if set).")
     version: str | None = Field(
@@ -59,6 +71,13 @@ class ProgramInfo(BaseModel):
     links: ProgramLinks
 
 
+AnyBody = Annotated[dict[str, Any], Body(description="As `GET /programs/{name}` describes: `input`, and options.")]
+_LATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"description": "No worker serves the program now (the reason says why), or Redis is unavailable."},
+    422: {"description": "The body does not fit the program's fields, as `GET /programs/{name}` has them."},
+}
+
+
 def _inputs(body: Any) -> dict[str, Any]:
     inputs: dict[str, Any] = body.input.model_dump(mode="json", exclude_unset=True)
     return inputs
@@ -74,8 +93,37 @@ def _items(body: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _add_program_routes(router: APIRouter, name: str, models: ProgramModels) -> None:
-    jobs.add_submit_route(
+def _info(program: Program) -> ProgramInfo:
+    models = program.models
+    from_mlflow = program.mlflow_uri is not None
+    return ProgramInfo(
+        name=program.name,
+        default=program.default,
+        available=program.available,
+        problem=program.problem,
+        module=program.entry.module,
+        version=program.version,
+        artifact=None if from_mlflow else program.metadata,
+        input_schema=models.input.model_json_schema() if models else None,
+        output_schema=models.output.model_json_schema() if models else None,
+        workers=[WorkerVersion(worker=worker, version=version) for worker, version in program.workers],
+        mlflow={"uri": program.mlflow_uri, **(program.metadata or {})} if from_mlflow else None,
+        links=ProgramLinks(jobs=f"/programs/{program.name}/jobs", batches=f"/programs/{program.name}/batches"),
+    )
+
+
+def _validated(model: type[BaseModel], body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        # As FastAPI reports its own body errors, so the 422 reads the same (`input.note: ...`).
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in e.errors(include_url=False)]
+        ) from None
+
+
+def _typed_routes(router: APIRouter, name: str, models: ProgramModels) -> None:
+    add_job_route(
         router,
         f"/programs/{name}/jobs",
         name,
@@ -84,7 +132,7 @@ def _add_program_routes(router: APIRouter, name: str, models: ProgramModels) -> 
         _inputs,
         f"Submit a `{name}` job (its input under `input`); 202 at once, or the finished job within `wait` seconds.",
     )
-    batches.add_submit_route(
+    add_batch_route(
         router,
         f"/programs/{name}/batches",
         name,
@@ -94,104 +142,77 @@ def _add_program_routes(router: APIRouter, name: str, models: ProgramModels) -> 
     )
 
 
-async def _worker_versions(redis: RedisDep, offline_after_s: float) -> list[tuple[str, dict[str, str]]]:
-    since = time.time() - offline_after_s
-    workers = cast(list[str], await redis.zrangebyscore(keys.WORKERS, since, "+inf"))
-    async with redis.pipeline(transaction=False) as pipe:
-        for worker in workers:
-            pipe.hget(keys.worker(worker), "programs")
-        listed = cast(list[str | None], await pipe.execute())
-    return [(worker, json.loads(raw) if raw else {}) for worker, raw in zip(workers, listed, strict=True)]
+def _late_routes(router: APIRouter, name: str, served: Callable[[str, Any], Awaitable[ProgramModels]]) -> None:
+    """The submit routes of a program whose fields the API learns from the workers (MLflow)."""
 
+    async def submit_job(
+        body: AnyBody, submission: SubmissionDep, redis: RedisDep, wait: WaitQuery = None
+    ) -> Job | Response:
+        parsed = _validated((await served(name, redis)).job_create, body)
+        return await submission.job(name, _inputs(parsed), parsed, wait)
 
-def _info(entry: CatalogEntry, default: bool, workers: list[tuple[str, dict[str, str]]]) -> ProgramInfo:
-    try:
-        artifact = read_artifact_info(entry.name, entry.artifact)
-        version, metadata = artifact.version, artifact.metadata
-    except ArtifactError:
-        version, metadata = None, None
-    models = entry.models
-    return ProgramInfo(
-        name=entry.name,
-        default=default,
-        available=models is not None,
-        problem=entry.problem,
-        module=entry.entry.module,
-        version=version,
-        artifact=metadata,
-        input_schema=models.input.model_json_schema() if models else None,
-        output_schema=models.output.model_json_schema() if models else None,
-        workers=[WorkerVersion(worker=worker, version=loaded.get(entry.name)) for worker, loaded in workers],
-        links=ProgramLinks(jobs=f"/programs/{entry.name}/jobs", batches=f"/programs/{entry.name}/batches"),
+    async def submit_batch(body: AnyBody, submission: SubmissionDep, redis: RedisDep) -> Batch:
+        parsed = _validated((await served(name, redis)).batch_create, body)
+        return await submission.batch(name, _items(parsed), parsed)
+
+    submit_job.__doc__ = (
+        f"Submit a `{name}` job (served from MLflow; its input under `input`, fields as `GET /programs/{name}` "
+        "says); 202 at once, or the finished job within `wait` seconds."
     )
-
-
-async def _mlflow_info(
-    programs: MlflowPrograms, redis: RedisDep, settings: SettingsDep, entry: CatalogEntry
-) -> ProgramInfo:
-    state = await programs.state(redis, settings, entry.name)
-    models = state.models
-    return ProgramInfo(
-        name=entry.name,
-        default=False,
-        available=state.available,
-        problem=state.problem,
-        module=entry.entry.module,
-        version=state.version,
-        artifact=None,
-        input_schema=models.input.model_json_schema() if models else None,
-        output_schema=models.output.model_json_schema() if models else None,
-        workers=[WorkerVersion(worker=worker, version=version) for worker, version in state.workers],
-        mlflow={"uri": entry.mlflow_uri, **(state.metadata or {})},
-        links=ProgramLinks(jobs=f"/programs/{entry.name}/jobs", batches=f"/programs/{entry.name}/batches"),
-    )
+    submit_batch.__doc__ = f"Submit a batch of `{name}` jobs (served from MLflow); 202 once every item is stored."
+    for path, endpoint, model, responses in (
+        (f"/programs/{name}/jobs", submit_job, Job, JOB_RESPONSES),
+        (f"/programs/{name}/batches", submit_batch, Batch, BATCH_RESPONSES),
+    ):
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            status_code=202,
+            response_model=model,
+            summary=f"Submit a {name} {'job' if model is Job else 'batch'}",
+            responses={**responses, **_LATE_RESPONSES},
+        )
 
 
 def build_router(catalog: Catalog) -> APIRouter:
     router = APIRouter(tags=["programs"], responses=UNAUTHORIZED)
-    from_mlflow = MlflowPrograms()
 
-    async def info(
-        entry: CatalogEntry, redis: RedisDep, settings: SettingsDep, workers: list[tuple[str, dict[str, str]]]
-    ) -> ProgramInfo:
-        if entry.mlflow_uri is not None:
-            return await _mlflow_info(from_mlflow, redis, settings, entry)
-        return _info(entry, entry.name == catalog.default, workers)
+    async def served(name: str, redis: RedisDep) -> ProgramModels:
+        """The models of the version served now, or 404 / 503 saying why there are none."""
+        try:
+            program = await catalog.program(name, redis)
+        except UnknownProgram as e:
+            raise HTTPException(404, str(e)) from e
+        if program.models is None:
+            raise HTTPException(503, f"program {name!r} cannot be served: {program.problem}")
+        return program.models
 
     @router.get("/programs", response_model=list[ProgramInfo])
-    async def list_programs(redis: RedisDep, settings: SettingsDep, _caller: CallerDep) -> list[ProgramInfo]:
+    async def list_programs(redis: RedisDep, _caller: CallerDep) -> list[ProgramInfo]:
         """Every registered program: its schemas, the artifact version on disk, and the version each online
         worker serves."""
-        workers = await _worker_versions(redis, settings.worker_offline_after_s)
-        return [await info(entry, redis, settings, workers) for entry in catalog.programs.values()]
+        return [_info(program) for program in await catalog.all(redis)]
 
     @router.get(
         "/programs/{name}", response_model=ProgramInfo, responses={404: {"description": "No program with this name."}}
     )
-    async def get_program(name: str, redis: RedisDep, settings: SettingsDep, _caller: CallerDep) -> ProgramInfo:
+    async def get_program(name: str, redis: RedisDep, _caller: CallerDep) -> ProgramInfo:
         """One program: its schemas, the artifact version on disk, and the version each online worker serves."""
-        entry = _entry(catalog, name)
-        workers = await _worker_versions(redis, settings.worker_offline_after_s)
-        return await info(entry, redis, settings, workers)
+        try:
+            return _info(await catalog.program(name, redis))
+        except UnknownProgram as e:
+            raise HTTPException(404, str(e)) from e
 
-    for name, entry in catalog.programs.items():
-        if entry.models is not None:
-            _add_program_routes(router, name, entry.models)
-        elif entry.mlflow_uri is not None:
-            mlflow_programs.add_routes(router, name, from_mlflow, _inputs, _items)
+    for name, models in catalog.typed().items():
+        _typed_routes(router, name, models)
+    for name in catalog.learned_from_workers():
+        _late_routes(router, name, served)
 
     # Behind the concrete routes: only names without one reach these.
     @router.post("/programs/{name}/jobs", include_in_schema=False)
     @router.post("/programs/{name}/batches", include_in_schema=False)
-    async def unservable(name: str, _caller: CallerDep) -> None:
-        entry = _entry(catalog, name)
-        raise HTTPException(503, f"program {name!r} cannot be served: {entry.problem}")
+    async def unservable(name: str, redis: RedisDep, _caller: CallerDep) -> None:
+        await served(name, redis)
 
     return router
-
-
-def _entry(catalog: Catalog, name: str) -> CatalogEntry:
-    entry = catalog.programs.get(name)
-    if entry is None:
-        raise HTTPException(404, f"no program named {name!r}; known: {sorted(catalog.programs)}")
-    return entry

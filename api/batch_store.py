@@ -11,6 +11,7 @@ from fastapi import HTTPException
 from api import quotas
 from api.auth import OPEN, Caller
 from api.idempotency import Claim
+from api.schemas import BatchOptions
 from core import keys, replication, scripts
 from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus, item_id, new_batch_fields, unpicked_status
 from core.capacity import endpoint_for
@@ -24,14 +25,10 @@ async def create_batch(
     batch_id: str,
     program: str,
     items: Sequence[dict[str, Any]],
-    model: str | None,
-    temperature: float | None,
+    options: BatchOptions,
     created_at_s: float,
-    stream: bool = False,
-    expires_at_s: float | None = None,
-    webhook_url: str | None = None,
-    claim: Claim | None = None,
     caller: Caller = OPEN,
+    claim: Claim | None = None,
 ) -> dict[str, str] | str:
     """Store the record, every item's input and the Idempotency-Key `claim`, and give the batch its turn in
     the bulk rotation of its model's endpoint, in one step, within the `caller`'s quotas (api/quotas.py: 429
@@ -41,21 +38,21 @@ async def create_batch(
     The caller's owner id (its key's) is stored in the record; its items inherit it. Returns the record,
     or the id of the batch the claim's key already made (then nothing is written).
     """
-    endpoint = endpoint_for(settings, model).id
+    expires_at_s = created_at_s + (options.expires_after_s or settings.batch_expires_after_s)
     fields = new_batch_fields(
         batch_id,
         program,
         len(items),
-        model,
-        temperature,
+        options.model,
+        options.temperature,
         created_at_s,
-        stream,
-        endpoint=endpoint,
+        options.stream,
+        endpoint=endpoint_for(settings, options.model).id,
         owner=caller.owner,
         expires_at_s=expires_at_s,
     )
-    if webhook_url is not None:
-        fields.update(submitted_fields(webhook_url))
+    if options.webhook_url is not None:
+        fields.update(submitted_fields(options.webhook_url))
     inputs = [json.dumps(item, separators=(",", ":")) for item in items]
     input_bytes = sum(len(i) for i in inputs)
     quota = quotas.quota_for(settings, caller, input_bytes)
@@ -72,7 +69,7 @@ async def create_batch(
         settings.job_ttl_s,
         batch_id,
         repr(created_at_s),
-        repr(expires_at_s) if expires_at_s is not None else "",
+        repr(expires_at_s),
         claim.value if claim is not None else "",
         claim.ttl_s if claim is not None else 0,
         keys.batch("%s"),

@@ -6,8 +6,8 @@ and another for Flower's `task-sent` event, each through a freshly built
 Redis client. A job's message is small and fixed, so the API builds it
 itself: the headers, properties and body come from Celery's own
 `amqp.create_task_message` (protocol 2, exactly what `send_task` sends),
-wrapped the way kombu's Redis transport stores a message (base64 body,
-delivery tag, delivery info), and LPUSHed onto the queue's list by the same
+wrapped the way kombu's Redis transport stores a message (core/kombu_wire.py,
+which the reaper reads them with), and LPUSHed onto the queue's list by the same
 Lua script that stores the job's record and its `queued` event
 (api/job_store.py), followed by the `task-sent` event on kombu's fanout
 channel for Flower. Record and message are stored together or not at all.
@@ -28,13 +28,10 @@ Batch items travel as no message at all: bulk workers pick them
 (worker/bulk.py).
 """
 
-import base64
 import functools
-import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -42,7 +39,8 @@ from urllib.parse import urlparse
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from celery.utils.time import utcoffset
-from kombu.serialization import dumps as serialize
+
+from core import kombu_wire
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ class TaskMessages:
         first_url = str(self._conf.broker_url).split(";", 1)[0]
         db = (urlparse(first_url).path or "/0").lstrip("/") or "0"
         # kombu's Redis transport: fanout_prefix and fanout_patterns, both on by default.
-        self._event_channel = f"/{db}.{_EVENT_EXCHANGE}/task.sent"
+        self._event_channel = kombu_wire.fanout_channel(db, _EVENT_EXCHANGE, "task.sent")
 
     def build(self, task: str, task_id: str, args: list[Any], queue: str) -> TaskMessage:
         sent_event = bool(self._conf.task_send_sent_event)
@@ -85,7 +83,7 @@ class TaskMessages:
         )
         # Anonymous exchange: the routing key names the queue (as send_task does for a direct exchange).
         properties |= {"delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0}
-        message = _envelope(self._conf.task_serializer, body, headers, properties)
+        message = kombu_wire.envelope(self._conf.task_serializer, body, headers, properties)
         if not sent_event:
             return TaskMessage(queue, message, "", "")
         event = {
@@ -105,7 +103,9 @@ class TaskMessages:
             "delivery_info": {"exchange": _EVENT_EXCHANGE, "routing_key": "task.sent"},
             "priority": 0,
         }
-        envelope = _envelope(self._conf.event_serializer, event, {"hostname": self._hostname}, event_properties)
+        envelope = kombu_wire.envelope(
+            self._conf.event_serializer, event, {"hostname": self._hostname}, event_properties
+        )
         return TaskMessage(queue, message, self._event_channel, envelope)
 
 
@@ -126,22 +126,6 @@ def refuse_what_the_messages_cannot_honour(celery: Celery) -> None:
             "message priorities are configured, but the API enqueues every task at priority 0 "
             "(api/enqueue.py); interactive jobs go first through LM capacity instead (core/capacity.py)."
         )
-
-
-def _envelope(serializer: str, body: Any, headers: dict[str, Any], properties: dict[str, Any]) -> str:
-    """A message as kombu's Redis transport stores it (`prepare_message` + `basic_publish`)."""
-    content_type, content_encoding, data = serialize(body, serializer=serializer)
-    raw = data if isinstance(data, bytes) else data.encode(content_encoding or "utf-8")
-    properties = {**properties, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())}
-    return json.dumps(
-        {
-            "body": base64.b64encode(raw).decode(),
-            "content-encoding": content_encoding,
-            "content-type": content_type,
-            "headers": headers,
-            "properties": properties,
-        }
-    )
 
 
 @functools.cache

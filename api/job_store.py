@@ -14,6 +14,7 @@ from api.auth import OPEN, Caller
 from api.enqueue import TaskMessage
 from api.event_hub import RESYNC, EventHub
 from api.idempotency import Claim
+from api.schemas import JobOptions
 from core import keys, replication, scripts
 from core.batches import item_fields, unpicked_status
 from core.events import split_event
@@ -31,15 +32,11 @@ async def create_job(
     job_id: str,
     program: str,
     inputs: dict[str, object],
-    model: str | None,
-    temperature: float | None,
+    options: JobOptions,
     created_at_s: float,
     message: TaskMessage,
-    stream: bool = True,
-    expires_at_s: float | None = None,
-    webhook_url: str | None = None,
-    claim: Claim | None = None,
     caller: Caller = OPEN,
+    claim: Claim | None = None,
 ) -> dict[str, str] | str:
     """Write the record, its `queued` event, its task `message` and its Idempotency-Key `claim` in one step,
     within the `caller`'s quotas (api/quotas.py: 429 when over one); returns the record, or the id of the job
@@ -47,12 +44,15 @@ async def create_job(
 
     The caller's owner id (its key's) is stored in the record; only that key sees the job.
     """
-    fields = new_job_fields(job_id, program, inputs, model, temperature, created_at_s, stream, expires_at_s)
+    expires_at_s = created_at_s + (options.expires_after_s or settings.job_expires_after_s)
+    fields = new_job_fields(
+        job_id, program, inputs, options.model, options.temperature, created_at_s, options.stream, expires_at_s
+    )
     quota = quotas.quota_for(settings, caller, len(fields["input"]))
     if caller.owner is not None:
         fields["owner"] = caller.owner
-    if webhook_url is not None:
-        fields.update(submitted_fields(webhook_url))
+    if options.webhook_url is not None:
+        fields.update(submitted_fields(options.webhook_url))
     script_keys = [
         keys.job(job_id),
         keys.job_events(job_id),
@@ -72,7 +72,7 @@ async def create_job(
         message.event,
         repr(created_at_s),
         job_id,
-        repr(expires_at_s) if expires_at_s is not None else "",
+        repr(expires_at_s),
         claim.value if claim is not None else "",
         claim.ttl_s if claim is not None else 0,
         keys.job("%s"),

@@ -20,7 +20,7 @@ the OpenAI-compatible routes, what comes next):
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -93,31 +93,10 @@ class Submission:
         message = task_messages(self.celery).build(
             RUN_JOB_TASK, job_id, [job_id, options.model or ""], s.interactive_queue
         )
-        created_at = now_s()
-        try:
+        async with self._undone_unless_stored(lambda: job_store.delete_job(self.redis, job_id), claim):
             created = await job_store.create_job(
-                self.redis,
-                s,
-                job_id,
-                program,
-                inputs,
-                options.model,
-                options.temperature,
-                created_at,
-                message,
-                caller=self.caller,
-                stream=options.stream,
-                expires_at_s=created_at + (options.expires_after_s or s.job_expires_after_s),
-                webhook_url=options.webhook_url,
-                claim=claim,
+                self.redis, s, job_id, program, inputs, options, now_s(), message, self.caller, claim
             )
-        except RedisError:
-            # Answered 503 (api/main.py). The script may have run before the error reached us: undo, so no
-            # one polls a job its client was told was not accepted.
-            with contextlib.suppress(RedisError):
-                await job_store.delete_job(self.redis, job_id)
-                await idempotency.release(self.redis, claim)
-            raise
         if isinstance(created, str):
             bind(job_id=created)
             self.response.headers["Idempotent-Replayed"] = "true"
@@ -140,29 +119,10 @@ class Submission:
         batch_id = uuid.uuid4().hex
         claim = self._claim({"program": program, "items": items, **options.model_dump()}, batch_id)
         bind(batch_id=batch_id)
-        created_at = now_s()
-        try:
+        async with self._undone_unless_stored(lambda: batch_store.delete_batch(self.redis, batch_id), claim):
             created = await batch_store.create_batch(
-                self.redis,
-                s,
-                batch_id,
-                program,
-                items,
-                options.model,
-                options.temperature,
-                created_at,
-                caller=caller,
-                stream=options.stream,
-                expires_at_s=created_at + (options.expires_after_s or s.batch_expires_after_s),
-                webhook_url=options.webhook_url,
-                claim=claim,
+                self.redis, s, batch_id, program, items, options, now_s(), caller, claim
             )
-        except RedisError:
-            # Answered 503 (api/main.py): nothing may stay of a batch its client was told was not accepted.
-            with contextlib.suppress(RedisError):
-                await batch_store.delete_batch(self.redis, batch_id)
-                await idempotency.release(self.redis, claim)
-            raise
         if isinstance(created, str):
             bind(batch_id=created)
             self.response.headers["Idempotent-Replayed"] = "true"
@@ -172,6 +132,20 @@ class Submission:
         self.response.headers["Location"] = f"/batches/{batch_id}"
         # The batch as accepted, even if a bulk worker has already picked an item: what the client polls from.
         return batch_from_fields(created)
+
+    @contextlib.asynccontextmanager
+    async def _undone_unless_stored(
+        self, delete: Callable[[], Awaitable[None]], claim: idempotency.Claim | None
+    ) -> AsyncIterator[None]:
+        """A Redis error is answered 503 (api/main.py), but the step may have run before the error reached us:
+        `delete` what it may have stored, so nothing stays of work its client was told was not accepted."""
+        try:
+            yield
+        except RedisError:
+            with contextlib.suppress(RedisError):
+                await delete()
+                await idempotency.release(self.redis, claim)
+            raise
 
     async def _admit(self, webhook_url: str | None) -> None:
         await check_webhook_url(webhook_url, self.settings)

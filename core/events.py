@@ -45,15 +45,6 @@ TERMINAL_EVENTS = frozenset({EventType.result, EventType.error})
 # cancelling a job) calls it.
 
 
-# What `append_event` refuses with: the job has no record; it has finished (a
-# finished job takes no more events, so a cancelled job's worker learns at its
-# next write and never overwrites the cancellation); the writer's lease token
-# no longer holds the job (another worker has taken it over).
-JOB_MISSING = -1
-JOB_FINISHED = -2
-JOB_FENCED = -3
-
-
 def append_event_args(
     job_id: str,
     event_type: EventType,

@@ -37,12 +37,6 @@ def queued(queue: str) -> str:
     return f"{PREFIX}:queued:{queue}"
 
 
-# Hash (kombu's, not ours): delivery tag -> a message a worker has taken from
-# its queue and not yet acknowledged, by workers with ack emulation (the bulk
-# queue's, core/queue.py). kombu puts it back in the queue once the broker's
-# visibility timeout has passed, if its worker died.
-KOMBU_UNACKED = "unacked"
-
 # Sorted set: job id -> unix time the lease of the worker that claimed or
 # started it runs out (the job hash's `lease` field holds that worker's token).
 # A job in here whose lease has run out lost its worker; a reaper puts it back.

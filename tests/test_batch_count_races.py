@@ -41,20 +41,22 @@ from hypothesis.stateful import (
 import worker.job_store
 from api import batch_store, job_store
 from api.auth import OPEN
+from api.schemas import BatchOptions
 from core import keys, scripts
 from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus, item_fields
 from core.capacity import endpoint_for
 from core.events import EventType
 from core.jobs import JobStatus
+from core.refusals import Refusal
 from core.settings import Settings
 from stack.processes import Proc, start_redis
-from worker.job_store import BATCH_CANCELLED, EXPIRED, JobStore
+from worker.job_store import JobStore
 
 pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
 LEASE_S = 15.0
-DEADLINE_S = 1_000_000.0
+DEADLINE_S = 500_000.0
 
 
 class Clock:
@@ -112,12 +114,8 @@ class BatchRaces(RuleBasedStateMachine):
         self.total = size
         items = [{"question": f"q{i}", "custom_id": f"c{i}"} for i in range(size)]
         created = self.clock.time()
-        self.run(
-            batch_store.create_batch(
-                self.redis, self.settings, self.batch_id, "qa", items, None, None, created,
-                expires_at_s=created + DEADLINE_S,
-            )
-        )  # fmt: skip
+        options = BatchOptions(expires_after_s=DEADLINE_S)
+        self.run(batch_store.create_batch(self.redis, self.settings, self.batch_id, "qa", items, options, created))
 
     def batch(self) -> dict[str, str]:
         return self.run(batch_store.read_batch(self.redis, self.batch_id))
@@ -177,10 +175,10 @@ class BatchRaces(RuleBasedStateMachine):
         taken = self.run(self.store.start_item(item_id, token, "w", fields, retries))
         if taken.code > 0:
             self.running[item_id] = token
-        elif taken.code == BATCH_CANCELLED:  # as worker/job_runner.py `_refused` does
+        elif taken.code == Refusal.BATCH_CANCELLED:  # as worker/job_runner.py `_refused` does
             updates = {"status": JobStatus.cancelled.value, "finished_at": repr(self.clock.time())}
             self.run(self.store.end(item_id, "", taken.fields, EventType.error, updates))
-        elif taken.code == EXPIRED:
+        elif taken.code == Refusal.EXPIRED:
             self.run(self.store.expire(item_id, "", taken.fields))
 
     def _running(self, data: st.DataObject) -> tuple[str, str]:

@@ -1,12 +1,14 @@
 """The reaper's view of how far workers have taken a queue, on an injected clock, and which messages kombu
-still holds."""
+still holds: read from messages the API wrote, through the one module that knows kombu's layout
+(core/kombu_wire.py)."""
 
 import json
 
 from api.enqueue import TaskMessages
+from core.kombu_wire import unacked_task_ids
 from core.queue import RUN_JOB_TASK, make_celery
 from core.settings import Settings
-from worker.reaper import TakenMarks, held_job_ids, marking_job
+from worker.reaper import TakenMarks, marking_job
 
 LOST_AFTER_S = 10.0
 
@@ -59,7 +61,7 @@ def test_held_messages_are_matched_by_id_not_by_substring() -> None:
     # kombu's `unacked` hash: delivery tag -> [envelope, exchange, routing key].
     unacked = [json.dumps([json.loads(envelope(job_id)), "", "interactive"]) for job_id in ("B-12", "C-1")]
 
-    held = held_job_ids([*unacked, "junk", "[]"])
+    held = unacked_task_ids([*unacked, "junk", "[]"])
 
     assert held == {"B-12", "C-1"}
     assert "B-1" not in held

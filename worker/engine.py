@@ -34,9 +34,9 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from core import scripts
-from core.events import JOB_FENCED
 from core.queue import RUN_JOB_TASK
 from core.redis_clients import async_client, sync_client
+from core.refusals import Refusal
 from core.settings import Settings
 from worker import bulk, capacity
 from worker.bulk import BulkLoop
@@ -166,7 +166,7 @@ class Engine:
         """The token writer was refused a job's event: it ended, or is another worker's now."""
         runner = self.runner
         assert runner is not None
-        if code == JOB_FENCED:
+        if code == Refusal.FENCED:
             runner.stop_job(job_id, "fenced")
             return
 

@@ -46,10 +46,10 @@ import dspy
 import redis.asyncio as aioredis
 
 from core import keys
-from core.events import JOB_FENCED, JOB_FINISHED, EventType
+from core.events import EventType
 from core.jobs import JobError, JobStatus, LMUsage, streams
+from core.refusals import Refusal
 from core.settings import Settings
-from worker import job_store
 from worker.capacity import Capacity, CapacityTimeout, Slot
 from worker.error_policy import JobTimeLimitExceeded, WorkerLost, is_retryable, job_error, retry_delay_s
 from worker.job_store import JobStore, Taken, dumps
@@ -226,17 +226,17 @@ class JobRunner:
 
     async def _refused(self, run: Run, taken: Taken) -> None:
         job_id = run.job_id
-        if taken.code == job_store.NO_JOB:
+        if taken.code == Refusal.NO_JOB:
             log.warning("job %s: no record (expired or never stored); dropping the message", job_id)
-        elif taken.code == job_store.FINISHED:
+        elif taken.code == Refusal.FINISHED:
             log.info("job %s: already %s; not running it again", job_id, taken.status)
             await record_job_outcome(self._redis, job_id, self._settings.lm_model)
-        elif taken.code == job_store.LEASED:
+        elif taken.code == Refusal.LEASED:
             log.info("job %s: another worker holds it; dropping this delivery", job_id)
-        elif taken.code == job_store.BATCH_CANCELLED:
+        elif taken.code == Refusal.BATCH_CANCELLED:
             updates = {"status": JobStatus.cancelled.value, "finished_at": repr(time.time())}
             await self.store.end(job_id, run.token if run.leased else "", taken.fields, EventType.error, updates)
-        elif taken.code == job_store.EXPIRED:
+        elif taken.code == Refusal.EXPIRED:
             await self._expire(run, taken.fields)
 
     async def _expire(self, run: Run, fields: dict[str, str]) -> None:
@@ -444,9 +444,9 @@ class JobRunner:
         return seq > 0
 
     async def _log_refusal(self, run: Run, code: int, dropped: str) -> None:
-        if code not in (JOB_FINISHED, JOB_FENCED):
+        if code not in (Refusal.FINISHED, Refusal.FENCED):
             return
-        why = "fenced" if code == JOB_FENCED else await self.store.why_lost(run.job_id)
+        why = "fenced" if code == Refusal.FENCED else await self.store.why_lost(run.job_id)
         if why == "fenced":
             run.stop = "fenced"
             log.warning("job %s: fenced: another worker took it over; %s", run.job_id, dropped)

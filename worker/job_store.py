@@ -26,14 +26,12 @@ from worker.metrics import Increment, outcome_increments
 
 log = logging.getLogger(__name__)
 
-# What the start functions refuse with (core/lua/jobs.lua).
-NO_JOB, FINISHED, LEASED, BATCH_CANCELLED, EXPIRED = -1, -2, -3, -4, -5
 _QUEUED = json.dumps({"status": JobStatus.queued.value}, separators=(",", ":"))
 
 
 @dataclass
 class Taken:
-    """What a claim or start found: `code` (attempts when started, 0 when claimed, else a refusal above),
+    """What a claim or start found: `code` (attempts when started, 0 when claimed, else a `Refusal`),
     with the record, or the status it was refused for."""
 
     code: int

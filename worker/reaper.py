@@ -33,17 +33,15 @@ Only one reaper wins each repair: the scripts check and change in one step.
 """
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from core import keys, scripts
+from core import keys, kombu_wire, scripts
 from core.jobs import JobStatus
 from core.queue import RUN_JOB_TASK
 from core.settings import Settings
@@ -79,27 +77,12 @@ class TakenMarks:
 
 
 def marking_job(message: str) -> str | None:
-    """The job whose message `message` (kombu's envelope, next in a queue) is, if it marks how far workers
-    have taken the queue: not a delayed retry (scored by its due time), not another task, not unreadable."""
-    try:
-        headers = json.loads(message)["headers"]
-        job_id = str(headers["id"])
-        marks_nothing = headers.get("eta") is not None or headers.get("task") != RUN_JOB_TASK
-    except (ValueError, KeyError, TypeError):
+    """The job whose message `message` (next in a queue) is, if it marks how far workers have taken the
+    queue: not a delayed retry (scored by its due time), not another task, not unreadable."""
+    headers = kombu_wire.task_headers(message)
+    if headers is None or headers.get("eta") is not None or headers.get("task") != RUN_JOB_TASK:
         return None
-    return None if marks_nothing else job_id
-
-
-def held_job_ids(unacked: Iterable[str]) -> set[str]:
-    """The task ids of kombu's unacknowledged messages (`unacked` values: `[envelope, exchange, routing
-    key]`). By id, not by substring: batch item `B-1` is not held because `B-12` is."""
-    held = set()
-    for value in unacked:
-        try:
-            held.add(str(json.loads(value)[0]["headers"]["id"]))
-        except (ValueError, KeyError, TypeError, IndexError):
-            continue
-    return held
+    return str(headers["id"])
 
 
 class Reaper:
@@ -155,7 +138,7 @@ class Reaper:
         if not waiting:
             return 0
         # Taken by a worker with ack emulation and not acknowledged: kombu returns these itself if it died.
-        held = held_job_ids(map(str, await self._redis.hvals(keys.KOMBU_UNACKED)))
+        held = kombu_wire.unacked_task_ids(map(str, await self._redis.hvals(kombu_wire.UNACKED)))
         resent = 0
         for job_id, score in waiting:
             if job_id in held:

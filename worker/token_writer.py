@@ -32,7 +32,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from core import scripts
-from core.events import JOB_FENCED, JOB_FINISHED, EventType, append_event_args
+from core.events import EventType, append_event_args
+from core.refusals import Refusal
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ class TokenWriter:
             log.warning("could not write %d token events: %s", len(events), e)
             return
         for event, result in zip(events, results, strict=True):
-            if result in (JOB_FINISHED, JOB_FENCED):
+            if result in (Refusal.FINISHED, Refusal.FENCED):
                 self._on_refused(event.job_id, int(result))
             elif isinstance(result, Exception):
                 log.warning("a token event of job %s was refused: %s", event.job_id, result)

@@ -89,19 +89,10 @@ end
 -- that exists (a claim whose batch is gone is taken over); {quota, in use,
 -- limit} when over a quota. Nothing is written unless it returns 1.
 redis.register_function('batch_create', function(keys, args)
-  if keys[3] ~= '' then
-    local claimed = redis.call('GET', keys[3])
-    if claimed and redis.call('EXISTS', string.format(args[7], string.match(claimed, '^%S+'))) == 1 then
-      return claimed
-    end
-  end
-  local n = tonumber(args[14])
-  local first_input = 15 + 2 * n
-  local q = quota_args(keys, 6, args, 8)
-  local refused = quota_refusal(q, #args - first_input + 1)
+  local first_input = 15 + 2 * tonumber(args[14])
+  local refused = admit_submission(keys[3], args[5], args[6], args[7], quota_args(keys, 6, args, 8), args[2],
+    #args - first_input + 1)
   if refused then return refused end
-  quota_charge(q, args[2])
-  if keys[3] ~= '' then redis.call('SET', keys[3], args[5], 'EX', args[6]) end
   redis.call('HSET', keys[1], unpack(args, 15, first_input - 1))
   redis.call('EXPIRE', keys[1], args[1])
   for i = first_input, #args, 1000 do

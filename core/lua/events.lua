@@ -4,8 +4,10 @@
 -- its event can never disagree, a finished job takes no more events, and a
 -- writer whose lease was taken over is refused (core/events.py describes the
 -- format; worker/job_store.py the lease). The terminal statuses come from
--- core/jobs.py and core/batches.py (core/scripts.py writes them in).
+-- core/jobs.py and core/batches.py, the refusals (NO_JOB, FINISHED, FENCED,
+-- ...) from core/refusals.py: core/scripts.py writes them in.
 
+__REFUSALS__
 local TERMINAL = __TERMINAL_STATUSES__
 local BATCH_TERMINAL = __TERMINAL_BATCH_STATUSES__
 
@@ -60,13 +62,14 @@ end
 -- event data JSON, stream maxlen, ttl_s, a table of field/value pairs to HSET
 -- on the job with the event, and the writer's lease token ('' or nil: a writer
 -- that holds none, such as the API cancelling).
--- Returns the event's sequence number; -1 if the job no longer exists; -2 if
--- it has finished (it takes no more events); -3 if `fence` no longer holds it.
+-- Returns the event's sequence number; NO_JOB if the job no longer exists;
+-- FINISHED if it has ended (it takes no more events); FENCED if `fence` no
+-- longer holds it.
 local function append_event(job, events, channel, event_type, data, maxlen, ttl_s, updates, fence)
   local status = redis.call('HGET', job, 'status')
-  if not status then return -1 end
-  if TERMINAL[status] then return -2 end
-  if fence and fence ~= '' and redis.call('HGET', job, 'lease') ~= fence then return -3 end
+  if not status then return NO_JOB end
+  if TERMINAL[status] then return FINISHED end
+  if fence and fence ~= '' and redis.call('HGET', job, 'lease') ~= fence then return FENCED end
   local seq = redis.call('HINCRBY', job, 'seq', 1)
   local new_status, usage = nil, nil
   for i = 1, #updates - 1, 2 do

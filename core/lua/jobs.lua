@@ -2,7 +2,7 @@
 -- retried, requeued when its worker is lost, cancelled (API).
 --
 -- Every function that runs on behalf of a worker carries that worker's lease
--- token and is refused (-3) once the token no longer holds the job: a worker
+-- token and is refused (FENCED) once the token no longer holds the job: a worker
 -- that was paused past its lease, whose job another worker has since taken,
 -- cannot write a token, a result, a retry or a renewal for it.
 --
@@ -11,8 +11,6 @@
 -- (`keys.DEADLINES`: job id -> unix time it expires if not started), the
 -- interactive queue's queued set (`keys.queued`), the metrics counters and
 -- histograms hashes; some add one more.
-
-local NO_JOB, FINISHED, LEASED, BATCH_CANCELLED, EXPIRED = -1, -2, -3, -4, -5
 
 local function record(job)
   return redis.call('HGETALL', job)
@@ -86,17 +84,8 @@ end
 -- creates two jobs; {quota, in use, limit} when over a quota. Nothing is
 -- written unless it returns 1.
 redis.register_function('job_create', function(keys, args)
-  if keys[7] ~= '' then
-    local claimed = redis.call('GET', keys[7])
-    if claimed and redis.call('EXISTS', string.format(args[12], string.match(claimed, '^%S+'))) == 1 then
-      return claimed
-    end
-  end
-  local q = quota_args(keys, 8, args, 13)
-  local refused = quota_refusal(q, nil)
+  local refused = admit_submission(keys[7], args[10], args[11], args[12], quota_args(keys, 8, args, 13), nil, nil)
   if refused then return refused end
-  quota_charge(q, nil)
-  if keys[7] ~= '' then redis.call('SET', keys[7], args[10], 'EX', args[11]) end
   redis.call('HSET', keys[1], unpack(args, 19))
   redis.call('EXPIRE', keys[1], args[1])
   append_event(keys[1], keys[2], keys[3], 'status', args[3], args[2], args[1], {}, nil)
@@ -190,7 +179,7 @@ redis.register_function('job_end', function(keys, args)
     seq = append_event(keys[1], keys[2], keys[3], args[5 + 2 * i], args[6 + 2 * i], args[3], args[4], updates, token)
     if seq < 0 then break end
   end
-  if seq == LEASED then return seq end
+  if seq == FENCED then return seq end
   if seq > 0 or (token ~= '' and f[2] == token) then release(keys, job_id) end
   redis.call('ZREM', keys[5], job_id)
   redis.call('ZREM', keys[6], job_id)

@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 import pytest
+from dspy_jobs_client.schemas import model_from_schema
 
 from api.chat_format import (
     AnswerStream,
@@ -22,7 +23,6 @@ from api.chat_format import (
 )
 from api.errors import openai_error, openai_shaped
 from api.program_catalog import Catalog
-from api.program_models import model_from_schema
 from api.schemas import ProgramInput
 from core.settings import get_settings
 

@@ -49,7 +49,7 @@ from core.events import EventType
 from core.jobs import JobStatus
 from core.refusals import Refusal
 from core.settings import Settings
-from stack.processes import Proc, start_redis
+from harness.processes import Proc, start_redis
 from worker.job_store import JobStore
 
 pytestmark = pytest.mark.e2e
@@ -265,3 +265,24 @@ def test_batch_counts_add_up_under_any_interleaving_of_cancel_expiry_finish_and_
             max_examples=300, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck)
         ),
     )
+
+
+def test_cancelling_the_last_unpicked_item_then_the_batch_after_the_others_were_picked(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression, found by the state machine: the batch's cancel settled 0 unpicked items, and HINCRBY refused
+    Lua's `-0`, so the cancel failed."""
+    clock = Clock()
+    monkeypatch.setattr(worker.job_store, "time", SimpleNamespace(time=clock.time))
+    BatchRaces.url, BatchRaces.clock = redis_url, clock
+    machine = BatchRaces()
+    try:
+        machine.submit(size=3)
+        machine.cancel_item(index=2)
+        machine.pick()
+        machine.pick()
+        machine.cancel_batch()
+        machine.counts_add_up_to_what_the_items_say()
+        assert machine.batch()["status"] == "cancelling"
+    finally:
+        machine.teardown()

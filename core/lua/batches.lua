@@ -57,7 +57,12 @@ local function settle_unpicked(batch, now)
     redis.call('DEL', f[5])
   end
   redis.call('HSET', batch, 'cursor', total, 'settled_from', cursor, 'settled_as', ending)
-  batch_items_moved(batch, 'queued', ending, total - cursor - already, nil)
+  local settled = total - cursor - already
+  if settled > 0 then
+    batch_items_moved(batch, 'queued', ending, settled, nil)
+  else
+    batch_maybe_done(batch)
+  end
   return true
 end
 

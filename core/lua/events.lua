@@ -44,7 +44,8 @@ end
 
 -- `n` items of a batch move from status `from` to status `to`.
 local function batch_items_moved(batch, from, to, n, usage)
-  redis.call('HINCRBY', batch, 'n_' .. from, -n)
+  -- Not `-n`: Lua writes -0 as "-0", which HINCRBY refuses.
+  redis.call('HINCRBY', batch, 'n_' .. from, 0 - n)
   redis.call('HINCRBY', batch, 'n_' .. to, n)
   redis.call('HINCRBY', batch, 'version', 1)
   if usage then

@@ -30,6 +30,7 @@ lint: $(VENV)/.synced
 	$(UV) lock --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: $(VENV)/.synced
 	$(VENV)/bin/mypy

@@ -34,7 +34,7 @@ import patches
 from bench.report import command_line, git_state, machine, proc_cpu_s, table, versions
 from core.queue import make_celery
 from core.settings import get_settings
-from stack.processes import Proc, start_redis, wait_for, worker_command
+from harness.processes import Proc, start_redis, wait_for, worker_command
 
 RESULTS = Path(__file__).parent / "results"
 NOOP_TASK = "bench.noop"

@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from bench.report import ROOT, Dist, command_line, git_state, machine, table, versions
-from stack.processes import Proc, free_port, python_module, start_api, start_redis, start_worker, wait_for
+from harness.processes import Proc, free_port, python_module, start_api, start_redis, start_worker, wait_for
 
 OUTPUT = ROOT / "bench" / "results" / "embedded.md"
 PACKAGES = ["dspy", "litellm", "llama-cpp-python", "celery", "redis", "fastapi"]

@@ -23,7 +23,7 @@ import httpx
 import redis
 
 from core import keys
-from stack.processes import ARTIFACTS, start_api, start_lm_simulator, start_redis, start_worker
+from harness.processes import ARTIFACTS, start_api, start_lm_simulator, start_redis, start_worker
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 

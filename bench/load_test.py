@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from stack.processes import start_api, start_lm_simulator, start_redis, start_worker
+from harness.processes import start_api, start_lm_simulator, start_redis, start_worker
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -25,7 +25,7 @@ import httpx
 import redis
 
 from bench.report import results_header
-from stack.processes import Proc, start_api, start_lm_simulator, start_redis, start_worker, wait_for
+from harness.processes import Proc, start_api, start_lm_simulator, start_redis, start_worker, wait_for
 
 RESULTS = Path(__file__).parent / "results" / "redis_ceiling.md"
 _IDLE_S = 10.0

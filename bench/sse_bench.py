@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.sse_bench [--clients 100,500,1000,2000,5000,10000] [--py-spy PATH]
 
 Starts everything it needs (a private redis-server, the scripted LM
-`stack/lm_simulator.py`, one Celery worker, one API process under uvicorn,
+`harness/lm_simulator.py`, one Celery worker, one API process under uvicorn,
 all on 127.0.0.1), runs the scenarios, stops everything, prints a Markdown
 report and writes it to `bench/results/sse.md`. No timing is asserted: this
 measures, it does not judge. Process logs go to `test-artifacts/bench-*.log`.
@@ -47,7 +47,7 @@ from typing import Any
 from bench.report import exit_on_signal, find_py_spy, ms, raise_fd_limit
 from bench.sse.render import report
 from bench.sse.stack import Bench, Run
-from stack.processes import ROOT
+from harness.processes import ROOT
 
 RESULTS = ROOT / "bench" / "results" / "sse.md"
 

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench [--quick] [--no-profile] [--output BENCHMARKS.md]
 
 Starts everything it needs on 127.0.0.1 (a private redis-server, the scripted
-LM `stack/lm_simulator.py` restarted with each scenario's `--ttft-s` and
+LM `harness/lm_simulator.py` restarted with each scenario's `--ttft-s` and
 `--tokens-per-s`, one interactive Celery worker with the threads pool, one API
 process, the baseline `bench/baseline_app.py`), runs the scenarios, stops
 everything and writes the results, with the machine, the package versions and

@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from bench.report import command_line, results_header, table
-from stack.processes import (
+from harness.processes import (
     Proc,
     free_port,
     python_module,
@@ -40,7 +40,7 @@ from stack.processes import (
     start_worker,
     wait_for,
 )
-from stack.webhook_receiver import Receiver
+from harness.webhook_receiver import Receiver
 
 RESULTS = Path(__file__).parent / "results" / "webhooks.md"
 SCRIPTED_RESULTS = Path(__file__).parent / "results" / "webhooks-scripted.md"

@@ -1,7 +1,8 @@
 """The Celery app both sides share: broker, serialization, queues, delivery.
 
 The API and Flower use this app as it is (they send and watch tasks by name
-and never import dspy); `worker.celery_app` adds the task implementations.
+and never import dspy; Flower's is core/flower_app.py); `worker.celery_app`
+adds the task implementations. Importing this module builds no app.
 
 Delivery: late acks, prefetch 1 so a busy worker does not sit on messages
 another could run, and no kombu ack emulation: kombu keeps the messages a
@@ -71,7 +72,3 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
-
-
-# Module-level app for `celery -A core.queue flower`.
-app = make_celery()

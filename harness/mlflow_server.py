@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from stack.processes import Proc, free_port, wait_for
+from harness.processes import Proc, free_port, wait_for
 
 # Every process that talks to the test server, the server included.
 QUIET_ENV = {

@@ -134,7 +134,7 @@ def python_module(module: str, *args: str) -> list[str]:
 
 def start_lm_simulator(name: str = "lm-simulator", *args: str) -> tuple[Proc, str]:
     port = free_port()
-    proc = Proc(name, python_module("stack.lm_simulator", "--port", str(port), *args), {})
+    proc = Proc(name, python_module("harness.lm_simulator", "--port", str(port), *args), {})
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(f"{base}/health").status_code == 200, 20, "LM simulator", proc)
     return proc, f"{base}/v1"

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from stack.processes import ARTIFACTS, Proc, free_port, wait_for
+from harness.processes import ARTIFACTS, Proc, free_port, wait_for
 
 MASTER_NAME = "dspy-jobs"
 # Sentinel pings each server once a second: at 1000 ms one late reply marks a

@@ -1,6 +1,6 @@
 """A webhook receiver on loopback that records what reaches it and answers as scripted (tests, trying it out).
 
-`python -m stack.webhook_receiver [port]` prints every event it gets (and
+`python -m harness.webhook_receiver [port]` prints every event it gets (and
 verifies it when WEBHOOK_SECRET is set): a receiver to point `webhook_url` at
 while trying the service locally (with WEBHOOK_ALLOW_PRIVATE=true).
 """

@@ -1,2 +1,2 @@
-"""Running the stack: `make up`'s launcher and supervisor, the embedded LM server, the scripted LM, and the
-helpers that start the same processes for the tests and the benchmarks."""
+"""Running the service on one machine: `make up`'s launcher and supervisor, and the embedded LM server (which
+the `lm` image runs). What only tests and benchmarks need is in harness/."""

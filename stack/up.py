@@ -165,7 +165,16 @@ def main() -> int:
     api = [PY, "-m", "uvicorn", "api.main:app", "--host", settings.api_host, "--port", str(settings.api_port)]
     supervisor.add("api", api, env, cwd)
     # Flower's default is every interface; make up is for this machine only.
-    flower = [PY, "-m", "celery", "-A", "core.queue", "flower", f"--port={settings.flower_port}", "--address=127.0.0.1"]
+    flower = [
+        PY,
+        "-m",
+        "celery",
+        "-A",
+        "core.flower_app",
+        "flower",
+        f"--port={settings.flower_port}",
+        "--address=127.0.0.1",
+    ]
     supervisor.add("flower", flower, env, cwd)
     threading.Thread(target=_announce_when_ready, args=(settings, flower_auth, generated), daemon=True).start()
     return supervisor.run()

@@ -20,8 +20,8 @@ import httpx
 import pytest
 import redis
 
-from stack.mlflow_server import start_mlflow_server
-from stack.processes import Proc, free_port, start_api, start_lm_simulator, start_redis, start_worker, wait_for
+from harness.mlflow_server import start_mlflow_server
+from harness.processes import Proc, free_port, start_api, start_lm_simulator, start_redis, start_worker, wait_for
 
 # The fixtures below that start processes.
 PROCESS_FIXTURES = frozenset({"lm_api_base", "stack", "client", "make_stack", "lm_requests", "mlflow_tracking_uri"})
@@ -100,7 +100,16 @@ class Stack:
         port = free_port()
         flower = Proc(
             "flower",
-            [sys.executable, "-m", "celery", "-A", "core.queue", "flower", f"--port={port}", "--address=127.0.0.1"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "core.flower_app",
+                "flower",
+                f"--port={port}",
+                "--address=127.0.0.1",
+            ],
             {**self.env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)},
         )
         self.procs.append(flower)
@@ -176,7 +185,7 @@ def make_stack(lm_api_base: str) -> Iterator[Callable[..., Stack]]:
 
 @pytest.fixture(scope="session")
 def mlflow_tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real MLflow tracking server with its model registry (stack/mlflow_server.py), empty at first."""
+    """A real MLflow tracking server with its model registry (harness/mlflow_server.py), empty at first."""
     proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
     yield uri
     proc.stop()

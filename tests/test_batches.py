@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from stack.sse_client import keepalive
+from harness.sse_client import keepalive
 from tests.conftest import Stack
 from tests.test_jobs import expected_result, wait_finished
 

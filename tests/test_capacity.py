@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from stack.processes import Proc, start_lm_simulator, wait_for
+from harness.processes import Proc, start_lm_simulator, wait_for
 from tests.conftest import Stack, private_stack
 from tests.test_batches import submit_batch, wait_batch
 from tests.test_jobs import unique, wait_finished

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from core.capacity import DEFAULT_MAX_IN_FLIGHT, EMBEDDED_MAX_IN_FLIGHT, endpoint_for, endpoints, limits_for
 from core.settings import EMBEDDED_LM_MODEL, Settings
-from stack.processes import ROOT
+from harness.processes import ROOT
 
 
 def test_the_embedded_model_gets_what_its_server_runs_at_once_wherever_it_is_served() -> None:

@@ -34,7 +34,7 @@ from dspy_jobs_client import (
 )
 
 from api.auth import digest
-from stack.processes import ROOT, Proc, free_port, wait_for
+from harness.processes import ROOT, Proc, free_port, wait_for
 from tests.conftest import OTHER_MODEL, Stack
 from tests.test_events import field_text
 from tests.test_jobs import QA_FIELDS, expected_result, unique

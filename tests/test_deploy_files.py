@@ -6,6 +6,7 @@ match, Redis is persistent, password-protected and unpublished, and the
 API image installs no dspy.
 """
 
+import importlib
 import importlib.util
 import re
 import shutil
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from core.settings import Settings
-from stack.processes import ROOT
+from harness.processes import ROOT
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
@@ -180,3 +181,23 @@ def test_api_dependencies_from_the_lock_file_include_no_dspy() -> None:
 
 def test_compose_requires_api_keys_because_it_publishes_the_api() -> None:
     assert ":?" in SERVICES["api"]["environment"]["API_KEYS"]
+
+
+def test_flowers_app_is_built_where_flower_starts_and_nowhere_else() -> None:
+    """Regression: core.queue built a Celery app on import, so every process that set up logging made one."""
+    from celery import Celery, _state
+
+    import core.queue
+
+    before = len(list(_state._get_active_apps()))
+    importlib.reload(core.queue)
+    assert len(list(_state._get_active_apps())) == before
+    command = SERVICES["flower"]["command"]
+    assert isinstance(importlib.import_module(command[command.index("-A") + 1]).app, Celery)
+
+
+def test_the_lm_image_copies_what_ships_and_none_of_the_test_harness() -> None:
+    lm_stage = dockerfile("Dockerfile.worker").split(" AS lm", 1)[1]
+    copied = re.findall(r"^COPY (\S+)", lm_stage, re.M)
+    assert "stack" in copied
+    assert not {"harness", "tests", "bench"} & set(copied)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import Settings
-from stack.processes import ROOT
+from harness.processes import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

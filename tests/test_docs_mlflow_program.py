@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from stack.mlflow_server import QUIET_ENV
-from stack.processes import ROOT, wait_for
+from harness.mlflow_server import QUIET_ENV
+from harness.processes import ROOT, wait_for
 from tests.conftest import private_stack
 from tests.test_docs_own_program import section_blocks
 from tests.test_jobs import expected_result, unique

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from stack.processes import ROOT
+from harness.processes import ROOT
 from tests.conftest import private_stack
 
 pytestmark = pytest.mark.e2e

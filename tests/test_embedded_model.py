@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from core.settings import EMBEDDED_LM_MODEL
-from stack.processes import Proc, free_port, python_module, wait_for
-from stack.sse_client import read_events
+from harness.processes import Proc, free_port, python_module, wait_for
+from harness.sse_client import read_events
 from tests.conftest import Stack, private_stack
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ import redis
 from api.enqueue import TaskMessages
 from core.queue import RUN_JOB_TASK, make_celery
 from core.settings import Settings
-from stack.processes import wait_for
+from harness.processes import wait_for
 from tests.conftest import FLOWER_AUTH, Stack
 from tests.test_jobs import expected_result, unique, wait_finished
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from stack.sse_client import Received, aread_events, read_events
+from harness.sse_client import Received, aread_events, read_events
 from tests.conftest import Stack
 from tests.test_jobs import QA_FIELDS, expected_result, unique
 
@@ -127,7 +127,7 @@ def test_a_cache_hit_still_streams_every_field(make_stack: Callable[[], Stack]) 
 
 
 def stack_cache_dir() -> str:
-    from stack.processes import ARTIFACTS
+    from harness.processes import ARTIFACTS
 
     path = ARTIFACTS / f"dspy-cache-{uuid.uuid4().hex[:8]}"
     path.mkdir(parents=True)

@@ -17,8 +17,8 @@ import pytest
 from core import keys
 from core.queue import RUN_JOB_TASK, make_celery
 from core.settings import Settings
-from stack.processes import start_api, wait_for
-from stack.sse_client import read_events
+from harness.processes import start_api, wait_for
+from harness.sse_client import read_events
 from tests.conftest import Stack
 from tests.test_jobs import expected_result, unique, wait_finished
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from stack.processes import wait_for
+from harness.processes import wait_for
 from tests.conftest import FLOWER_AUTH, Stack
 from tests.test_jobs import expected_result, unique, wait_finished
 

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from stack.processes import start_redis, wait_for
+from harness.processes import start_redis, wait_for
 from tests.conftest import Stack
 from tests.test_jobs import unique, wait_finished
 

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from stack.lm_simulator import scripted_answer
+from harness.lm_simulator import scripted_answer
 from tests.conftest import OTHER_MODEL, Stack
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from stack.processes import Proc, free_port, start_lm_simulator, wait_for
+from harness.processes import Proc, free_port, start_lm_simulator, wait_for
 
 pytestmark = pytest.mark.e2e
 

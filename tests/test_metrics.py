@@ -12,7 +12,7 @@ import pytest
 from httpx_sse import connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
-from stack.processes import ARTIFACTS, Proc, free_port, wait_for
+from harness.processes import ARTIFACTS, Proc, free_port, wait_for
 from tests.conftest import Stack
 from tests.test_batches import submit_batch, wait_batch
 from tests.test_jobs import unique, wait_finished

@@ -1,6 +1,6 @@
 """Programs from MLflow: a DSPy program logged and registered in a real MLflow tracking server, served.
 
-The server is `mlflow server` on loopback (stack/mlflow_server.py); the
+The server is `mlflow server` on loopback (harness/mlflow_server.py); the
 programs are logged by a script as a user would (tests/programs/log_to_mlflow.py):
 the shipped `qa` program, version 1 as MLflow's pickle and version 2, other
 instructions and one demo, in dspy's own form, both with an LM of the
@@ -23,9 +23,9 @@ import pytest
 
 from core.mlflow_uris import parse_mlflow_uri
 from core.settings import Settings
-from stack.mlflow_server import QUIET_ENV
-from stack.processes import ROOT, free_port, wait_for
-from stack.sse_client import read_events
+from harness.mlflow_server import QUIET_ENV
+from harness.processes import ROOT, free_port, wait_for
+from harness.sse_client import read_events
 from tests.conftest import Stack, private_stack
 from tests.test_jobs import expected_result, wait_finished
 

@@ -24,8 +24,8 @@ from openai import OpenAI
 
 from api.auth import owner_id
 from core import keys
-from stack.mlflow_server import QUIET_ENV, start_mlflow_server
-from stack.processes import ROOT, wait_for
+from harness.mlflow_server import QUIET_ENV, start_mlflow_server
+from harness.processes import ROOT, wait_for
 from tests.conftest import Stack, private_stack
 from tests.test_jobs import expected_result, unique, wait_finished
 from tests.test_mlflow_programs import mlflow_env

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from stack.processes import Proc, free_port, wait_for
+from harness.processes import Proc, free_port, wait_for
 from tests.conftest import Stack
 from tests.test_batches import submit_batch, wait_batch
 from tests.test_jobs import unique, wait_finished

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from api.auth import digest
-from stack.processes import ARTIFACTS, ROOT
+from harness.processes import ARTIFACTS, ROOT
 from tests.conftest import Stack, private_stack
 from tests.test_batches import wait_batch
 from tests.test_jobs import expected_result, unique

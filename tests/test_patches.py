@@ -14,8 +14,8 @@ from kombu.transport import redis as kombu_redis
 
 import patches
 from core.settings import Settings
+from harness.processes import ROOT
 from patches import dspy_caches, kombu_clients, lm15_connections
-from stack.processes import ROOT
 
 
 def test_every_patch_takes_on_the_pinned_versions() -> None:

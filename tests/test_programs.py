@@ -23,8 +23,8 @@ from pydantic import ValidationError
 
 from core.programs import RegistryError, artifact_path, registered_programs
 from core.settings import Settings
-from stack.processes import ROOT, wait_for
-from stack.sse_client import read_events
+from harness.processes import ROOT, wait_for
+from harness.sse_client import read_events
 from tests.conftest import Stack, private_stack
 from tests.test_jobs import wait_finished
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from stack.processes import free_port, start_api, start_redis, start_worker, wait_for
+from harness.processes import free_port, start_api, start_redis, start_worker, wait_for
 from tests.conftest import Stack
 from tests.test_jobs import unique
 

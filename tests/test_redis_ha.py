@@ -1,7 +1,7 @@
 """Redis behind Sentinel: the primary killed under load loses no accepted job, and nothing needs a restart.
 
 The stacks here run on a primary, two replicas and three Sentinels
-(stack/redis_ha.py). bench/failover.py drives the load and does the
+(harness/redis_ha.py). bench/failover.py drives the load and does the
 counting; `python -m bench.failover` runs it more times and writes
 bench/results/failover.md.
 """
@@ -13,9 +13,9 @@ import httpx
 import pytest
 import redis
 
-from bench import failover
-from stack.processes import ARTIFACTS, Proc, start_api, start_redis, start_worker, wait_for, worker_command
-from stack.redis_ha import SentinelGroup
+from harness import failover
+from harness.processes import ARTIFACTS, Proc, start_api, start_redis, start_worker, wait_for, worker_command
+from harness.redis_ha import SentinelGroup
 from tests.conftest import FLOWER_AUTH, Stack
 
 pytestmark = pytest.mark.e2e

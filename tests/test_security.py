@@ -19,8 +19,8 @@ from httpx_sse import connect_sse
 
 from api.auth import owner_id
 from core import keys
-from stack.processes import ROOT, Proc, free_port, start_redis, start_worker, wait_for
-from stack.sse_client import read_events
+from harness.processes import ROOT, Proc, free_port, start_redis, start_worker, wait_for
+from harness.sse_client import read_events
 from tests.conftest import Stack
 from tests.test_batches import submit_batch, wait_batch
 from tests.test_jobs import unique, wait_finished

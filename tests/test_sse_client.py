@@ -1,8 +1,8 @@
-"""The test and bench SSE readers skip the server's keep-alive comments (stack/sse_client.py)."""
+"""The test and bench SSE readers skip the server's keep-alive comments (harness/sse_client.py)."""
 
 from httpx_sse._decoders import SSEDecoder
 
-from stack.sse_client import keepalive
+from harness.sse_client import keepalive
 
 
 def test_a_keepalive_comment_after_an_event_reaches_the_reader_as_an_empty_message_and_is_skipped() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from stack.sse_client import read_events
+from harness.sse_client import read_events
 from tests.conftest import Stack
 from tests.test_batches import submit_batch, wait_batch
 from tests.test_events import assert_complete_stream, field_text

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from core import keys
-from stack.processes import Proc, free_port, wait_for
-from stack.webhook_receiver import Receiver
+from harness.processes import Proc, free_port, wait_for
+from harness.webhook_receiver import Receiver
 from tests.conftest import Stack
 from tests.test_jobs import unique, wait_finished
 from tests.test_webhooks import WEBHOOK_ENV, delivered, failed, submit, webhook_of

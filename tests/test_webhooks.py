@@ -10,8 +10,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from stack.processes import free_port, wait_for
-from stack.webhook_receiver import Receiver
+from harness.processes import free_port, wait_for
+from harness.webhook_receiver import Receiver
 from tests.conftest import Stack
 from tests.test_jobs import unique, wait_finished
 

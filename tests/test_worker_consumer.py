@@ -8,7 +8,7 @@ from kombu.exceptions import OperationalError
 
 from core.queue import make_celery
 from core.settings import Settings
-from stack.processes import free_port
+from harness.processes import free_port
 from worker.consumer import Consumer
 
 

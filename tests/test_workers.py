@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from core import keys
-from stack.processes import wait_for
+from harness.processes import wait_for
 from tests.conftest import Stack
 from tests.test_jobs import wait_finished
 

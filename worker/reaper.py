@@ -45,8 +45,8 @@ from core import keys, kombu_wire, scripts
 from core.jobs import JobStatus
 from core.queue import RUN_JOB_TASK
 from core.settings import Settings
-from worker.job_runner import Send
 from worker.job_store import JobStore
+from worker.runs import Send
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import load
-from stack.lm_simulator import _apply_stop, _tokens, scripted_answer
+from harness.lm_simulator import _apply_stop, _tokens, scripted_answer
 
 QA_FIELDS = ["reasoning", "answer", "key_concepts", "question_type"]
 COMPLETION_MARKER = "[[ ## completed ## ]]"

@@ -14,7 +14,7 @@ from bench.pyspy import frame_key, raw_stacks
 from bench.report import ROOT, CpuSnapshot
 from bench.scenarios.common import OURS, OURS_PATH, body_extra, log
 from bench.scenarios.stack import Stack, wait_quiet
-from stack.processes import ARTIFACTS
+from harness.processes import ARTIFACTS
 
 
 @dataclass

@@ -70,7 +70,7 @@ def preamble(res: Results) -> list[str]:
         "cached in it as in the worker (`patches/dspy_caches.py`), so the comparison measures the queue."
     )
     add(
-        f"- **LM**: the scripted simulator (`stack/lm_simulator.py`), `LM_CACHE=false`; every question is unique "
+        f"- **LM**: the scripted simulator (`harness/lm_simulator.py`), `LM_CACHE=false`; every question is unique "
         f"and 14 words long, so every answer is the same {res.chunks} chunks (reasoning, answer, key_concepts, "
         f'question_type with their headers). *Ours* sends `"stream": false`: the worker calls the program without '
         f"streaming and writes each field whole, as one `token` event, before the result; *ours, streaming* sends "

@@ -11,7 +11,7 @@ from bench.scenarios.closed_loop import LoopResult
 from bench.scenarios.common import BASE, OURS, SYSTEMS
 from bench.scenarios.profiling import Profile
 from bench.scenarios.ttft import Ttft
-from stack.processes import ARTIFACTS
+from harness.processes import ARTIFACTS
 
 
 @dataclass

@@ -14,7 +14,7 @@ from bench.scenarios.common import BASE, BASE_PATH, OURS, OURS_PATH, SYSTEMS, LM
 from core import keys
 from core.queue import make_celery
 from core.settings import Settings
-from stack.processes import Proc, free_port, python_module, start_api, start_redis, start_worker, wait_for
+from harness.processes import Proc, free_port, python_module, start_api, start_redis, start_worker, wait_for
 
 
 class Stack:
@@ -113,7 +113,7 @@ class Stack:
             self.lm.stop()
             self.procs.remove(self.lm)
         args = ["--port", str(self.lm_port), "--ttft-s", str(timing.ttft_s), "--tokens-per-s", str(timing.tokens_per_s)]
-        self.lm = Proc("bench-suite-lm", python_module("stack.lm_simulator", *args), {})
+        self.lm = Proc("bench-suite-lm", python_module("harness.lm_simulator", *args), {})
         self.procs.append(self.lm)
         wait_for(lambda: httpx.get(f"{self.lm_base}/health").status_code == 200, 30, "LM simulator", self.lm)
         self.lm_timing = timing

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.pyspy import frame_key, raw_stacks
-from stack.processes import ARTIFACTS
+from harness.processes import ARTIFACTS
 
 
 @dataclass

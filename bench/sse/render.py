@@ -7,7 +7,7 @@ from collections import Counter
 
 from bench.report import WITHIN_S, Dist, command_line, machine, ms, versions
 from bench.sse.stack import Run
-from stack.processes import ROOT
+from harness.processes import ROOT
 
 PACKAGES = ["dspy", "celery", "redis", "fastapi", "uvicorn", "sse-starlette", "starlette", "uvloop", "httptools"]
 
@@ -39,7 +39,7 @@ def _preamble(args: argparse.Namespace, started: datetime.datetime, duration_s: 
         add(f"- {name}: {value}")
     add("- Packages: " + ", ".join(f"{n} {v}" for n, v in versions(PACKAGES)))
     add(
-        f"- Stack: private redis-server, the scripted LM (`stack/lm_simulator.py`), 1 Celery worker "
+        f"- Stack: private redis-server, the scripted LM (`harness/lm_simulator.py`), 1 Celery worker "
         f"(threads pool), 1 API process (`uvicorn api.main:app`, uvloop + httptools when installed, "
         f"`API_REDIS_MAX_CONNECTIONS={args.api_redis_max_connections}`), all on 127.0.0.1. Clients: raw asyncio "
         f"sockets on uvloop in {args.client_procs} separate process(es), at most {args.connect_concurrency} "

@@ -24,7 +24,7 @@ from bench.sse.measure import CpuSampler, Matching, PublishObserver, children, m
 from bench.sse.profile import Profile, start_profile, stop_profile
 from core.queue import make_celery
 from core.settings import Settings
-from stack.processes import (
+from harness.processes import (
     ARTIFACTS,
     Proc,
     free_port,
@@ -34,7 +34,7 @@ from stack.processes import (
     start_worker,
     wait_for,
 )
-from stack.sse_client import read_events
+from harness.sse_client import read_events
 
 
 def _rss_mb(pid: int) -> float:

@@ -81,6 +81,8 @@ class Batch(BaseModel):
     usage: LMUsage = Field(description="LM tokens spent by all items so far.")
     error: str | None = Field(None, description="Why the batch could not run, when `status` is `failed`.")
     webhook: WebhookState | None = Field(None, description="The delivery of its completion event, if it has one.")
+    retry_of: str | None = Field(None, description="The batch whose items this one runs again (`POST .../retry`).")
+    retried_by: str | None = Field(None, description="The batch that runs this one's items again, if any.")
     links: BatchLinks
 
 
@@ -153,6 +155,8 @@ def batch_from_fields(fields: dict[str, str]) -> Batch:
         usage=LMUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion),
         error=fields.get("error"),
         webhook=webhook_from_fields(fields),
+        retry_of=fields.get("retry_of"),
+        retried_by=fields.get("retried_by"),
         links=BatchLinks.for_batch(fields["id"]),
     )
 

@@ -175,6 +175,23 @@ def long_polls(bucket: str) -> str:
     return f"{PREFIX}:waits:{bucket}"
 
 
+# Sorted sets for listing (core/lua/indexes.lua): `<prefix><scope>:<jobs|batches>:<facet>`.
+INDEX_PREFIX = f"{PREFIX}:idx:"
+# The scope of operators' keys: every key's records.
+EVERY_SCOPE = "*"
+
+
+def index(scope: str, kind: str, facet: str) -> str:
+    """Sorted set: ids of `kind` ('jobs', 'batches') in `scope` (an owner id, 'public', or every key's) with
+    `facet` ('all', 'status:<s>', 'program:<p>', 'version:<p>@<v>', 'error:<type>'), scored by creation time."""
+    return f"{INDEX_PREFIX}{scope}:{kind}:{facet}"
+
+
+def batch_items(batch_id: str, status: str) -> str:
+    """Sorted set: the indexes of a batch's items with a record in `status`, scored by index."""
+    return f"{batch(batch_id)}:items:{status}"
+
+
 # Hash: worker-side counters for /metrics, field `[name, labels]` (JSON) -> value (core/metrics.py).
 METRICS_COUNTERS = f"{PREFIX}:metrics:counters"
 # Hash: worker-side histograms for /metrics, field `[name, labels, bucket index | "sum" | "count"]`.

@@ -1,7 +1,7 @@
 """The service's Lua: one library of Redis functions, loaded once per Redis, called by name.
 
-Every script lives in `core/lua/`, one file per family (webhooks, events,
-limits, submissions, batches, jobs, capacity), each documenting the KEYS and ARGV of its functions. They
+Every script lives in `core/lua/`, one file per family (webhooks, indexes,
+events, limits, submissions, batches, jobs, capacity), each documenting the KEYS and ARGV of its functions. They
 are loaded together as one library (`FUNCTION LOAD`), so a family can call
 another's local helpers (every family appends events through
 `append_event`) without pasting source into source. Redis keeps functions
@@ -32,7 +32,7 @@ from core.jobs import TERMINAL_STATUSES
 from core.refusals import lua_constants
 
 # In this order: a family may call the local helpers of those before it.
-FAMILIES = ("webhooks", "events", "limits", "submissions", "batches", "jobs", "capacity")
+FAMILIES = ("webhooks", "indexes", "events", "limits", "submissions", "batches", "jobs", "capacity")
 _LUA = Path(__file__).with_name("lua")
 
 
@@ -46,6 +46,7 @@ _CONSTANTS = {
     "__COUNTED__": keys.COUNTED_FIELD,
     "__WEBHOOKS_DUE__": keys.WEBHOOKS_DUE,
     "__WEBHOOK_PREFIX__": keys.WEBHOOK_PREFIX,
+    "__INDEX_PREFIX__": keys.INDEX_PREFIX,
     "__TERMINAL_STATUSES__": _lua_set(TERMINAL_STATUSES),
     "__TERMINAL_BATCH_STATUSES__": _lua_set(TERMINAL_BATCH_STATUSES),
     "__REFUSALS__": lua_constants(),

@@ -235,3 +235,42 @@ def test_item_results_are_jobs_so_wait_finished_works_on_them(client: httpx.Clie
     batch_id = submit_batch(client, [{"question": f"single {tag()}"}])["id"]
     wait_batch(client, batch_id)
     assert wait_finished(client, f"{batch_id}-0")["status"] == "succeeded"
+
+
+def test_retrying_a_batch_runs_exactly_its_failed_items_again_with_their_custom_ids(client: httpx.Client) -> None:
+    run = tag()
+    # Items 1 and 3: the LM refuses their first call (400, not worth retrying), and answers later ones.
+    items = [
+        {
+            "question": f"retry {run} {i}" + (" [lm:fail_times=1,status=400]" if i in (1, 3) else ""),
+            "custom_id": f"c{i}",
+        }
+        for i in range(5)
+    ]
+    first = wait_batch(client, submit_batch(client, items)["id"])
+    assert first["counts"]["failed"] == 2 and first["counts"]["succeeded"] == 3, first["counts"]
+
+    retried = client.post(f"/batches/{first['id']}/retry", json={"statuses": ["failed"]})
+    again = client.post(f"/batches/{first['id']}/retry", json={"statuses": ["failed"]})
+
+    assert retried.status_code == 202, retried.text
+    second = retried.json()
+    assert again.json()["id"] == second["id"], "retrying twice makes one new batch"
+    assert second["retry_of"] == first["id"] and second["counts"]["total"] == 2
+    assert client.get(f"/batches/{first['id']}").json()["retried_by"] == second["id"]
+    done = wait_batch(client, second["id"])
+    results = all_results(client, second["id"], 10)
+    assert done["status"] == "completed" and done["counts"]["succeeded"] == 2
+    assert [(r["custom_id"], r["status"]) for r in results] == [("c1", "succeeded"), ("c3", "succeeded")]
+    listed = client.get("/jobs", params={"batch_id": first["id"], "status": "failed"}).json()
+    assert [job["id"] for job in listed["data"]] == [f"{first['id']}-1", f"{first['id']}-3"]
+
+
+def test_a_batch_still_running_cannot_be_retried_and_one_without_failures_says_so(client: httpx.Client) -> None:
+    running = submit_batch(client, [{"question": f"slow {tag()} [lm:delay_s=3]"}])
+    assert client.post(f"/batches/{running['id']}/retry").status_code == 409
+    done = wait_batch(client, running["id"])
+
+    response = client.post(f"/batches/{done['id']}/retry")
+
+    assert response.status_code == 422 and "no failed, expired items" in response.json()["detail"]

@@ -23,6 +23,8 @@
   between an API stamping a job and pushing its message, and for API hosts
   whose clocks differ. A message sent twice is harmless: the second finds the
   job leased or finished and is dropped.
+- **Listing indexes** (core/lua/indexes.lua) lose the entries of records
+  past their TTL, once a minute.
 - **A job not started by its deadline** (`keys.DEADLINES`) while nobody holds
   it (still in its queue, or behind a delayed retry's message) ends
   `expired`; one a worker holds expires there (worker/job_runner.py). A
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 
 # How much earlier than it appears a mark of how far workers have taken a queue is taken.
 _MARK_MARGIN_S = 1.0
+# How often the listing indexes are trimmed of expired records' entries.
+_TRIM_EVERY_S = 60.0
 _LOST = {"status": "retrying", "reason": "the worker running this job was lost", "delay_s": 0}
 
 
@@ -95,6 +99,7 @@ class Reaper:
         self._send = send
         self._batch = batch
         self._marks = TakenMarks(settings.queued_lost_after_s)
+        self._next_trim = 0.0
 
     async def run_forever(self) -> None:
         while True:
@@ -104,6 +109,7 @@ class Reaper:
                 await self.resend_lost_messages()
                 await self.expire_overdue()
                 await self.expire_overdue_batches()
+                await self.trim_indexes()
             except RedisError as e:
                 log.warning("reaper could not reach Redis: %s", e)
             except Exception:
@@ -174,6 +180,17 @@ class Reaper:
                 expired += 1
             await self._redis.zrem(keys.BATCH_DEADLINES, batch_id)
         return expired
+
+    async def trim_indexes(self) -> int:
+        """Drop the listing indexes' entries of records past their TTL (core/lua/indexes.lua), once a minute."""
+        now = time.time()
+        if now < self._next_trim:
+            return 0
+        self._next_trim = now + _TRIM_EVERY_S
+        trimmed = 0
+        async for key in self._redis.scan_iter(match=f"{keys.INDEX_PREFIX}*", count=500):
+            trimmed += int(await self._redis.zremrangebyscore(key, "-inf", now - self._settings.job_ttl_s))
+        return trimmed
 
     async def _model(self, job_id: str) -> str | None:
         model: Any = await self._redis.hget(keys.job(job_id), "model")

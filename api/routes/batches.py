@@ -8,6 +8,7 @@
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated
 
 import anyio
@@ -18,18 +19,19 @@ from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from api import batch_store
+from api import batch_retry, batch_store, listing
 from api.auth import UNAUTHORIZED, CallerDep, SseCallerDep
+from api.batch_retry import RetryRequest
 from api.deps import RedisDep, SettingsDep, StreamsDep
 from api.last_event_id import parse_last_event_id
 from api.program_catalog import Catalog
-from api.submission import add_batch_route
-from core.batches import TERMINAL_BATCH_STATUSES, Batch, batch_from_fields
+from api.submission import BATCH_RESPONSES, SubmissionDep, add_batch_route
+from core.batches import TERMINAL_BATCH_STATUSES, Batch, BatchStatus, batch_from_fields
 from core.logging_setup import bind
 
 log = logging.getLogger(__name__)
-# The routes of one batch, the same whatever the catalog holds.
-_by_id = APIRouter()
+# The routes that read and cancel batches, the same whatever the catalog holds.
+_reads = APIRouter(prefix="/batches")
 
 
 class BatchItemResult(BaseModel):
@@ -49,28 +51,53 @@ class BatchResultsPage(BaseModel):
 
 
 def build_router(catalog: Catalog) -> APIRouter:
-    router = APIRouter(prefix="/batches", tags=["batches"], responses=UNAUTHORIZED)
+    router = APIRouter(tags=["batches"], responses=UNAUTHORIZED)
     add_batch_route(
         router,
-        "",
+        "/batches",
         catalog.default,
         catalog.default_bodies.batch_create,  # type: ignore[arg-type]
         lambda body: [item.model_dump(mode="json", exclude_unset=True, exclude_none=False) for item in body.items],
         f"Submit a batch of `{catalog.default}` jobs (the default program); answers 202 once every item is "
         "stored, before they are all enqueued.",
     )
-    router.include_router(_by_id)
+    router.include_router(_reads)
     return router
 
 
-@_by_id.get("/{batch_id}", response_model=Batch, responses={404: {"description": "No batch with this id."}})
+class BatchesPage(BaseModel):
+    data: list[Batch]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null after the last.")
+    total: int | None = Field(
+        description="How many batches match, where the indexes can say without reading records; else null."
+    )
+
+
+@_reads.get("", response_model=BatchesPage, responses={400: {"description": "A cursor this API did not give."}})
+async def list_batches(
+    redis: RedisDep,
+    caller: CallerDep,
+    status: BatchStatus | None = None,
+    program: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> BatchesPage:
+    """Batches newest first, filtered; this key's own, an operator's key every key's. Follow `next_cursor`."""
+    filters = listing.Filters(status and status.value, program, None, None, created_after, created_before)
+    page = await listing.page(redis, caller, "batches", filters, cursor, limit)
+    return BatchesPage(data=await listing.batches(redis, page.ids), next_cursor=page.next_cursor, total=page.total)
+
+
+@_reads.get("/{batch_id}", response_model=Batch, responses={404: {"description": "No batch with this id."}})
 async def get_batch(batch_id: str, redis: RedisDep, caller: CallerDep) -> Batch:
     """The batch: status, counts by item status, timestamps, total LM usage."""
     bind(batch_id=batch_id)
     return batch_from_fields(await batch_store.read_batch(redis, batch_id, caller))
 
 
-@_by_id.get("/{batch_id}/results", response_model=BatchResultsPage, responses={404: {"description": "No batch."}})
+@_reads.get("/{batch_id}/results", response_model=BatchResultsPage, responses={404: {"description": "No batch."}})
 async def get_batch_results(
     batch_id: str,
     redis: RedisDep,
@@ -91,7 +118,7 @@ async def get_batch_results(
     )
 
 
-@_by_id.get(
+@_reads.get(
     "/{batch_id}/results.ndjson",
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-ndjson": {}}}, 404: {"description": "No batch."}},
@@ -118,7 +145,25 @@ async def download_batch_results(
     )
 
 
-@_by_id.post(
+@_reads.post(
+    "/{batch_id}/retry",
+    status_code=202,
+    response_model=Batch,
+    responses={
+        **BATCH_RESPONSES,
+        404: {"description": "No batch."},
+        409: {"description": "The batch has not ended yet."},
+        422: {"description": "It has no items of those statuses."},
+    },
+)
+async def retry_batch(batch_id: str, submission: SubmissionDep, body: RetryRequest | None = None) -> Batch:
+    """A new batch of the same program with the items that ended `failed` or `expired` (or the `statuses`
+    given), each with its input and `custom_id`, linked both ways (`retry_of`, `retried_by`)."""
+    bind(batch_id=batch_id)
+    return await batch_retry.retry(submission, batch_id, (body or RetryRequest()).statuses)
+
+
+@_reads.post(
     "/{batch_id}/cancel",
     response_model=Batch,
     responses={404: {"description": "No batch."}, 409: {"description": "The batch already finished."}},
@@ -131,7 +176,7 @@ async def cancel_batch(batch_id: str, redis: RedisDep, settings: SettingsDep, ca
     return batch
 
 
-@_by_id.get(
+@_reads.get(
     "/{batch_id}/events",
     response_class=EventSourceResponse,
     responses={

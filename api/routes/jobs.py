@@ -6,11 +6,13 @@ service (api/submission.py).
 """
 
 import logging
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Query, Response
+from pydantic import BaseModel, Field
 
-from api import job_store
+from api import batch_store, job_store, listing
 from api.auth import UNAUTHORIZED, CallerDep
 from api.deps import RedisDep, SettingsDep, WaitsDep
 from api.program_catalog import Catalog
@@ -22,12 +24,12 @@ log = logging.getLogger(__name__)
 
 
 def build_router(catalog: Catalog) -> APIRouter:
-    router = APIRouter(prefix="/jobs", tags=["jobs"], responses=UNAUTHORIZED)
+    router = APIRouter(tags=["jobs"], responses=UNAUTHORIZED)
     default = catalog.default_models
     fields = set(default.input_fields)
     add_job_route(
         router,
-        "",
+        "/jobs",
         catalog.default,
         catalog.default_bodies.job_create,  # type: ignore[arg-type]
         default.job,
@@ -35,19 +37,54 @@ def build_router(catalog: Catalog) -> APIRouter:
         f"Submit a `{catalog.default}` job (the default program); answers 202 at once, or the finished job if it "
         "completes within `wait` seconds.",
     )
-    router.include_router(_by_id)
+    router.include_router(_reads)
     return router
 
 
-# The routes of one job, the same whatever the catalog holds.
-_by_id = APIRouter()
+# The routes that read and cancel jobs, the same whatever the catalog holds.
+_reads = APIRouter(prefix="/jobs")
 _CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"description": "No job with this id."},
     409: {"description": "The job already finished; it is left as it was."},
 }
 
 
-@_by_id.get("/{job_id}", response_model=Job, responses={404: {"description": "No job with this id."}})
+class JobsPage(BaseModel):
+    data: list[Job]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null after the last.")
+    total: int | None = Field(
+        description="How many jobs match, where the indexes can say without reading records; else null."
+    )
+
+
+@_reads.get("", response_model=JobsPage, responses={400: {"description": "A cursor this API did not give."}})
+async def list_jobs(
+    redis: RedisDep,
+    caller: CallerDep,
+    status: JobStatus | None = None,
+    program: str | None = None,
+    version: Annotated[str | None, Query(description="The program version that served it (needs `program`).")] = None,
+    error: Annotated[str | None, Query(description="The failure's type, e.g. LMTimeoutError, DeadLettered.")] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    batch_id: Annotated[str | None, Query(description="A batch's items, in the batch's order (`status` only).")] = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobsPage:
+    """Jobs newest first (a batch's items in its order), filtered; this key's own, an operator's key every
+    key's. Follow `next_cursor` for the next page."""
+    if batch_id is not None:
+        if program or version or error or created_after or created_before:
+            raise HTTPException(422, "with batch_id, only status filters: the items share their batch's program")
+        batch = await batch_store.read_batch(redis, batch_id, caller)
+        page = await listing.item_page(redis, batch, [status] if status else list(JobStatus), cursor, limit)
+    else:
+        filters = listing.Filters(status and status.value, program, version, error, created_after, created_before)
+        page = await listing.page(redis, caller, "jobs", filters, cursor, limit)
+    return JobsPage(data=await listing.jobs(redis, page.ids), next_cursor=page.next_cursor, total=page.total)
+
+
+@_reads.get("/{job_id}", response_model=Job, responses={404: {"description": "No job with this id."}})
 async def get_job(
     job_id: str,
     redis: RedisDep,
@@ -72,7 +109,7 @@ async def get_job(
     return job_from_fields(fields, JobLinks.for_job(job_id))
 
 
-@_by_id.post("/{job_id}/cancel", response_model=Job, responses=_CANCEL_RESPONSES)
+@_reads.post("/{job_id}/cancel", response_model=Job, responses=_CANCEL_RESPONSES)
 async def cancel_job(job_id: str, redis: RedisDep, settings: SettingsDep, caller: CallerDep) -> Job:
     """Cancel a job: a queued one never runs, a running one stops at once; a finished one is a 409."""
     bind(job_id=job_id)
@@ -81,7 +118,7 @@ async def cancel_job(job_id: str, redis: RedisDep, settings: SettingsDep, caller
     return job_from_fields(fields, JobLinks.for_job(job_id))
 
 
-@_by_id.delete("/{job_id}", response_model=Job, responses=_CANCEL_RESPONSES)
+@_reads.delete("/{job_id}", response_model=Job, responses=_CANCEL_RESPONSES)
 async def delete_job(job_id: str, redis: RedisDep, settings: SettingsDep, caller: CallerDep) -> Job:
     """Same as `POST /jobs/{id}/cancel`; the record stays readable until it expires."""
     return await cancel_job(job_id, redis, settings, caller)

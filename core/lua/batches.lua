@@ -106,6 +106,7 @@ redis.register_function('batch_create', function(keys, args)
   if #args >= first_input then redis.call('EXPIRE', keys[2], args[1]) end
   redis.call('ZADD', keys[4], args[3], args[2])
   if args[4] ~= '' then redis.call('ZADD', keys[5], args[4], args[2]) end
+  batch_indexed(keys[1], nil, 'queued')
   ensure_in_rotation(keys[1])
   return 1
 end)
@@ -182,6 +183,7 @@ redis.register_function('batch_cancel', function(keys, args)
   local status = redis.call('HGET', keys[1], 'status')
   if not status or BATCH_TERMINAL[status] then return 0 end
   redis.call('HSET', keys[1], 'cancel_requested', '1', 'status', 'cancelling')
+  batch_indexed(keys[1], status, 'cancelling')
   redis.call('HINCRBY', keys[1], 'version', 1)
   settle_unpicked(keys[1], tonumber(args[1]))
   batch_maybe_done(keys[1])

@@ -37,6 +37,7 @@ local function batch_maybe_done(batch)
     final = 'expired'
   end
   redis.call('HSET', batch, 'status', final, 'finished_at', now_text())
+  batch_indexed(batch, b[1], final)
   redis.call('HINCRBY', batch, 'version', 1)
   webhook_enqueue(batch, 'batch', final)
   if b[8] and final == 'completed' then redis.call('DEL', b[8]) end
@@ -55,6 +56,7 @@ local function batch_items_moved(batch, from, to, n, usage)
   end
   if to == 'running' and redis.call('HGET', batch, 'status') == 'queued' then
     redis.call('HSET', batch, 'status', 'running', 'started_at', now_text())
+    batch_indexed(batch, 'queued', 'running')
   end
   batch_maybe_done(batch)
 end
@@ -81,8 +83,13 @@ local function append_event(job, events, channel, event_type, data, maxlen, ttl_
     redis.call('HSET', job, unpack(updates))
   end
   local batch = redis.call('HGET', job, 'batch_key')
-  if batch and new_status and new_status ~= status then
-    batch_items_moved(batch, status, new_status, 1, usage)
+  if new_status and new_status ~= status then
+    if batch then
+      item_indexed(job, batch, status, new_status, ttl_s)
+      batch_items_moved(batch, status, new_status, 1, usage)
+    else
+      job_indexed(job, status, new_status, TERMINAL[new_status])
+    end
   end
   if new_status and TERMINAL[new_status] and not batch then webhook_enqueue(job, 'job', new_status) end
   local payload = '{"seq":' .. seq .. ',"type":"' .. event_type .. '","data":' .. data .. '}'

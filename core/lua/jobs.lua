@@ -88,6 +88,7 @@ redis.register_function('job_create', function(keys, args)
   if refused then return refused end
   redis.call('HSET', keys[1], unpack(args, 19))
   redis.call('EXPIRE', keys[1], args[1])
+  job_indexed(keys[1], nil, 'queued', false)
   append_event(keys[1], keys[2], keys[3], 'status', args[3], args[2], args[1], {}, nil)
   redis.call('LPUSH', keys[4], args[4])
   if args[5] ~= '' then redis.call('PUBLISH', args[5], args[6]) end

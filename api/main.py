@@ -30,7 +30,7 @@ from api.metrics import REQUESTS_REFUSED, on_process_exit
 from api.paths import BATCH_SUBMISSIONS
 from api.program_catalog import Catalog
 from api.redis_memory import MemoryGuard, SubmissionGuard
-from api.routes import batches, events, health, jobs, metrics, models, openai_chat, page, programs
+from api.routes import batches, events, health, jobs, metrics, models, openai_batches, openai_chat, page, programs
 from api.waits import Waits
 from core import scripts
 from core.gc_tuning import tune_gc
@@ -185,6 +185,7 @@ def create_app() -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(page.router)
     app.include_router(openai_chat.build_router(catalog))
+    app.include_router(openai_batches.build_router(catalog))
     openapi = app.openapi
     # Errors that middleware and handlers give (401, 413, 503) and their shape, in the document.
     app.openapi = lambda: document_errors(openapi(), PUBLIC_PATHS)  # type: ignore[method-assign]

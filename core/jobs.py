@@ -96,6 +96,8 @@ class Job(BaseModel):
         None, description="The MLflow trace of its last attempt, with MLFLOW_TRACING on (set when it finishes)."
     )
     webhook: WebhookState | None = Field(None, description="The delivery of its completion event, if it has one.")
+    batch_id: str | None = Field(None, description="For a batch's item: its batch.")
+    custom_id: str | None = Field(None, description="For a batch's item: the `custom_id` it was submitted with.")
     links: JobLinks
 
 
@@ -169,5 +171,7 @@ def job_from_fields(fields: dict[str, str], links: JobLinks) -> Job:
         usage=_json(fields.get("usage")),
         trace_id=fields.get("trace_id"),
         webhook=webhook_from_fields(fields),
+        batch_id=fields.get("batch"),
+        custom_id=fields.get("custom_id"),
         links=links,
     )

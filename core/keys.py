@@ -192,6 +192,29 @@ def batch_items(batch_id: str, status: str) -> str:
     return f"{batch(batch_id)}:items:{status}"
 
 
+# --- OpenAI-compatible files and batches (api/openai_files.py, api/openai_batches.py) ----
+
+
+def openai_file(file_id: str) -> str:
+    """Hash: an uploaded or generated file's record (owner, filename, bytes, purpose, ...)."""
+    return f"{PREFIX}:oai:file:{{{file_id}}}"
+
+
+def openai_file_content(file_id: str) -> str:
+    """String: a file's bytes."""
+    return f"{PREFIX}:oai:file:{{{file_id}}}:content"
+
+
+def openai_batch(batch_id: str) -> str:
+    """Hash: an OpenAI-compatible batch: its input file, our batch that runs it, its files and times."""
+    return f"{PREFIX}:oai:batch:{{{batch_id}}}"
+
+
+def openai_listing(scope: str, kind: str) -> str:
+    """Sorted set: a scope's files or batches (`kind`), by creation time."""
+    return f"{PREFIX}:oai:{scope}:{kind}"
+
+
 # Hash: worker-side counters for /metrics, field `[name, labels]` (JSON) -> value (core/metrics.py).
 METRICS_COUNTERS = f"{PREFIX}:metrics:counters"
 # Hash: worker-side histograms for /metrics, field `[name, labels, bucket index | "sum" | "count"]`.

@@ -292,6 +292,9 @@ class Settings(BaseSettings):
     # Requests of one key waiting at once for a job to end (`?wait`, `POST
     # /v1/chat/completions` without streaming). 0: unlimited.
     key_max_long_polls: int = Field(64, ge=0)
+    # How long an OpenAI-compatible batch file (uploaded, or an output or
+    # error file) and batch are kept (POST /v1/files, POST /v1/batches).
+    openai_file_ttl_s: int = Field(7 * 24 * 3600, gt=0)
     # Above this share of Redis' memory limit the API refuses new submissions
     # (503, Retry-After) while running jobs still finish and write their
     # results (api/redis_memory.py). The limit is Redis' `maxmemory`, or

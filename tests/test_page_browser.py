@@ -333,6 +333,7 @@ def test_a_200_item_jsonl_batch_reaches_100_percent_and_its_table_and_download_m
         "program": "triage",
         "file": str(write_jsonl(tmp_path / "tickets.jsonl", rows)),
         "download": str(download),
+        "retry": True,
     }
 
     report = run_plan("page_batch_flow.mjs", stack.api_url, "batch", plan)
@@ -379,6 +380,16 @@ def test_a_200_item_jsonl_batch_reaches_100_percent_and_its_table_and_download_m
     assert report["download_name"] == f"batch-{batch_id}.ndjson"
     assert read_ndjson(download) == items
     assert report["after"]["problem"] is None
+    # Failed only: exactly the failed items; Retry failed: a batch of those, followed to its end.
+    shown = report["failed_only"]
+    assert [row["index"] for row in shown["rows"]] == sorted(garbage) and shown["range"] == "5 failed of 200"
+    assert {row["cells"]["error"]["text"].split(":")[0] for row in shown["rows"]} == {"AdapterParseError"}
+    retry = report["retry"]
+    assert retry["batch_id"] != batch_id and not retry["progress"]["timed_out"]
+    again = wait_batch(client, retry["batch_id"])
+    assert again["retry_of"] == batch_id and again["counts"]["total"] == 5
+    assert [i["custom_id"] for i in api_results(client, again["id"])] == [f"t-{i:03}" for i in sorted(garbage)]
+    assert retry["final"]["note"] == f"runs the failures of batch {batch_id} again", retry["final"]
     assert_page_was_clean(report)
 
 

@@ -1203,7 +1203,9 @@
     setBadge($('batch-status'), batch.status);
     const over = TERMINAL_BATCH.has(batch.status);
     $('batch-cancel').hidden = over || batch.status === 'cancelling';
+    $('batch-retry').hidden = !over || counts.failed + (counts.expired || 0) === 0 || Boolean(batch.retried_by);
     if (over && batch.error) $('batch-note').textContent = batch.error;
+    else if (batch.retry_of) $('batch-note').textContent = `runs the failures of batch ${batch.retry_of} again`;
     results.refresh(over);
   }
 
@@ -1229,6 +1231,22 @@
       showProblem('Could not reach the server', String((err && err.message) || err));
     } finally {
       $('batch-cancel').disabled = false;
+    }
+  }
+
+  // A new batch of the failed and expired items (POST /batches/{id}/retry), followed here in its place.
+  async function retryBatch() {
+    const batch = batchView.batch;
+    if (!batch) return;
+    $('batch-retry').disabled = true;
+    try {
+      const { response, body } = await api('POST', `/batches/${encodeURIComponent(batch.id)}/retry`);
+      if (response.ok && body) startBatch(body);
+      else showProblem(refusalTitle(response.status, 'Could not retry the batch'), describeFailure(response, body));
+    } catch (err) {
+      showProblem('Could not reach the server', String((err && err.message) || err));
+    } finally {
+      $('batch-retry').disabled = false;
     }
   }
 
@@ -1276,12 +1294,14 @@
     previous: [], // cursors of the pages before it, to go back
     next: null,
     settled: false, // every item on the page has finished: reading it again changes nothing
+    failedOnly: false, // the failed items only (GET /jobs?batch_id=&status=failed), a cursor of the API's
     token: 0, // the latest load; older answers are dropped
     loadedAt: 0,
     loading: false,
 
     reset(batch) {
       this.batch = batch;
+      this.failedOnly = $('results-failed').checked;
       this.program = programNamed(batch.program);
       this.cursor = 0;
       this.previous = [];
@@ -1308,18 +1328,17 @@
       this.loading = true;
       pagerButtons();
       try {
-        const query = `cursor=${encodeURIComponent(cursor)}&limit=${PAGE_SIZE}`;
-        const { response, body } = await api('GET', `/batches/${encodeURIComponent(batch.id)}/results?${query}`);
+        const { response, body, items } = await (this.failedOnly ? failedItems(batch, cursor) : allItems(batch, cursor));
         if (token !== this.token) return;
-        if (!response.ok || !body || !Array.isArray(body.items)) {
+        if (!response.ok || !items) {
           showProblem(refusalTitle(response.status, 'Could not read the results'), describeFailure(response, body));
           return;
         }
         this.cursor = cursor;
         this.next = body.next_cursor;
         this.loadedAt = Date.now();
-        this.settled = body.items.every((item) => TERMINAL_ITEM.has(item.status));
-        showResultsPage(body.items, this.program, cursor, batch.counts.total);
+        this.settled = items.every((item) => TERMINAL_ITEM.has(item.status));
+        showResultsPage(items, this.program, this.failedOnly ? null : cursor, batchView.batch.counts);
       } catch (err) {
         if (token === this.token) showProblem('Could not reach the server', String((err && err.message) || err));
       } finally {
@@ -1330,6 +1349,28 @@
   };
 
   const TERMINAL_ITEM = new Set(['succeeded', 'failed', 'cancelled', 'expired']);
+
+  async function allItems(batch, cursor) {
+    const query = `cursor=${encodeURIComponent(cursor)}&limit=${PAGE_SIZE}`;
+    const { response, body } = await api('GET', `/batches/${encodeURIComponent(batch.id)}/results?${query}`);
+    return { response, body, items: response.ok && body && Array.isArray(body.items) ? body.items : null };
+  }
+
+  // The failed items are jobs (GET /jobs?batch_id=): shown as the results table has items.
+  async function failedItems(batch, cursor) {
+    const query = `batch_id=${encodeURIComponent(batch.id)}&status=failed&limit=${PAGE_SIZE}`
+      + (cursor === 0 ? '' : `&cursor=${encodeURIComponent(cursor)}`);
+    const { response, body } = await api('GET', `/jobs?${query}`);
+    const jobs = response.ok && body && Array.isArray(body.data) ? body.data : null;
+    const items = jobs && jobs.map((job) => ({ ...job, index: Number(job.id.slice(job.id.lastIndexOf('-') + 1)) }));
+    return { response, body, items };
+  }
+
+  function toggleFailedOnly() {
+    results.failedOnly = $('results-failed').checked;
+    results.previous = [];
+    results.load(0);
+  }
 
   function pagerButtons() {
     $('results-table').setAttribute('aria-busy', String(results.loading));
@@ -1357,11 +1398,17 @@
     $('results-table').tHead.rows[0].replaceChildren(...names.map((name) => el('th', { scope: 'col' }, name)));
   }
 
-  function showResultsPage(items, program, cursor, total) {
+  // `cursor` null: the failed items only, a page of them.
+  function showResultsPage(items, program, cursor, counts) {
     const root = outputRoot(program);
     const names = outputNames(program);
     const rows = items.map((item) => resultRow(item, names, root));
     $('results-table').tBodies[0].replaceChildren(...rows);
+    const total = counts.total;
+    if (cursor === null) {
+      $('results-range').textContent = items.length ? `${counts.failed} failed of ${total}` : 'no failed items';
+      return;
+    }
     $('results-range').textContent = items.length
       ? `items ${cursor + 1}–${cursor + items.length} of ${total}`
       : `no items from ${cursor + 1} (of ${total})`;
@@ -1421,6 +1468,8 @@
   $('tab-batch').addEventListener('click', () => showView('batch'));
   $('job-cancel').addEventListener('click', cancelJob);
   $('batch-cancel').addEventListener('click', cancelBatch);
+  $('batch-retry').addEventListener('click', retryBatch);
+  $('results-failed').addEventListener('change', toggleFailedOnly);
   $('batch-download').addEventListener('click', downloadResults);
   $('results-next').addEventListener('click', nextPage);
   $('results-prev').addEventListener('click', previousPage);

@@ -210,6 +210,8 @@ function pageReaders() {
       percent_text: text('batch-percent'),
       counts_text: text('batch-counts'),
       cancel_shown: shown('batch-cancel'),
+      retry_shown: shown('batch-retry'),
+      note: text('batch-note'),
     };
   };
 

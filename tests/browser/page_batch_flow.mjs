@@ -3,7 +3,7 @@
 //   node tests/browser/page_batch_flow.mjs <api_url> <screenshot.png> <plan.json>
 //
 // plan.json: {"program": "triage", "file": "<items.jsonl|.csv>", "download": "<where to save the NDJSON>",
-//             "cancel": false, "parse_only": false}
+//             "cancel": false, "parse_only": false, "retry": false}
 // 1. Picks the program, opens the Batch tab, chooses the file: records what
 //    the page read from it (screenshot <screenshot>-parsed.png).
 //    With "parse_only", stops there.
@@ -15,6 +15,8 @@
 //    first page at <screenshot>.png, of the first page with a failed item at
 //    <screenshot>-failures.png), goes back one page with Previous.
 // 4. Downloads the NDJSON to "download".
+// 5. With "retry": shows the failed items only (screenshot <screenshot>-failed.png),
+//    clicks "Retry failed" and follows the new batch until it ends.
 // Prints one JSON object on stdout; the caller judges it.
 
 import { readFile } from 'node:fs/promises';
@@ -128,4 +130,16 @@ await runFlow('page-batch', report, async (page) => {
   report.download_name = download.suggestedFilename();
   await download.saveAs(plan.download);
   report.after = await read.batchForm(page);
+  if (!plan.retry) return;
+
+  const before = (await read.results(page)).range;
+  await page.check('#results-failed');
+  await page.waitForFunction((range) => document.getElementById('results-range').textContent !== range, before);
+  report.failed_only = await read.results(page);
+  await shoot(page, sibling(screenshot, 'failed'));
+  const first = report.after.batch_id;
+  await page.click('#batch-retry');
+  await page.waitForFunction((id) => document.getElementById('batch-id').textContent !== id, first);
+  report.retry = { batch_id: (await read.batchForm(page)).batch_id, progress: await followProgress(page) };
+  report.retry.final = await read.progress(page);
 });

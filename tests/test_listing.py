@@ -8,28 +8,18 @@ real one on the same Redis.
 
 import asyncio
 import hashlib
-import random
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
-from api import job_store
-from api.auth import Caller, owner_id
-from api.enqueue import TaskMessages
-from api.schemas import JobOptions
-from core import keys
-from core.events import EventType
-from core.queue import RUN_JOB_TASK, make_celery
-from core.settings import Settings
+from api.auth import owner_id
+from harness.job_data import Made, make_jobs
 from harness.processes import Proc, start_api, start_redis
-from worker.job_store import JobStore
 
 pytestmark = pytest.mark.e2e
 
@@ -42,8 +32,6 @@ def iso(offset_s: float) -> str:
     return datetime.fromtimestamp(START + offset_s, UTC).isoformat()
 
 
-# Not expired before the test starts them (a job's deadline is counted from its creation).
-LONG_LIVED = JobOptions(expires_after_s=24 * 3600)
 KEYS = {name: f"dj_{name}_{uuid.uuid4().hex}" for name in ("alice", "bob", "ops")}
 
 
@@ -51,62 +39,12 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class Made:
-    id: str
-    owner: str
-    created_at: float
-    program: str
-    status: str
-    error: str | None
-
-
-async def make_jobs(url: str) -> list[Made]:
-    """JOBS jobs of alice and bob, of two programs, left queued, running, succeeded, failed or cancelled."""
-    settings = Settings(redis_url=url)
-    redis = aioredis.Redis.from_url(url, decode_responses=True, max_connections=64)
-    store = JobStore(redis, settings)
-    messages = TaskMessages(make_celery(settings))
-    rng = random.Random(7)
-    owners = {name: owner_id(bytes.fromhex(digest(KEYS[name]))) for name in ("alice", "bob")}
-    made: list[Made] = []
-
-    async def one(i: int) -> Made:
-        name = "alice" if i % 3 else "bob"
-        program = "qa" if i % 4 else "triage"
-        job_id = uuid.uuid4().hex
-        created = START + i * 0.5
-        message = messages.build(RUN_JOB_TASK, job_id, [job_id, ""], settings.interactive_queue)
-        caller = Caller(name=name, owner=owners[name])
-        await job_store.create_job(redis, settings, job_id, program, {"question": f"q{i}"}, LONG_LIVED, created,
-                                   message, caller)  # fmt: skip
-        status, error = rng.choice(["queued", "running", "succeeded", "failed", "failed", "cancelled"]), None
-        if status != "queued" and status != "cancelled":
-            token = uuid.uuid4().hex
-            await store.start(job_id, token, "w")
-            if status in ("succeeded", "failed"):
-                fields = cast(dict[str, str], await redis.hgetall(keys.job(job_id)))
-                error = rng.choice(["LMTimeoutError", "AdapterParseError"]) if status == "failed" else None
-                updates = {"status": status, "finished_at": repr(created + 1)}
-                if error:
-                    updates["error"] = f'{{"type":"{error}","message":"m","retryable":false}}'
-                await store.end(job_id, token, fields, EventType.error if error else EventType.result, updates)
-        elif status == "cancelled":
-            fields = cast(dict[str, str], await redis.hgetall(keys.job(job_id)))
-            await store.end(job_id, "", fields, EventType.error, {"status": "cancelled"})
-        return Made(job_id, name, created, program, status, error)
-
-    for chunk in range(0, JOBS, 50):
-        made += await asyncio.gather(*(one(i) for i in range(chunk, min(chunk + 50, JOBS))))
-    await redis.aclose()
-    return made
-
-
 @pytest.fixture(scope="module")
 def listed(lm_api_base: str) -> Iterator[tuple[str, list[Made]]]:
     redis_proc, url = start_redis("redis-listing")
     assert isinstance(redis_proc, Proc)
-    made = asyncio.run(make_jobs(url))
+    owners = {name: owner_id(bytes.fromhex(digest(KEYS[name]))) for name in ("alice", "bob")}
+    made = asyncio.run(make_jobs(url, JOBS, START, owners))
     env = {
         "REDIS_URL": url,
         "LM_MODEL": "openai/simulated",

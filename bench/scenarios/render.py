@@ -14,7 +14,7 @@ SSE_RESULTS = ROOT / "bench" / "results" / "sse.md"
 # Benchmarks that run on their own and keep their results in a file of their own, shown as written.
 RESULT_FILES = tuple(
     ROOT / "bench" / "results" / name
-    for name in ("failover.md", "redis_ceiling.md", "webhooks.md", "webhooks-scripted.md")
+    for name in ("failover.md", "redis_ceiling.md", "webhooks.md", "webhooks-scripted.md", "listing.md")
 )
 PACKAGES = [
     "dspy",

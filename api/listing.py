@@ -19,10 +19,11 @@ import binascii
 import itertools
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Generic, TypeVar, cast
 
 import redis.asyncio as aioredis
 from fastapi import HTTPException
+from pydantic import BaseModel, Field
 
 from api import job_store
 from api.auth import Caller
@@ -32,6 +33,16 @@ from core.jobs import Job, JobLinks, JobStatus, job_from_fields
 
 # Entries of the walked index one page looks at, at most.
 _SCAN_CAP = 2000
+# A listing's records: jobs or batches.
+Listed = TypeVar("Listed", Job, Batch)
+
+
+class ListPage(BaseModel, Generic[Listed]):
+    """A page of a listing, as `GET /jobs` and `GET /batches` answer it."""
+
+    data: list[Listed]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null after the last.")
+    total: int | None = Field(description="How many match, where the indexes can say without reading records.")
 
 
 @dataclass(frozen=True)

@@ -65,15 +65,9 @@ def build_router(catalog: Catalog) -> APIRouter:
     return router
 
 
-class BatchesPage(BaseModel):
-    data: list[Batch]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null after the last.")
-    total: int | None = Field(
-        description="How many batches match, where the indexes can say without reading records; else null."
-    )
-
-
-@_reads.get("", response_model=BatchesPage, responses={400: {"description": "A cursor this API did not give."}})
+@_reads.get(
+    "", response_model=listing.ListPage[Batch], responses={400: {"description": "A cursor this API did not give."}}
+)
 async def list_batches(
     redis: RedisDep,
     caller: CallerDep,
@@ -83,11 +77,13 @@ async def list_batches(
     created_before: datetime | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> BatchesPage:
+) -> listing.ListPage[Batch]:
     """Batches newest first, filtered; this key's own, an operator's key every key's. Follow `next_cursor`."""
     filters = listing.Filters(status and status.value, program, None, None, created_after, created_before)
     page = await listing.page(redis, caller, "batches", filters, cursor, limit)
-    return BatchesPage(data=await listing.batches(redis, page.ids), next_cursor=page.next_cursor, total=page.total)
+    return listing.ListPage[Batch](
+        data=await listing.batches(redis, page.ids), next_cursor=page.next_cursor, total=page.total
+    )
 
 
 @_reads.get("/{batch_id}", response_model=Batch, responses={404: {"description": "No batch with this id."}})

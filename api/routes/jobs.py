@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from pydantic import BaseModel, Field
 
 from api import batch_store, job_store, listing
 from api.auth import UNAUTHORIZED, CallerDep
@@ -49,15 +48,9 @@ _CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class JobsPage(BaseModel):
-    data: list[Job]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null after the last.")
-    total: int | None = Field(
-        description="How many jobs match, where the indexes can say without reading records; else null."
-    )
-
-
-@_reads.get("", response_model=JobsPage, responses={400: {"description": "A cursor this API did not give."}})
+@_reads.get(
+    "", response_model=listing.ListPage[Job], responses={400: {"description": "A cursor this API did not give."}}
+)
 async def list_jobs(
     redis: RedisDep,
     caller: CallerDep,
@@ -70,7 +63,7 @@ async def list_jobs(
     batch_id: Annotated[str | None, Query(description="A batch's items, in the batch's order (`status` only).")] = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> JobsPage:
+) -> listing.ListPage[Job]:
     """Jobs newest first (a batch's items in its order), filtered; this key's own, an operator's key every
     key's. Follow `next_cursor` for the next page."""
     if batch_id is not None:
@@ -81,7 +74,9 @@ async def list_jobs(
     else:
         filters = listing.Filters(status and status.value, program, version, error, created_after, created_before)
         page = await listing.page(redis, caller, "jobs", filters, cursor, limit)
-    return JobsPage(data=await listing.jobs(redis, page.ids), next_cursor=page.next_cursor, total=page.total)
+    return listing.ListPage[Job](
+        data=await listing.jobs(redis, page.ids), next_cursor=page.next_cursor, total=page.total
+    )
 
 
 @_reads.get("/{job_id}", response_model=Job, responses={404: {"description": "No job with this id."}})

@@ -21,6 +21,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
@@ -35,6 +36,7 @@ from api.schemas import BatchOptions
 from api.submission import Submission
 from core import keys
 from core.batches import TERMINAL_BATCH_STATUSES, BatchStatus, item_id
+from core.settings import Settings
 
 COMPLETION_WINDOW = "24h"
 WINDOW_S = 24 * 3600
@@ -164,7 +166,16 @@ async def create(
         pipe.zadd(keys.openai_listing(own, "batches"), {batch_id: now})
         pipe.zadd(keys.openai_listing(every, "batches"), {batch_id: now})
         await pipe.execute()
-    return await view(submission, catalog, batch_id)
+    return await view(Reader(redis, settings, caller), catalog, batch_id)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """What reading a batch needs (its files are written by the first read after its end)."""
+
+    redis: aioredis.Redis
+    settings: Settings
+    caller: Caller
 
 
 async def record(redis: aioredis.Redis, caller: Caller, batch_id: str) -> dict[str, str]:
@@ -174,13 +185,13 @@ async def record(redis: aioredis.Redis, caller: Caller, batch_id: str) -> dict[s
     return fields
 
 
-async def view(submission: Submission, catalog: Catalog, batch_id: str) -> OpenAIBatch:
+async def view(reader: Reader, catalog: Catalog, batch_id: str) -> OpenAIBatch:
     """The batch as OpenAI's object, its files written first if our batch has just ended."""
-    redis = submission.redis
-    fields = await record(redis, submission.caller, batch_id)
+    redis = reader.redis
+    fields = await record(redis, reader.caller, batch_id)
     ours = cast(dict[str, str], await redis.hgetall(keys.batch(fields["batch"]))) if fields.get("batch") else {}
     if ours and BatchStatus(ours["status"]) in TERMINAL_BATCH_STATUSES and not fields.get("finished_at"):
-        fields = await _finalize(submission, catalog, fields, ours)
+        fields = await _finalize(reader, catalog, fields, ours)
     return _public(fields, ours)
 
 
@@ -235,12 +246,10 @@ def _status(fields: dict[str, str], ours: dict[str, str]) -> Status:
     return "cancelled" if status is BatchStatus.cancelled else "expired"
 
 
-async def _finalize(
-    submission: Submission, catalog: Catalog, fields: dict[str, str], ours: dict[str, str]
-) -> dict[str, str]:
+async def _finalize(reader: Reader, catalog: Catalog, fields: dict[str, str], ours: dict[str, str]) -> dict[str, str]:
     """Write the output and error files of a batch whose run has ended; a reader that finds another writing
     them sees `finalizing`."""
-    redis, batch_id = submission.redis, fields["id"]
+    redis, batch_id = reader.redis, fields["id"]
     if not await redis.set(f"{keys.openai_batch(batch_id)}:finalizing", "1", nx=True, ex=_FINALIZE_LOCK_S):
         return fields
     await redis.hset(keys.openai_batch(batch_id), "finalizing_at", repr(time.time()))
@@ -256,7 +265,7 @@ async def _finalize(
             purpose = "batch_output"
             filename = f"{batch_id}_{'output' if succeeded else 'error'}.jsonl"
             made = await openai_files.create(
-                redis, submission.settings, owner, content, filename, purpose, batch_id=batch_id
+                redis, reader.settings, owner, content, filename, purpose, batch_id=batch_id
             )
             written[name] = made.id
     written["finished_at"] = ours.get("finished_at") or repr(time.time())
@@ -275,25 +284,25 @@ async def _lines(
         yield batch_file.lines_of(records, succeeded, program, as_json)
 
 
-async def cancel(submission: Submission, catalog: Catalog, batch_id: str) -> OpenAIBatch:
-    redis = submission.redis
-    fields = await record(redis, submission.caller, batch_id)
+async def cancel(reader: Reader, catalog: Catalog, batch_id: str) -> OpenAIBatch:
+    redis = reader.redis
+    fields = await record(redis, reader.caller, batch_id)
     if fields.get("batch"):
         ours = cast(dict[str, str], await redis.hgetall(keys.batch(fields["batch"])))
         if ours and BatchStatus(ours["status"]) not in TERMINAL_BATCH_STATUSES:
             await redis.hset(keys.openai_batch(batch_id), "cancelling_at", repr(time.time()))
-            await batch_store.request_cancel(redis, submission.settings, fields["batch"], submission.caller)
-    return await view(submission, catalog, batch_id)
+            await batch_store.request_cancel(redis, reader.settings, fields["batch"], reader.caller)
+    return await view(reader, catalog, batch_id)
 
 
-async def listing_page(submission: Submission, catalog: Catalog, after: str | None, limit: int) -> BatchList:
-    caller = submission.caller
+async def listing_page(reader: Reader, catalog: Catalog, after: str | None, limit: int) -> BatchList:
+    caller = reader.caller
     scope = keys.EVERY_SCOPE if caller.admin else caller.bucket
-    ids = await openai_files.page_after(submission.redis, keys.openai_listing(scope, "batches"), after, limit + 1)
+    ids = await openai_files.page_after(reader.redis, keys.openai_listing(scope, "batches"), after, limit + 1)
     data = []
     for batch_id in ids[:limit]:
         try:
-            data.append(await view(submission, catalog, batch_id))
+            data.append(await view(reader, catalog, batch_id))
         except OpenAIError:
             continue  # expired meanwhile
     return BatchList(
@@ -308,7 +317,7 @@ async def retry(submission: Submission, catalog: Catalog, batch_id: str) -> Open
     """A new input file of the requests that did not succeed, and a new batch of it (`retry_of`)."""
     redis, caller = submission.redis, submission.caller
     fields = await record(redis, caller, batch_id)
-    batch = await view(submission, catalog, batch_id)
+    batch = await view(Reader(redis, submission.settings, caller), catalog, batch_id)
     if batch.status not in ("completed", "cancelled", "expired"):
         raise OpenAIError(409, f"batch {batch_id} is {batch.status}; retry it once it has ended")
     ours = cast(dict[str, str], await redis.hgetall(keys.batch(fields["batch"])))

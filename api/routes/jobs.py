@@ -49,7 +49,9 @@ _CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @_reads.get(
-    "", response_model=listing.ListPage[Job], responses={400: {"description": "A cursor this API did not give."}}
+    "",
+    response_model=listing.ListPage[Job],
+    responses={400: {"description": "A cursor this API did not give."}, 404: {"description": "No such batch."}},
 )
 async def list_jobs(
     redis: RedisDep,

@@ -9,24 +9,33 @@ OpenAI's shape (api/errors.py).
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
 from api import openai_batches, openai_files
 from api.auth import UNAUTHORIZED, CallerDep
 from api.deps import RedisDep, SettingsDep
 from api.errors import OpenAIError
-from api.openai_batches import BatchCreate, BatchList, OpenAIBatch
+from api.openai_batches import BatchCreate, BatchList, OpenAIBatch, Reader
 from api.openai_files import FileDeleted, FileList, FileObject
 from api.program_catalog import Catalog
 from api.submission import SubmissionDep
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such object for this key."}}
+# OpenAI answers an invalid request 400 (not 422), naming the parameter (api/main.py).
+_INVALID: dict[int | str, dict[str, Any]] = {400: {"description": "An invalid request; `param` names what."}}
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
+async def _reader(redis: RedisDep, settings: SettingsDep, caller: CallerDep) -> Reader:
+    return Reader(redis, settings, caller)
+
+
+ReaderDep = Annotated[Reader, Depends(_reader)]
+
+
 def build_router(catalog: Catalog) -> APIRouter:
-    router = APIRouter(tags=["openai"], responses=UNAUTHORIZED)
+    router = APIRouter(tags=["openai"], responses={**UNAUTHORIZED, **_INVALID})
 
     @router.post(
         "/v1/files",
@@ -91,19 +100,19 @@ def build_router(catalog: Catalog) -> APIRouter:
         return await openai_batches.create(submission, catalog, body)
 
     @router.get("/v1/batches", response_model=BatchList)
-    async def list_batches(submission: SubmissionDep, after: str | None = None, limit: Limit = 20) -> BatchList:
+    async def list_batches(reader: ReaderDep, after: str | None = None, limit: Limit = 20) -> BatchList:
         """This key's batches, newest first."""
-        return await openai_batches.listing_page(submission, catalog, after, limit)
+        return await openai_batches.listing_page(reader, catalog, after, limit)
 
     @router.get("/v1/batches/{batch_id}", response_model=OpenAIBatch, responses=_NOT_FOUND)
-    async def get_batch(batch_id: str, submission: SubmissionDep) -> OpenAIBatch:
+    async def get_batch(batch_id: str, reader: ReaderDep) -> OpenAIBatch:
         """One batch: its status, counts and, once it has ended, its output and error files."""
-        return await openai_batches.view(submission, catalog, batch_id)
+        return await openai_batches.view(reader, catalog, batch_id)
 
     @router.post("/v1/batches/{batch_id}/cancel", response_model=OpenAIBatch, responses=_NOT_FOUND)
-    async def cancel_batch(batch_id: str, submission: SubmissionDep) -> OpenAIBatch:
+    async def cancel_batch(batch_id: str, reader: ReaderDep) -> OpenAIBatch:
         """Cancel: requests not started never run; it is `cancelling` until the running ones finish."""
-        return await openai_batches.cancel(submission, catalog, batch_id)
+        return await openai_batches.cancel(reader, catalog, batch_id)
 
     @router.post(
         "/v1/batches/{batch_id}/retry",

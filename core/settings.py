@@ -7,6 +7,7 @@ unit (`_s` seconds, `_chars`, `_bytes`).
 
 from functools import lru_cache
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -365,7 +366,10 @@ class Settings(BaseSettings):
 
     @property
     def uses_embedded_lm(self) -> bool:
-        return self.lm_model == EMBEDDED_LM_MODEL and self.lm_api_base == EMBEDDED_LM_API_BASE
+        """The embedded model served on this machine, where `make up` starts it (on LM_API_BASE's port)."""
+        if self.lm_model != EMBEDDED_LM_MODEL or not self.lm_api_base:
+            return False
+        return urlsplit(self.lm_api_base).hostname in ("127.0.0.1", "localhost", "::1")
 
 
 @lru_cache

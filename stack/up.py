@@ -6,8 +6,8 @@ exits (stack/supervisor.py):
   local `redis-server` there (AOF on, data in `.run/redis-<port>`); otherwise exits
   saying how to get one.
 - the embedded LM (llama.cpp's server over Gemma 3 270M, `EMBEDDED_LM_SLOTS`
-  calls at once) when `LM_MODEL` and `LM_API_BASE` are left at their
-  defaults and nothing answers there yet;
+  calls at once) when `LM_MODEL` is left at its default, `LM_API_BASE` is on
+  this machine (its port is the server's) and nothing answers there yet;
 - a worker on the interactive queue, another on the bulk queue, the API, and Flower (basic auth; credentials are
   generated and printed unless `FLOWER_BASIC_AUTH` is set).
 

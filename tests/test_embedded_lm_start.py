@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
+from core.settings import EMBEDDED_LM_MODEL, Settings
 from stack import embedded_lm
 
 # /proc/cpuinfo of an x86-64 CPU from before AVX2 (Sandy Bridge), cut to what is read.
@@ -46,3 +46,19 @@ def test_the_server_takes_its_slots_and_threads_from_the_settings_unless_told_ot
 
     assert (params.n_parallel, params.cpuparams.n_threads, params.cpuparams_batch.n_threads) == (2, 1, 1)
     assert params.n_ctx == 2 * embedded_lm.SLOT_CONTEXT_TOKENS  # llama.cpp divides it among the slots
+
+
+@pytest.mark.parametrize(
+    ("model", "api_base", "started"),
+    [
+        (EMBEDDED_LM_MODEL, "http://127.0.0.1:8080/v1", True),
+        (EMBEDDED_LM_MODEL, "http://localhost:18080/v1", True),  # another port: a second stack beside the first
+        (EMBEDDED_LM_MODEL, "http://lm:8080/v1", False),  # served elsewhere (compose's `lm` service)
+        ("openai/gpt-4o-mini", "http://127.0.0.1:8080/v1", False),
+        (EMBEDDED_LM_MODEL, None, False),
+    ],
+)
+def test_make_up_starts_the_embedded_lm_for_its_model_on_this_machine_at_any_port(
+    model: str, api_base: str | None, started: bool
+) -> None:
+    assert Settings(lm_model=model, lm_api_base=api_base).uses_embedded_lm is started

@@ -120,6 +120,8 @@ def server_params(host: str, port: int, slots: int, threads: int, verbose: bool 
     params.use_jinja = False
     params.cache_ram_mib = PROMPT_CACHE_RAM_MIB
     params.ui = False
+    # GET /slots: which slots are generating; the tests and bench/embedded.py read it.
+    params.endpoint_slots = True
     # Only the workers call it: no browser page may read its answers (llama.cpp allows every origin by default).
     params.cors_origins = ""
     params.verbosity = LOG_INFO if verbose else LOG_WARNINGS

@@ -8,7 +8,8 @@ which llama.cpp turns into a grammar), on the same embedded server
 the 18 held-out questions of `bench/qa_heldout.json` and `--arithmetic`
 questions "What is N plus N?". Reports per adapter: parsed (no
 `AdapterParseError`), `question_type` as labelled (held-out), answer
-containing 2N (arithmetic), and latency per call. `LM_ADAPTER` (`auto`)
+containing 2N (arithmetic), latency per call, and what failed (an
+`LMTimeoutError` is the machine's load, not the adapter). `LM_ADAPTER` (`auto`)
 picks for the embedded model what this measured best (program/lm.py).
 
 Writes `--output` (`bench/results/adapters.md`).
@@ -18,11 +19,12 @@ import argparse
 import json
 import signal
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.embedded_server import Call, QaCaller, batch_question, run_calls
-from bench.report import ROOT, command_line, git_state, machine, results_header, table, versions
+from bench.report import ROOT, command_line, git_state, results_header, table, versions
 from core.settings import get_settings
 from stack.embedded_lm import usable_cpus
 from stack.processes import start_embedded_lm
@@ -80,6 +82,8 @@ def section(runs: list[AdapterRun]) -> list[str]:
                 f"{sum(c.parsed for c in sums)}/{len(sums)}",
                 f"{sum(c.parsed and str(2 * n) in c.answer for c, n in run.arithmetic)}/{len(sums)}",
                 latency(held + sums),
+                ", ".join(f"{name} {n}" for name, n in Counter(c.failure for c in held + sums if c.failure).items())
+                or "-",
             ]
         )
     return table(
@@ -90,6 +94,7 @@ def section(runs: list[AdapterRun]) -> list[str]:
             "arithmetic parsed",
             "arithmetic answer right",
             "latency p50 (s)",
+            "failures",
         ],
         rows,
     )
@@ -108,7 +113,6 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         *results_header("The embedded model's adapter: chat against JSON", command_line("bench.adapters")),
         f"- Code: {git_state()}",
-        *[f"- {what}: {value}" for what, value in machine()],
         "- Packages: " + ", ".join(f"{n} {v}" for n, v in versions(["dspy", "litellm", "xllamacpp"])),
         f"- Server: {settings.embedded_lm_slots} slots, {settings.embedded_lm_threads or usable_cpus()} threads; "
         f"as many calls in flight; LM_MAX_TOKENS {settings.lm_max_tokens}",

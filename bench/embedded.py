@@ -1,24 +1,32 @@
-"""The embedded default under a batch: `python -m bench.embedded [--items 200] [--output ...]`.
+"""The embedded default, from its server's slots to a batch: `python -m bench.embedded [--items 200] [...]`.
 
 What a new user gets from `make up` with no settings: the embedded model
-(llama.cpp serving Gemma 3 270M on this machine's cores), one interactive
-worker, one bulk worker and the API, all with their defaults. Measured in one
-run, side by side:
+(llama.cpp's server over Gemma 3 270M, stack/embedded_lm.py), one
+interactive worker, one bulk worker and the API, all with their defaults.
+Measured in one run, side by side:
 
-1. **The server alone, serially**: the `qa` program called directly (DSPy,
-   the same LM settings and adapter as the workers), one call at a time, on
-   questions like the batch's: items/s and parse rate. This is what the
-   model can do; the service cannot beat it, only waste it.
-2. **Interactive jobs on an idle service**: `POST /jobs?wait=60`, one at a time.
-3. **A batch of `--items` items** ("What is N plus N?"), and interactive jobs
-   submitted one at a time while it runs: the batch's items/s against the
-   serial figure, its timeouts (`LMTimeoutError`, code 504: there must be
-   none), its parse rate, and interactive latency during the batch against
-   idle.
+1. **Slots.** For each slot count (`--slots`, default 1, 2, 4, 8) and thread
+   count (`--threads`, default 1, 2), a server of its own kept full: the
+   `qa` program called directly (DSPy, the workers' LM settings and adapter)
+   with as many calls in flight as slots, after one call per slot has
+   prefilled the program's prefix: tokens/s, items/s, latency per call.
+   What `EMBEDDED_LM_SLOTS` and `EMBEDDED_LM_THREADS` are chosen from.
+2. **Prefill.** On `make up`'s server: the server's own prompt-processing
+   time per `qa` call, different questions one after the other, with its
+   prefix cache and without; and whether DSPy's instructions are in the
+   prompt the server builds.
+3. **One call at a time**: the same program on `make up`'s server, serially:
+   what the model does for a caller that waits for each answer.
+4. **Interactive jobs on an idle service**: `POST /jobs?wait=60`, one at a time.
+5. **A batch of `--items` items** ("What is N plus N?") through the service,
+   and interactive jobs submitted one at a time while it runs: the batch's
+   items/s against section 3, its timeouts (`LMTimeoutError`, code 504),
+   its parse rate, and interactive latency during the batch against idle.
 
-Writes the results, with the machine and the command, to `--output`
-(`bench/results/embedded.md`); `python -m bench` includes them in
-BENCHMARKS.md. Logs: `test-artifacts/bench-embedded-*.log`.
+Then the targets of issue #26, each as measured. Writes the results, with the
+machine and the command, to `--output` (`bench/results/embedded.md`);
+`python -m bench` includes them in BENCHMARKS.md. Logs:
+`test-artifacts/bench-embedded-*.log`.
 """
 
 import argparse
@@ -32,11 +40,23 @@ from pathlib import Path
 
 import httpx
 
+from bench.embedded_server import (
+    CallsRun,
+    Prefill,
+    QaCaller,
+    SweepRow,
+    batch_question,
+    built_prompt,
+    prefill,
+    run_calls,
+    slot_sweep,
+)
 from bench.report import ROOT, Dist, command_line, git_state, machine, table, versions
-from harness.processes import Proc, free_port, python_module, start_api, start_redis, start_worker, wait_for
+from harness.processes import Proc, start_api, start_embedded_lm, start_redis, start_worker
+from stack.embedded_lm import usable_cpus
 
 OUTPUT = ROOT / "bench" / "results" / "embedded.md"
-PACKAGES = ["dspy", "litellm", "llama-cpp-python", "celery", "redis", "fastapi"]
+PACKAGES = ["dspy", "litellm", "xllamacpp", "celery", "redis", "fastapi"]
 INTERACTIVE_QUESTIONS = [
     "What is the capital of France?",
     "Why is the sky blue?",
@@ -47,10 +67,10 @@ INTERACTIVE_QUESTIONS = [
     "Why do boats float?",
     "What is the largest ocean on Earth?",
 ]
-
-
-def batch_question(n: int) -> str:
-    return f"What is {n} plus {n}?"
+# Issue #26's targets.
+BATCH_SPEEDUP_TARGET = 2.0
+PARSED_TARGET = 0.98
+INTERACTIVE_P99_TARGET = 1.5
 
 
 @dataclass
@@ -63,18 +83,6 @@ class Latencies:
             return ["-", "-", "-", _outcomes(self.outcomes)]
         d = Dist.of(self.seconds)
         return [str(d.n), f"{d.p50:.2f}", f"{d.p99:.2f}", _outcomes(self.outcomes)]
-
-
-@dataclass
-class Serial:
-    calls: int = 0
-    parsed: int = 0
-    seconds: float = 0.0
-    failures: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def items_per_s(self) -> float:
-        return self.calls / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -91,41 +99,22 @@ class BatchRun:
         return self.items / self.seconds if self.seconds else 0.0
 
 
+@dataclass
+class Results:
+    adapter: str
+    slots: int
+    threads: int
+    sweep: list[SweepRow]
+    prefill: tuple[Prefill, Prefill]
+    instructions_in_prompt: bool
+    serial: CallsRun
+    idle: Latencies
+    during: Latencies
+    batch: BatchRun
+
+
 def _outcomes(outcomes: Counter[str]) -> str:
     return ", ".join(f"{name} {n}" for name, n in outcomes.most_common()) or "-"
-
-
-def serial_baseline(lm_base: str, calls: int) -> Serial:
-    """The `qa` program called directly, one call at a time, as the worker would call it."""
-    from core.offline import disable_runtime_downloads
-
-    disable_runtime_downloads()
-    import dspy
-
-    from core.programs import parse_artifact
-    from core.settings import Settings
-    from program.lm import build_adapter, build_lm
-    from program.registry import program_specs
-
-    settings = Settings(lm_api_base=lm_base, lm_cache=False)
-    spec = program_specs(settings)["qa"]
-    module = spec.build()
-    state, _ = parse_artifact(spec.name, spec.artifact, spec.artifact.read_bytes())
-    module.load_state(state)
-    module.set_lm(None)
-    lm, adapter = build_lm(settings), build_adapter(settings)
-    result = Serial()
-    started = time.monotonic()
-    for n in range(1000, 1000 + calls):
-        with dspy.context(lm=lm, adapter=adapter, disable_history=True, trace=None):
-            try:
-                module(question=batch_question(n))
-                result.parsed += 1
-            except Exception as e:
-                result.failures[type(e).__name__] += 1
-        result.calls += 1
-    result.seconds = time.monotonic() - started
-    return result
 
 
 def interactive(client: httpx.Client, questions: list[str], latencies: Latencies) -> None:
@@ -174,36 +163,38 @@ def run_batch(client: httpx.Client, items: int, during: Latencies, pause_s: floa
     return result
 
 
-@dataclass
-class Results:
-    adapter: str
-    serial: Serial
-    idle: Latencies
-    during: Latencies
-    batch: BatchRun
-
-
-def measure(items: int, serial_calls: int, idle_jobs: int) -> Results:
-    """Start the embedded server and the service with `make up`'s defaults, measure, stop everything."""
+def measure(
+    items: int,
+    serial_calls: int,
+    idle_jobs: int,
+    sweep_slots: tuple[int, ...] = (1, 2, 4, 8),
+    sweep_threads: tuple[int, ...] = (1, 2),
+    sweep_calls_per_slot: int = 4,
+    prefill_calls: int = 8,
+) -> Results:
+    """Every section of the module docstring, each server and stack started and stopped here."""
     from core.settings import Settings
-    from program.lm import adapter_name
 
+    settings = Settings()
+    print("slots and threads", file=sys.stderr)
+    sweep = slot_sweep(list(sweep_slots), list(sweep_threads), sweep_calls_per_slot)
     procs: list[Proc] = []
     try:
+        lm, lm_base = start_embedded_lm("bench-embedded-lm")
+        procs.append(lm)
+        caller = QaCaller(lm_base)
+        print("prefill, with and without the prefix cache", file=sys.stderr)
+        cache = prefill(lm_base, prefill_calls)
+        in_prompt = caller.instructions().strip() in built_prompt(lm_base, caller.messages(batch_question(1)))
+        print("the model alone, one call at a time", file=sys.stderr)
+        serial = run_calls(caller, [batch_question(n) for n in range(1000, 1000 + serial_calls)], 1)
         redis_proc, redis_url = start_redis("bench-embedded-redis")
         if redis_proc is not None:
             procs.append(redis_proc)
-        port = free_port()
-        lm_base = f"http://127.0.0.1:{port}/v1"
-        lm = Proc("bench-embedded-lm", python_module("stack.embedded_lm", "--port", str(port)), {})
-        procs.append(lm)
-        wait_for(lambda: httpx.get(f"{lm_base}/models").status_code == 200, 300, "the embedded LM", lm)
-        print("the server alone, serially", file=sys.stderr)
-        serial = serial_baseline(lm_base, serial_calls)
         env = {"REDIS_URL": redis_url, "LM_API_BASE": lm_base, "LM_CACHE": "false"}
-        concurrency = str(Settings.model_fields["worker_concurrency"].default)
-        procs.append(start_worker(env, name="bench-embedded-worker", concurrency=int(concurrency)))
-        procs.append(start_worker(env, name="bench-embedded-bulk", queues="bulk", concurrency=int(concurrency)))
+        concurrency = settings.worker_concurrency
+        procs.append(start_worker(env, name="bench-embedded-worker", concurrency=concurrency))
+        procs.append(start_worker(env, name="bench-embedded-bulk", queues="bulk", concurrency=concurrency))
         api, api_url = start_api(env, name="bench-embedded-api")
         procs.append(api)
         with httpx.Client(base_url=api_url, timeout=70) as client:
@@ -216,7 +207,71 @@ def measure(items: int, serial_calls: int, idle_jobs: int) -> Results:
     finally:
         for proc in reversed(procs):
             proc.stop()
-    return Results(adapter_name(Settings()), serial, idle, during, batch)
+    return Results(
+        caller.adapter_name,
+        settings.embedded_lm_slots,
+        settings.embedded_lm_threads or usable_cpus(),
+        sweep,
+        cache,
+        in_prompt,
+        serial,
+        idle,
+        during,
+        batch,
+    )
+
+
+def _mean(values: list[float] | list[int]) -> str:
+    return f"{sum(values) / len(values):.0f}" if values else "-"
+
+
+def _sweep_rows(sweep: list[SweepRow]) -> list[list[str]]:
+    one_slot = {row.threads: row.run.tokens_per_s for row in sweep if row.slots == 1}
+    rows = []
+    for row in sweep:
+        run, base = row.run, one_slot.get(row.threads)
+        latency = run.latency
+        rows.append(
+            [
+                str(row.slots),
+                str(row.threads),
+                str(len(run.calls)),
+                f"{run.tokens_per_s:.1f}",
+                f"{run.tokens_per_s / base:.2f}" if base else "-",
+                f"{run.items_per_s:.3f}",
+                f"{latency.p50:.1f}" if latency else "-",
+                f"{latency.p99:.1f}" if latency else "-",
+                f"{run.parsed}/{len(run.calls)}",
+                _outcomes(run.failures),
+            ]
+        )
+    return rows
+
+
+def targets(r: Results) -> list[str]:
+    """Issue #26's targets, each as measured here."""
+    batch, serial = r.batch, r.serial
+    speedup = batch.items_per_s / serial.items_per_s if serial.items_per_s else 0.0
+    parsed = batch.counts.get("succeeded", 0) / batch.items if batch.items else 0.0
+    idle_p99 = Dist.of(r.idle.seconds).p99 if r.idle.seconds else float("nan")
+    during_p99 = Dist.of(r.during.seconds).p99 if r.during.seconds else float("nan")
+    p99_ratio = during_p99 / idle_p99 if idle_p99 == idle_p99 and idle_p99 > 0 else float("nan")
+    rows = [
+        ["batch items/s over one call at a time", f">= {BATCH_SPEEDUP_TARGET}", f"{speedup:.2f}"],
+        ["timeouts (504) in the batch", "0", str(batch.timeouts)],
+        ["batch items parsed", f">= {PARSED_TARGET:.0%}", f"{parsed:.1%}"],
+        ["interactive p99 during the batch over idle", f"<= {INTERACTIVE_P99_TARGET}", f"{p99_ratio:.2f}"],
+    ]
+    met = [
+        speedup >= BATCH_SPEEDUP_TARGET,
+        batch.timeouts == 0,
+        parsed >= PARSED_TARGET,
+        p99_ratio <= INTERACTIVE_P99_TARGET,
+    ]
+    return table(
+        ["target", "wanted", "measured", ""],
+        [[*row, "met" if ok else "**not met**"] for row, ok in zip(rows, met, strict=True)],
+    )
 
 
 def section(r: Results) -> list[str]:
@@ -224,22 +279,64 @@ def section(r: Results) -> list[str]:
     serial, batch = r.serial, r.batch
     served = batch.items + sum(r.during.outcomes.values())
     served_per_s = served / batch.seconds if batch.seconds else 0.0
+    without, with_cache = r.prefill
     return [
-        f"The embedded model (llama-cpp-python's server over Gemma 3 270M, LM limit 1, `LM_ADAPTER` {r.adapter}), "
-        "one interactive and one bulk worker and the API with `make up`'s defaults, a private redis-server. "
-        f"*The server alone*: the `qa` program called directly, {serial.calls} calls one at a time, the same LM "
-        f'settings and adapter as the workers. *The batch*: "What is N plus N?" for N = 1..{batch.items}, '
-        "interactive jobs (`POST /jobs?wait=60`) submitted one at a time while it ran.",
+        f"The embedded model: llama.cpp's server over Gemma 3 270M, `LM_ADAPTER` {r.adapter}. `make up`'s "
+        f"server has {r.slots} slots and {r.threads} threads (`EMBEDDED_LM_SLOTS`, `EMBEDDED_LM_THREADS`); "
+        "the service runs one interactive and one bulk worker and the API with `make up`'s defaults, on a "
+        "private redis-server.",
+        "",
+        "**Slots.** A server per row, kept full: the `qa` program called directly with as many calls in flight "
+        "as slots, after each slot prefilled the program's prefix once. Tokens are the completion tokens of "
+        "calls that parsed.",
         "",
         *table(
-            ["", "items", "items/s", "vs the server alone", "parsed", "answer right", "timeouts (504)", "failures"],
+            [
+                "slots",
+                "threads",
+                "calls",
+                "tokens/s",
+                "vs 1 slot",
+                "items/s",
+                "latency p50 (s)",
+                "latency p99 (s)",
+                "parsed",
+                "failures",
+            ],
+            _sweep_rows(r.sweep),
+        ),
+        "",
+        "**Prefill** of a `qa` call on `make up`'s server, the server's own timing, different questions one "
+        f"after the other ({len(without.prompt_ms)} calls each); with the cache, the call that filled it is "
+        "left out. DSPy's instructions are in the prompt the server builds: "
+        f"{'yes' if r.instructions_in_prompt else '**no**'}.",
+        "",
+        *table(
+            ["prefix cache", "prefill per call (ms)", "prompt tokens evaluated per call", "taken from the cache"],
             [
                 [
-                    "the server alone, one call at a time",
-                    serial.calls,
+                    "on" if p.cache else "off",
+                    _mean(p.prompt_ms),
+                    _mean(p.evaluated_tokens),
+                    _mean(p.cached_tokens),
+                ]
+                for p in (without, with_cache)
+            ],
+        ),
+        "",
+        f'**The batch**: "What is N plus N?" for N = 1..{batch.items} through the service, interactive jobs '
+        "(`POST /jobs?wait=60`) submitted one at a time while it ran, against the same program on `make up`'s "
+        f"server called directly, one call at a time ({len(serial.calls)} calls).",
+        "",
+        *table(
+            ["", "items", "items/s", "vs one at a time", "parsed", "answer right", "timeouts (504)", "failures"],
+            [
+                [
+                    "the model, one call at a time",
+                    len(serial.calls),
                     f"{serial.items_per_s:.3f}",
                     "1.00",
-                    f"{serial.parsed}/{serial.calls}",
+                    f"{serial.parsed}/{len(serial.calls)}",
                     "-",
                     "-",
                     _outcomes(serial.failures),
@@ -268,8 +365,9 @@ def section(r: Results) -> list[str]:
         ),
         "",
         "*Parsed*: the program returned a prediction (no `AdapterParseError`). *Answer right*: the answer "
-        "contains 2N (the 270M base model's arithmetic, not the service's). Interactive jobs go first, so the "
-        "batch's own rate is what they leave it; the last row is the LM's whole use.",
+        "contains 2N (the 270M base model's arithmetic, not the service's). Interactive jobs go first and "
+        "bulk leaves them a slot, so the batch's own rate is what they leave it; the last row is the LM's "
+        "whole use.",
         "",
         "Interactive jobs, one at a time:",
         "",
@@ -278,7 +376,15 @@ def section(r: Results) -> list[str]:
             [["idle", *r.idle.row()], ["during the batch", *r.during.row()]],
         ),
         "",
+        "Issue #26's targets:",
+        "",
+        *targets(r),
+        "",
     ]
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -286,17 +392,29 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m bench.embedded", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--items", type=int, default=200, help="items in the batch")
-    parser.add_argument("--serial-calls", type=int, default=20, help="direct calls for the serial baseline")
+    parser.add_argument("--serial-calls", type=int, default=20, help="direct calls, one at a time")
     parser.add_argument("--idle-jobs", type=int, default=8, help="interactive jobs on the idle service")
+    parser.add_argument("--slots", type=_counts, default=(1, 2, 4, 8), help="slot counts to sweep, e.g. 1,2,4,8")
+    parser.add_argument("--threads", type=_counts, default=(1, 2), help="thread counts to sweep, e.g. 1,2")
+    parser.add_argument("--sweep-calls", type=int, default=4, help="calls per slot in each sweep row")
+    parser.add_argument("--prefill-calls", type=int, default=8, help="calls with and without the prefix cache")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     # So that a SIGTERM still runs `measure`'s `finally` and stops every process it started.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.monotonic()
-    results = measure(args.items, args.serial_calls, args.idle_jobs)
+    results = measure(
+        args.items,
+        args.serial_calls,
+        args.idle_jobs,
+        args.slots,
+        args.threads,
+        args.sweep_calls,
+        args.prefill_calls,
+    )
     lines = [
-        "# The embedded default under a batch",
+        "# The embedded default, from its server's slots to a batch",
         "",
         "```sh",
         command_line("bench.embedded"),

@@ -22,9 +22,10 @@ the command, to `BENCHMARKS.md`. Process logs: `test-artifacts/bench-suite-*.log
 3. In-flight capacity: LM calls one worker process keeps open at once, its
    memory; the API's memory with 1,000 open SSE streams.
 4. Time to first token through SSE against the LM's own.
-5. The embedded default under a batch (bench/embedded.py), on a stack of its
-   own: the server alone, serially, against a 200-item batch through the
-   service, and interactive latency during it.
+5. The embedded default (bench/embedded.py), on servers and a stack of its
+   own: tokens/s and items/s at each slot and thread count, prefill with and
+   without the prefix cache, one call at a time against a 200-item batch
+   through the service, and interactive latency during it.
 Then, when py-spy is available, a profile of the worker and the API under
 scenario 2's load.
 """
@@ -87,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--embedded-items", type=int, default=200, help="scenario 5: items in the batch")
     parser.add_argument("--embedded-serial-calls", type=int, default=20, help="scenario 5: direct calls")
     parser.add_argument("--embedded-idle-jobs", type=int, default=8, help="scenario 5: interactive jobs, idle")
+    parser.add_argument("--embedded-slots", default="1,2,4,8", help="scenario 5: slot counts to sweep")
+    parser.add_argument("--embedded-threads", default="1,2", help="scenario 5: thread counts to sweep")
+    parser.add_argument("--embedded-sweep-calls", type=int, default=4, help="scenario 5: calls per slot")
     parser.add_argument("--py-spy", default=find_py_spy(), help="py-spy binary (profile after scenario 2)")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--profile-duration-s", type=float, default=25.0)
@@ -110,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.inflight_jobs, args.sse_streams, args.ttft_duration_s, args.profile_duration_s = 60, 100, 5.0, 5.0
         args.quiet_wait_s = 2.0
         args.embedded_items, args.embedded_serial_calls, args.embedded_idle_jobs = 10, 3, 2
+        args.embedded_slots, args.embedded_threads, args.embedded_sweep_calls = "1,2", "1", 1
     return args
 
 
@@ -176,7 +181,13 @@ async def run_suite(args: argparse.Namespace, stack: Stack, res: Results) -> Non
     if "5" in scenarios:
         # Its own stack (the embedded server would take the CPU of everything above); the others idle meanwhile.
         res.embedded = await asyncio.to_thread(
-            embedded_bench.measure, args.embedded_items, args.embedded_serial_calls, args.embedded_idle_jobs
+            embedded_bench.measure,
+            args.embedded_items,
+            args.embedded_serial_calls,
+            args.embedded_idle_jobs,
+            tuple(_ints(args.embedded_slots)),
+            tuple(_ints(args.embedded_threads)),
+            args.embedded_sweep_calls,
         )
     if not args.py_spy and not args.no_profile:
         res.notes.append("py-spy not found: no profile (install it in .venv to get one).")

@@ -1,7 +1,7 @@
 """LM capacity: how many calls each LM endpoint may have in flight, and who gets the next one.
 
-The LM, not our CPU, is what runs out: a local llama.cpp server answers one
-request at a time, a hosted provider allows so many requests and tokens a
+The LM, not our CPU, is what runs out: a local llama.cpp server decodes a
+few sequences at a time (its slots), a hosted provider allows so many requests and tokens a
 minute. So capacity is a property of the endpoint (model + API base), shared
 by every worker process on every machine, and it lives in Redis
 (`core/lua/capacity.lua`):
@@ -11,8 +11,9 @@ by every worker process on every machine, and it lives in Redis
   them back when the lease runs out. At most `max_in_flight` slots are held.
 - **Interactive first.** While any interactive caller waits, no bulk caller
   gets a slot, and bulk never takes the share `lm_interactive_reserve` of
-  the slots. On an endpoint with one slot an interactive job waits at most
-  for the call in progress.
+  the slots, rounded down but at least one of two or more: an interactive
+  job finds a slot free while a batch runs. On an endpoint with one slot an
+  interactive job waits at most for the call in progress.
 - **Requests and tokens per minute**, when set: a sliding-window counter
   per minute, charged when a slot is granted (tokens estimated from the
   prompt and `lm_max_tokens`) and corrected with the usage the call reports.
@@ -35,11 +36,8 @@ from dataclasses import dataclass
 from core import keys
 from core.settings import EMBEDDED_LM_MODEL, Settings
 
-# llama-cpp-python's server runs one request at a time (two locks around the
-# model, llama_cpp/server/app.py); more in flight only queue inside it, where
-# LM_TIMEOUT_S runs, and make it cut streaming answers short.
-EMBEDDED_MAX_IN_FLIGHT = 1
-# Any other endpoint: enough that a worker is never what holds the LM back;
+# The embedded model's default is its server's slots (EMBEDDED_LM_SLOTS): more in flight would only queue
+# inside the server, where LM_TIMEOUT_S runs. Any other endpoint: enough that a worker is never what holds the LM back;
 # a provider that cannot take as many answers 429 and pauses everyone.
 DEFAULT_MAX_IN_FLIGHT = 1024
 
@@ -80,11 +78,19 @@ def limits_for(settings: Settings, model: str | None = None) -> Limits:
     if max_in_flight is None:
         # By name, wherever it is served (compose serves it from another host): only our embedded server
         # answers to it.
-        max_in_flight = EMBEDDED_MAX_IN_FLIGHT if model == EMBEDDED_LM_MODEL else DEFAULT_MAX_IN_FLIGHT
+        max_in_flight = settings.embedded_lm_slots if model == EMBEDDED_LM_MODEL else DEFAULT_MAX_IN_FLIGHT
     rpm = (own.rpm if own else None) or (settings.lm_rpm if default else None)
     tpm = (own.tpm if own else None) or (settings.lm_tpm if default else None)
-    reserved = math.floor(max_in_flight * settings.lm_interactive_reserve)
-    return Limits(max_in_flight, rpm, tpm, max(max_in_flight - reserved, 1))
+    reserved = reserved_for_interactive(max_in_flight, settings.lm_interactive_reserve)
+    return Limits(max_in_flight, rpm, tpm, max_in_flight - reserved)
+
+
+def reserved_for_interactive(max_in_flight: int, share: float) -> int:
+    """The slots bulk leaves free: `share` of them rounded down, but one at least of two or more (a batch on the
+    embedded model's 4 slots would otherwise take all 4, and an interactive job wait for one to finish)."""
+    if share <= 0 or max_in_flight < 2:
+        return 0
+    return max(1, math.floor(max_in_flight * share))
 
 
 def endpoints(settings: Settings) -> dict[str, tuple[Endpoint, Limits]]:

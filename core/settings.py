@@ -7,6 +7,7 @@ unit (`_s` seconds, `_chars`, `_bytes`).
 
 from functools import lru_cache
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -23,7 +24,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from core.programs import ProgramEntry
 from core.webhooks import secret_problem
 
-# The embedded default: a local llama-cpp-python server (OpenAI-compatible)
+# The embedded default: llama.cpp's OpenAI-compatible server (stack/embedded_lm.py)
 # serving Gemma 3 270M. `make up` starts it when `lm_model` is left at this value.
 EMBEDDED_LM_MODEL = "openai/gemma-3-270m"
 EMBEDDED_LM_API_BASE = "http://127.0.0.1:8080/v1"
@@ -106,11 +107,20 @@ class Settings(BaseSettings):
     # caller must not be able to spend the operator's key on any model it likes.
     lm_allowed_models: Annotated[list[str], NoDecode] = []
 
+    # --- The embedded LM (stack/embedded_lm.py) ---------------------------------
+    # Sequences its server decodes at once (llama.cpp's slots); the embedded
+    # model's LM_MAX_IN_FLIGHT follows it. Chosen by measurement
+    # (`python -m bench.embedded`, BENCHMARKS.md): revisit it there.
+    embedded_lm_slots: PositiveInt = 4
+    # CPU threads of that server, for all its slots together. Unset: one per
+    # CPU this process may run on.
+    embedded_lm_threads: PositiveInt | None = None
+
     # --- LM capacity (core/capacity.py) ------------------------------------------
     # The calls every worker together may have in flight against LM_MODEL's
-    # endpoint. Unset: what the embedded server can run at once for the
-    # embedded model, 1024 for any other (a hosted provider's own limits come
-    # back as 429s, which pause the model for every worker).
+    # endpoint. Unset: EMBEDDED_LM_SLOTS for the embedded model, 1024 for any
+    # other (a hosted provider's own limits come back as 429s, which pause
+    # the model for every worker).
     lm_max_in_flight: PositiveInt | None = None
     # Requests and tokens per minute for LM_MODEL. Unset: none. Tokens are
     # estimated before a call (prompt characters / 4 + LM_MAX_TOKENS) and
@@ -122,9 +132,9 @@ class Settings(BaseSettings):
     # it wins over the three above for LM_MODEL.
     lm_limits: dict[str, ModelLimits] = {}
     # The share of each model's slots that bulk work leaves to interactive
-    # jobs (rounded down: a model with fewer than 1 / share slots reserves
-    # none, and an interactive job there waits at most for the call in
-    # progress, because waiting interactive jobs always go first).
+    # jobs, rounded down but at least one of two or more (core/capacity.py);
+    # 0 reserves none. On a one-slot model an interactive job waits at most
+    # for the call in progress, because waiting interactive jobs go first.
     lm_interactive_reserve: float = Field(0.1, ge=0.0, lt=1.0)
     # Consecutive failed calls (server errors, timeouts, connection errors)
     # after which a model is paused for every worker, from RETRY_BASE_S
@@ -328,7 +338,7 @@ class Settings(BaseSettings):
             raise ValueError("CORS_ALLOW_ORIGINS takes explicit origins, not '*'")
         return value
 
-    @field_validator("webhook_secret", "mlflow_tracking_uri", mode="before")
+    @field_validator("webhook_secret", "mlflow_tracking_uri", "embedded_lm_threads", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # docker-compose passes an unset variable through as "".
@@ -392,7 +402,10 @@ class Settings(BaseSettings):
 
     @property
     def uses_embedded_lm(self) -> bool:
-        return self.lm_model == EMBEDDED_LM_MODEL and self.lm_api_base == EMBEDDED_LM_API_BASE
+        """The embedded model served on this machine, where `make up` starts it (on LM_API_BASE's port)."""
+        if self.lm_model != EMBEDDED_LM_MODEL or not self.lm_api_base:
+            return False
+        return urlsplit(self.lm_api_base).hostname in ("127.0.0.1", "localhost", "::1")
 
 
 @lru_cache

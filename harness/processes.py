@@ -1,4 +1,4 @@
-"""Real processes for tests and benchmarks: redis-server, the LM simulator, workers, the API.
+"""Real processes for tests and benchmarks: redis-server, the LM simulator, the embedded LM, workers, the API.
 
 Each process logs to `test-artifacts/<name>.log` so a failing test leaves
 the whole story behind. Nothing here is mocked.
@@ -138,6 +138,15 @@ def start_lm_simulator(name: str = "lm-simulator", *args: str) -> tuple[Proc, st
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(f"{base}/health").status_code == 200, 20, "LM simulator", proc)
     return proc, f"{base}/v1"
+
+
+def start_embedded_lm(name: str = "embedded-lm", *args: str) -> tuple[Proc, str]:
+    """The embedded model's server (stack/embedded_lm.py) on a free port, with `args` (`--slots 2`), once it answers."""
+    port = free_port()
+    proc = Proc(name, python_module("stack.embedded_lm", "--port", str(port), *args), {})
+    base = f"http://127.0.0.1:{port}/v1"
+    wait_for(lambda: httpx.get(f"{base}/models").status_code == 200, 120, "the embedded LM", proc)
+    return proc, base
 
 
 def worker_command(app: str, queues: str, concurrency: int, hostname: str, loglevel: str = "INFO") -> list[str]:

@@ -1,13 +1,13 @@
 """Every patch of a library's internals, in one place, installed explicitly.
 
 Each patch is a module here with an `apply(settings) -> bool` that makes the
-change and then checks it took. `install` is called by the entry points (the
+change and then checks it took. `install` is called by the entry point (the
 worker at Celery's `celeryd_after_setup`, once its logging is set up and
-before it consumes; the embedded LM server in its `main`), never by an
-import. For each patch it logs one line: installed, off
-(named in `DISABLED_PATCHES`), skipped because the library is not the version
-the patch was written for (a warning: the code then runs unpatched, correct
-and slower), or did not take (a warning). It never stops a process.
+before it consumes), never by an import. For each patch it logs one line:
+installed, off (named in `DISABLED_PATCHES`), skipped because the library is
+not the version the patch was written for (a warning: the code then runs
+unpatched, correct and slower), or did not take (a warning). It never stops
+a process.
 
 What each one buys, measured with it on and off, is in bench/results/patches.md.
 """
@@ -55,16 +55,9 @@ LM15_CONNECTIONS = Patch(
     "dspy's native LM client may open as many connections as the LM's limits allow, not 100 per loop",
     (("dspy", "3.4.1"),),
 )
-LLAMA_CPP_AMX = Patch(
-    "llama_cpp_amx",
-    "patches.llama_cpp_amx",
-    "llama.cpp is kept off its AMX kernel, which crashes this build on a CPU with AMX",
-    (("llama-cpp-python", "0.3.36"),),
-)
-ALL = {p.name: p for p in (KOMBU_CLIENTS, CELERY_TASK_EVENTS, DSPY_CACHES, LM15_CONNECTIONS, LLAMA_CPP_AMX)}
+ALL = {p.name: p for p in (KOMBU_CLIENTS, CELERY_TASK_EVENTS, DSPY_CACHES, LM15_CONNECTIONS)}
 
 WORKER = (KOMBU_CLIENTS, CELERY_TASK_EVENTS, DSPY_CACHES, LM15_CONNECTIONS)
-EMBEDDED_LM = (LLAMA_CPP_AMX,)
 
 
 class UnknownPatch(ValueError):

@@ -5,11 +5,13 @@ writes each output field under a header: cheap, and streamed field by field
 as it is written. `json`, DSPy's JSONAdapter, asks the LM for the
 signature's JSON schema as a structured output, so a server that constrains
 decoding to it (llama.cpp does) can only write output that parses. `auto`
-picks `json` for the embedded model and `chat` for any other. On the
-embedded model, 50 of 50 arithmetic questions parsed with `json` against
-29 with `chat`, 18 against 15 of the 18 held-out questions
-(`bench/qa_heldout.json`); the grammar makes its decoding slower, about
-6 s a question against 3 (BENCHMARKS.md has the service's figures).
+picks `json` for the embedded model and `chat` for any other.
+`python -m bench.adapters` compares the two on the embedded model, with the
+instructions now reaching it (stack/embedded_lm.py): on 2026-12-04, `json`
+parsed 18 of 18 held-out questions (`bench/qa_heldout.json`) and 29 of 30
+arithmetic ones, `chat` 18 and 28, its failures a `question_type` outside
+the signature's choices (`logical`, `literal`), which the grammar rules
+out; `json`'s one failure was an answer cut at the token limit.
 """
 
 import logging
@@ -68,7 +70,7 @@ def build_lm(
         cache=settings.lm_cache,
         engine=settings.effective_lm_engine,
     )
-    # The embedded server takes OpenAI's JSON schema form (stack/embedded_lm.py), which LiteLLM cannot know.
+    # llama.cpp's server takes OpenAI's JSON schema form and decodes under it, which LiteLLM cannot know.
     if lm.model == EMBEDDED_LM_MODEL:
         lm.structured_outputs = True
     return lm

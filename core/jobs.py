@@ -40,7 +40,7 @@ class JobError(BaseModel):
         500,
         description="HTTP-style code: 422 unparseable output, 429 rate limited, 504 timed out, 502 provider error, "
         "400 input the program cannot take, 503 program not loadable by the worker, 408 not started before its "
-        "deadline.",
+        "deadline, 508 dead-lettered (its worker was lost on JOB_MAX_DELIVERIES deliveries: not delivered again).",
     )
     attempts: int = Field(0, description="Attempts made before giving up.")
 
@@ -83,6 +83,11 @@ class Job(BaseModel):
         None, description="The job ends `expired`, never run, if no worker has started it by then."
     )
     attempts: int = Field(0, description="How many times a worker started this job.")
+    deliveries_lost: int = Field(
+        0,
+        description="Attempts that ended without a report: the worker running it died or stalled past its lease. "
+        "At JOB_MAX_DELIVERIES the job ends failed, `DeadLettered`.",
+    )
     capacity_wait_s: float = Field(
         0.0, description="Seconds the job waited, taken by a worker, for the LM to have capacity for it."
     )
@@ -162,6 +167,7 @@ def job_from_fields(fields: dict[str, str], links: JobLinks) -> Job:
         finished_at=time_or_none(fields.get("finished_at")),
         expires_at=time_or_none(fields.get("expires_at")),
         attempts=int(fields.get("attempts", 0)),
+        deliveries_lost=int(fields.get("deliveries_lost") or 0),
         capacity_wait_s=round(float(fields.get("capacity_wait_s") or 0.0), 3),
         worker=fields.get("worker"),
         result=_json(fields.get("result")),

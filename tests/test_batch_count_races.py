@@ -2,7 +2,8 @@
 
 Item cancel and batch cancel (the API), picking, starting, finishing and
 retrying items (bulk workers), a worker lost mid-item and the reaper putting
-it back, a stale worker writing after it was fenced, and the batch's
+it back (or ending it dead-lettered, at its `JOB_MAX_DELIVERIES`-th loss), a
+stale worker writing after it was fenced, and the batch's
 deadline: Hypothesis runs them in random orders on a real redis-server,
 through the same Python calls the API and the workers make, and after each
 step checks what clients rely on:
@@ -56,6 +57,7 @@ pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
 LEASE_S = 15.0
+MAX_DELIVERIES = 2
 DEADLINE_S = 500_000.0
 
 
@@ -87,12 +89,13 @@ class BatchRaces(RuleBasedStateMachine):
         self.redis = self.run(self._client())
         self.run(self.redis.flushdb())
         self.clock.offset = 0.0
-        self.settings = Settings(redis_url=self.url, job_lease_s=LEASE_S)
+        self.settings = Settings(redis_url=self.url, job_lease_s=LEASE_S, job_max_deliveries=MAX_DELIVERIES)
         self.store = JobStore(self.redis, self.settings)
         self.endpoint = endpoint_for(self.settings, None).id
         self.tokens = (f"t{n}" for n in itertools.count())
         self.picked: list[tuple[str, int, str, dict[str, str]]] = []
         self.running: dict[str, str] = {}  # item id -> the token of the attempt that runs it
+        self.losses: dict[str, int] = {}  # item id -> attempts of it whose worker was lost
         self.fenced: list[tuple[str, str]] = []  # (item id, token) of attempts another has taken over
         self.finished_at: str | None = None
 
@@ -209,10 +212,13 @@ class BatchRaces(RuleBasedStateMachine):
     @precondition(lambda self: self.running)
     @rule(data=st.data())
     def lose_the_worker(self, data: st.DataObject) -> None:
-        """Its worker dies; the reaper finds the lease ran out and puts the item back in its batch."""
+        """Its worker dies; the reaper finds the lease ran out and puts the item back in its batch, or ends it
+        failed at its last allowed loss."""
         item_id, token = self._running(data)
         self.fenced.append((item_id, token))
-        self.run(self.store.requeue_lost(item_id, self.clock.time() + 2 * LEASE_S, {"status": "retrying"}))
+        self.losses[item_id] = self.losses.get(item_id, 0) + 1
+        code = self.run(self.store.requeue_lost(item_id, self.clock.time() + 2 * LEASE_S, {"status": "retrying"}))
+        assert code == (3 if self.losses[item_id] == MAX_DELIVERIES else 2), (item_id, self.losses[item_id], code)
 
     @precondition(lambda self: self.fenced)
     @rule(data=st.data(), status=st.sampled_from([JobStatus.succeeded, JobStatus.failed]))

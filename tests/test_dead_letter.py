@@ -18,12 +18,17 @@ from typing import Any
 
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from core import keys
 from harness.processes import ROOT, Proc
+from harness.sse_client import read_events
+from harness.webhook_receiver import Receiver
 from tests.conftest import Stack
 from tests.programs.poison import POISON
 from tests.test_jobs import unique, wait_finished
+from tests.test_metrics import scrape, value
+from tests.test_webhooks import SECRET, WEBHOOK_ENV
 
 pytestmark = pytest.mark.e2e
 
@@ -122,23 +127,23 @@ def poison_input(name: str) -> dict[str, str]:
     return {"question": unique(f"{POISON} {name}")}
 
 
-def test_a_job_that_kills_its_worker_every_time_ends_failed_while_other_jobs_keep_running(
+def test_a_job_that_kills_its_worker_every_time_is_dead_lettered_while_other_jobs_keep_running(
     poison_stack: Stack,
 ) -> None:
     stack = poison_stack
+    stack.extra_env.update(WEBHOOK_ENV)
     r = stack.redis()
-    with Supervisor(stack) as supervisor:
+    with Receiver() as receiver, Supervisor(stack) as supervisor:
         supervisor.start_worker("worker")
         supervisor.start_worker("worker-bulk", queues="bulk")
         stack.start_api()
         with stack.client() as client:
-            job = client.post("/programs/poison/jobs", json={"input": poison_input("interactive")}).json()
-            items = [
-                {"input": {"question": unique("fine")}},
-                {"input": poison_input("item")},
-                {"input": {"question": unique("fine")}},
-            ]
-            batch = client.post("/programs/poison/batches", json={"items": items}).json()
+            body = {"input": poison_input("interactive"), "webhook_url": receiver.url}
+            job = client.post("/programs/poison/jobs", json=body).json()
+            fine = [{"input": {"question": unique("fine")}}, {"input": {"question": unique("fine")}}]
+            batch = client.post(
+                "/programs/poison/batches", json={"items": [fine[0], {"input": poison_input("item")}, fine[1]]}
+            ).json()
             item_id = f"{batch['id']}-1"
             traffic = NormalQuestions(client)
 
@@ -155,16 +160,44 @@ def test_a_job_that_kills_its_worker_every_time_ends_failed_while_other_jobs_kee
             after = [client.post("/jobs", json={"question": unique("after")}).json()["id"] for _ in range(5)]
             others = [wait_finished(client, job_id, timeout_s=120) for job_id in [*traffic.ids, *after]]
             finished_batch = client.get(f"/batches/{batch['id']}").json()
+            results = client.get(f"/batches/{batch['id']}/results").json()["items"]
+            events = read_events(client, job["id"]).events
+            (hook,) = receiver.wait_for(1, 30)
+            samples = scrape(client)
 
-    assert deaths == {"worker": 5, "worker-bulk": 5}
+    assert deaths == {"worker": 3, "worker-bulk": 3}
     assert {name: supervisor.died(name) for name in deaths} == deaths, "no worker died after they ended"
     for record in poisoned:
         assert record["status"] == "failed"
-        assert record["attempts"] == 5
-        assert record["error"]["type"] == "WorkerLost"
-        assert record["error"]["code"] == 500
-        assert record["error"]["retryable"] is False
+        assert record["attempts"] == record["deliveries_lost"] == 3
+        assert record["error"] == {
+            "type": "DeadLettered",
+            "message": "not delivered again: the worker running it was lost 3 times (killed, out of memory, "
+            "crashed, or stalled past its lease; JOB_MAX_DELIVERIES is 3)",
+            "retryable": False,
+            "code": 508,
+            "attempts": 3,
+        }
+    # Its stream: every start, every loss counted, then the failure carrying the record, like any other.
+    statuses = [(e["data"]["status"], e["data"].get("attempt", e["data"].get("deliveries_lost"))) for e in events[:-1]]
+    assert statuses == [
+        ("queued", None),
+        ("running", 1),
+        ("retrying", 1),
+        ("running", 2),
+        ("retrying", 2),
+        ("running", 3),
+    ]
+    assert events[-1]["type"] == "error"
+    # The record as it ended; only its webhook's delivery has moved on since.
+    assert {**events[-1]["data"], "webhook": None} == {**poisoned[0], "webhook": None}
+    payload = Webhook(SECRET).verify(hook.body, hook.headers)
+    assert payload["type"] == "job.failed" and payload["data"]["error"]["type"] == "DeadLettered"
+    assert value(samples, "dspy_jobs_finished_total", program="poison", status="failed") == 2
+    # The batch counts it once, as failed, beside its neighbours.
     assert finished_batch["status"] == "completed"
     assert finished_batch["counts"] == {**finished_batch["counts"], "succeeded": 2, "failed": 1, "running": 0}
+    assert [i["status"] for i in results] == ["succeeded", "failed", "succeeded"]
+    assert results[1]["error"]["type"] == "DeadLettered"
     assert [o["status"] for o in others] == ["succeeded"] * len(others)
-    assert [o["attempts"] for o in others[-len(after) :]] == [1] * len(after)
+    assert [(o["attempts"], o["deliveries_lost"]) for o in others[-len(after) :]] == [(1, 0)] * len(after)

@@ -7,6 +7,7 @@ error, usage) are JSON strings inside the hash; times are unix seconds.
 """
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -138,6 +139,11 @@ def new_job_fields(
     return fields
 
 
+def deliveries_lost(fields: Mapping[str, str]) -> int:
+    """Attempts of the job whose worker was lost (worker/reaper.py); records from before the count had none."""
+    return int(fields.get("deliveries_lost") or 0)
+
+
 def streams(fields: dict[str, str]) -> bool:
     """Whether a job streams its tokens; records from before the option existed did."""
     return fields.get("stream", "1") != "0"
@@ -167,7 +173,7 @@ def job_from_fields(fields: dict[str, str], links: JobLinks) -> Job:
         finished_at=time_or_none(fields.get("finished_at")),
         expires_at=time_or_none(fields.get("expires_at")),
         attempts=int(fields.get("attempts", 0)),
-        deliveries_lost=int(fields.get("deliveries_lost") or 0),
+        deliveries_lost=deliveries_lost(fields),
         capacity_wait_s=round(float(fields.get("capacity_wait_s") or 0.0), 3),
         worker=fields.get("worker"),
         result=_json(fields.get("result")),

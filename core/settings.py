@@ -217,8 +217,10 @@ class Settings(BaseSettings):
     # died (killed, out of memory, crashed) or stalled past its lease. The
     # reaper that finds the last of these lost ends the job `failed`,
     # `DeadLettered` (code 508), so a job that kills its worker every time is
-    # not delivered again (core/lua/jobs.lua `job_requeue_lost`).
-    job_max_deliveries: PositiveInt = 3
+    # not delivered again (core/lua/jobs.lua `job_requeue_lost`). A job's last
+    # delivery runs alone in its worker (worker/isolation.py), so at least 2:
+    # with 1, every job would.
+    job_max_deliveries: int = Field(3, ge=2)
     # A running job's worker renews its lease every `job_lease_s / 3`; a lease
     # that runs out means the worker is gone and the job is requeued.
     job_lease_s: float = 15.0

@@ -4,6 +4,12 @@ The poison is a test-only program (tests/programs/poison.py) registered through 
 own program is: a question containing `POISON` makes it SIGKILL its own worker process, as the
 out-of-memory killer does. The test plays the supervisor (systemd, Kubernetes, compose's `restart:`)
 and starts a worker again each time one dies, while normal questions keep coming.
+
+Before dead-lettering, such a job ran 5 times (JOB_MAX_ATTEMPTS), killing 5 workers, and failed
+`WorkerLost` (code 500) when started a sixth time. Now it runs JOB_MAX_DELIVERIES (3) times and the
+reaper that finds the third loss ends it `DeadLettered` (code 508); its last delivery runs alone in its
+worker (worker/isolation.py), so the batch item that ran beside the poison item is not dead-lettered
+with it.
 """
 
 import json
@@ -29,6 +35,7 @@ from tests.programs.poison import POISON
 from tests.test_jobs import unique, wait_finished
 from tests.test_metrics import scrape, value
 from tests.test_webhooks import SECRET, WEBHOOK_ENV
+from worker.isolation import ANOTHER_RUNS_ALONE, RUNS_ALONE
 
 pytestmark = pytest.mark.e2e
 
@@ -159,6 +166,7 @@ def test_a_job_that_kills_its_worker_every_time_is_dead_lettered_while_other_job
             # Jobs after them run once each, on workers nothing kills any more.
             after = [client.post("/jobs", json={"question": unique("after")}).json()["id"] for _ in range(5)]
             others = [wait_finished(client, job_id, timeout_s=120) for job_id in [*traffic.ids, *after]]
+            neighbours = [client.get(f"/jobs/{batch['id']}-{index}").json() for index in (0, 2)]
             finished_batch = client.get(f"/batches/{batch['id']}").json()
             results = client.get(f"/batches/{batch['id']}/results").json()["items"]
             events = read_events(client, job["id"]).events
@@ -178,8 +186,15 @@ def test_a_job_that_kills_its_worker_every_time_is_dead_lettered_while_other_job
             "code": 508,
             "attempts": 3,
         }
-    # Its stream: every start, every loss counted, then the failure carrying the record, like any other.
-    statuses = [(e["data"]["status"], e["data"].get("attempt", e["data"].get("deliveries_lost"))) for e in events[:-1]]
+    # Its stream: every start, every loss counted, then the failure carrying the record, like any other. Its last
+    # delivery waited for the other jobs in its worker to end, if any ran (`waiting`, worker/isolation.py).
+    waits = {e["data"]["reason"] for e in events if e["data"].get("status") == "waiting"}
+    assert waits <= {RUNS_ALONE, ANOTHER_RUNS_ALONE}, waits
+    statuses = [
+        (e["data"]["status"], e["data"].get("attempt", e["data"].get("deliveries_lost")))
+        for e in events[:-1]
+        if e["data"]["status"] != "waiting"
+    ]
     assert statuses == [
         ("queued", None),
         ("running", 1),
@@ -200,4 +215,7 @@ def test_a_job_that_kills_its_worker_every_time_is_dead_lettered_while_other_job
     assert [i["status"] for i in results] == ["succeeded", "failed", "succeeded"]
     assert results[1]["error"]["type"] == "DeadLettered"
     assert [o["status"] for o in others] == ["succeeded"] * len(others)
+    # A job running beside the poison job when it killed its worker lost a delivery too; the poison job's last
+    # delivery ran alone (worker/isolation.py), so no neighbour lost its last one to it.
+    assert max(o["deliveries_lost"] for o in [*others, *neighbours]) < 3
     assert [(o["attempts"], o["deliveries_lost"]) for o in others[-len(after) :]] == [(1, 0)] * len(after)

@@ -30,11 +30,12 @@ import dspy
 import redis.asyncio as aioredis
 
 from core.events import EventType
-from core.jobs import JobStatus, LMUsage, streams
+from core.jobs import JobStatus, LMUsage, deliveries_lost, streams
 from core.refusals import Refusal
 from core.settings import Settings
 from worker.capacity import Capacity
 from worker.error_policy import JobTimeLimitExceeded, is_retryable, job_error, retry_delay_s
+from worker.isolation import Isolation
 from worker.job_store import JobStore, dumps
 from worker.lm_gate import CallScope, call_scope
 from worker.log_context import job_log_context
@@ -63,6 +64,7 @@ class JobAttempts:
         store: JobStore,
         send: Send,
         runs: dict[str, Run],
+        isolation: Isolation,
     ) -> None:
         self._settings = settings
         self._redis = client
@@ -72,6 +74,7 @@ class JobAttempts:
         self.store = store
         self._send = send
         self.runs = runs
+        self._isolation = isolation
         # Programs without `aforward` run `forward` here, one thread per job.
         self._threads = ThreadPoolExecutor(
             max_workers=max(limits.max_in_flight for _, limits in capacity.models.values()), thread_name_prefix="job"
@@ -80,6 +83,8 @@ class JobAttempts:
     def start(self, run: Run) -> None:
         """Run the attempt `run` has started, on the loop."""
         run.task = asyncio.create_task(self._run(run), name=f"job-{run.job_id}")
+        # Even for a task cancelled before it began: the process's isolation must not wait for it forever.
+        run.task.add_done_callback(lambda _: self._isolation.ended(run.lone))
 
     async def _run(self, run: Run) -> None:
         counted = False
@@ -211,7 +216,7 @@ class JobAttempts:
     ) -> bool:
         if stream:
             await self.writer.barrier(run.job_id)
-        reported = run.attempts - int(run.fields.get("deliveries_lost") or 0)
+        reported = run.attempts - deliveries_lost(run.fields)
         if is_retryable(e) and reported < self._settings.job_max_attempts:
             await self._retry(run, e)
             return False

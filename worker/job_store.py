@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from core import keys, replication, scripts
 from core.events import EventType
-from core.jobs import JobError, JobLinks, JobStatus, job_from_fields
+from core.jobs import JobError, JobLinks, JobStatus, deliveries_lost, job_from_fields
 from core.settings import Settings
 from worker.metrics import Increment, outcome_increments
 
@@ -89,22 +89,38 @@ class JobStore:
         )
         return _taken(found)
 
-    async def start(self, job_id: str, token: str, worker: str) -> Taken:
-        """Start an attempt: counted, leased, announced by its `running` event."""
+    async def start(self, job_id: str, token: str, worker: str, alone: bool, waiting: Mapping[str, Any]) -> Taken:
+        """Start an attempt: counted, leased, announced by its `running` event. A job on its last delivery is
+        started only `alone` (nothing else runs in this process); otherwise it is claimed with the `waiting`
+        event, and the code is 0 (worker/isolation.py)."""
         found = await scripts.acall(
-            self._redis, "job_start", job_keys(self._settings, job_id), self._start_args(job_id, token, worker)
+            self._redis,
+            "job_start",
+            job_keys(self._settings, job_id),
+            self._start_args(job_id, token, worker, alone, waiting),
         )
         return _taken(found)
 
-    async def start_item(self, job_id: str, token: str, worker: str, fields: Mapping[str, str], retries: str) -> Taken:
-        """Start a picked batch item, creating its record (`fields`) if it has none."""
-        args: list[scripts.Arg] = [*self._start_args(job_id, token, worker), _QUEUED]
+    async def start_item(
+        self,
+        job_id: str,
+        token: str,
+        worker: str,
+        fields: Mapping[str, str],
+        retries: str,
+        alone: bool,
+        waiting: Mapping[str, Any],
+    ) -> Taken:
+        """`start` for a picked batch item, creating its record (`fields`) if it has none."""
+        args: list[scripts.Arg] = [*self._start_args(job_id, token, worker, alone, waiting), _QUEUED]
         for pair in fields.items():
             args += pair
         found = await scripts.acall(self._redis, "item_start", [*job_keys(self._settings, job_id), retries], args)
         return _taken(found)
 
-    def _start_args(self, job_id: str, token: str, worker: str) -> list[scripts.Arg]:
+    def _start_args(
+        self, job_id: str, token: str, worker: str, alone: bool, waiting: Mapping[str, Any]
+    ) -> list[scripts.Arg]:
         now = time.time()
         return [
             job_id,
@@ -114,6 +130,9 @@ class JobStore:
             worker,
             self._settings.event_stream_maxlen,
             self._settings.job_ttl_s,
+            "1" if alone else "0",
+            self._settings.job_max_deliveries - 1,
+            dumps(waiting),
         ]
 
     async def emit(self, job_id: str, token: str, event_type: EventType, data: Mapping[str, Any]) -> int:
@@ -224,7 +243,7 @@ class JobStore:
         if status != JobStatus.running.value:
             args += [dumps(data), self._settings.job_max_deliveries, status, token]
         else:
-            lost = int(fields.get("deliveries_lost") or 0) + 1
+            lost = deliveries_lost(fields) + 1
             args += [dumps({**data, "deliveries_lost": lost}), self._settings.job_max_deliveries, status, token]
             args += self._dead_letter_args(job_id, token, fields, lost, now)
         code: int = await scripts.acall(self._redis, "job_requeue_lost", job_keys(self._settings, job_id), args)

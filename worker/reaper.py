@@ -10,7 +10,9 @@
   finds the `job_max_deliveries`-th loss ends the job `failed`,
   `DeadLettered`, in that same step, with its `error` event, its metrics and
   its webhook, instead of delivering it again. A job claimed and still
-  waiting for LM capacity never ran: losing it counts for nothing.
+  waiting for LM capacity never ran: losing it counts for nothing. Its last
+  delivery runs alone in its worker (worker/isolation.py), so that the
+  death that ends it is its own, not a neighbour's.
 - **A worker died after taking an interactive job's message and before
   claiming it.** Interactive workers keep no copy of the messages they take
   (no ack emulation, core/queue.py), and even with one, `BRPOP` removes a

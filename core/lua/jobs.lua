@@ -32,11 +32,28 @@ local function refusal(keys, job_id, now, token)
   return nil
 end
 
+-- Takes the job under `token` for a worker that waits before starting it:
+-- its lease, and a `waiting` event saying why. Returns {0, record}.
+local function claim(keys, job_id, now_text, expiry, token, worker, maxlen, ttl_s, waiting)
+  redis.call('HSET', keys[1], 'lease', token, 'worker', worker)
+  redis.call('HSETNX', keys[1], 'waiting_since', now_text)
+  redis.call('ZADD', keys[4], expiry, job_id)
+  append_event(keys[1], keys[2], keys[3], 'status', waiting, maxlen, ttl_s, {}, token)
+  return {0, record(keys[1])}
+end
+
 -- Starts an attempt under `token`: counts it, takes the lease, writes the
--- `running` event that starts it.
-local function start(keys, job_id, now, expiry, token, worker, maxlen, ttl_s)
+-- `running` event that starts it. A job on its last delivery (it lost
+-- `lone_from` of them) starts only `alone` ('1': nothing else runs in the
+-- worker, worker/isolation.py); otherwise it is claimed with the `waiting`
+-- event instead, and not started.
+local function start(keys, job_id, now_text, expiry, token, worker, maxlen, ttl_s, alone, lone_from, waiting)
+  local now = tonumber(now_text)
   local refused = refusal(keys, job_id, now, token)
   if refused then return refused end
+  if alone ~= '1' and num(redis.call('HGET', keys[1], 'deliveries_lost')) >= tonumber(lone_from) then
+    return claim(keys, job_id, now_text, expiry, token, worker, maxlen, ttl_s, waiting)
+  end
   local attempts = redis.call('HINCRBY', keys[1], 'attempts', 1)
   local since = redis.call('HGET', keys[1], 'waiting_since')
   if since then
@@ -97,22 +114,20 @@ end)
 -- ARGV: job id, now, lease expiry, token, worker, maxlen, ttl_s, the `waiting`
 -- event's data. Returns {0, record}, or {code, status or record} as `refusal`.
 redis.register_function('job_claim', function(keys, args)
-  local job_id, now = args[1], tonumber(args[2])
+  local job_id = args[1]
   redis.call('ZREM', keys[6], job_id)
-  local refused = refusal(keys, job_id, now, args[4])
+  local refused = refusal(keys, job_id, tonumber(args[2]), args[4])
   if refused then return refused end
-  redis.call('HSET', keys[1], 'lease', args[4], 'worker', args[5])
-  redis.call('HSETNX', keys[1], 'waiting_since', args[2])
-  redis.call('ZADD', keys[4], args[3], job_id)
-  append_event(keys[1], keys[2], keys[3], 'status', args[8], args[6], args[7], {}, args[4])
-  return {0, record(keys[1])}
+  return claim(keys, job_id, args[2], args[3], args[4], args[5], args[6], args[7], args[8])
 end)
 
--- ARGV: job id, now, lease expiry, token, worker, maxlen, ttl_s.
--- Returns {attempts, record}, or {code, status or record} as `refusal`.
+-- ARGV: job id, now, lease expiry, token, worker, maxlen, ttl_s, alone,
+-- lone from (lost deliveries), the `waiting` event's data (for a job on its
+-- last delivery that is not alone). Returns {attempts, record}; {0, record}
+-- when claimed instead (`start`); or {code, status or record} as `refusal`.
 redis.register_function('job_start', function(keys, args)
   redis.call('ZREM', keys[6], args[1])
-  return start(keys, args[1], tonumber(args[2]), args[3], args[4], args[5], args[6], args[7])
+  return start(keys, args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8], args[9], args[10])
 end)
 
 -- A picked batch item: created if it has no record yet, then started.
@@ -121,13 +136,13 @@ end)
 -- pairs (used only if it has none; without them an item with no record is
 -- refused as NO_JOB).
 redis.register_function('item_start', function(keys, args)
-  if redis.call('EXISTS', keys[1]) == 0 and #args >= 9 then
-    redis.call('HSET', keys[1], unpack(args, 9))
+  if redis.call('EXISTS', keys[1]) == 0 and #args >= 12 then
+    redis.call('HSET', keys[1], unpack(args, 12))
     redis.call('EXPIRE', keys[1], args[7])
-    append_event(keys[1], keys[2], keys[3], 'status', args[8], args[6], args[7], {}, nil)
+    append_event(keys[1], keys[2], keys[3], 'status', args[11], args[6], args[7], {}, nil)
   end
   redis.call('ZREM', keys[9], args[1])
-  return start(keys, args[1], tonumber(args[2]), args[3], args[4], args[5], args[6], args[7])
+  return start(keys, args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8], args[9], args[10])
 end)
 
 -- KEYS: the lease set, then the hash of every job below. ARGV: lease expiry,

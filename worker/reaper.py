@@ -125,7 +125,14 @@ class Reaper:
         expired = await self._redis.zrangebyscore(keys.LEASES, "-inf", now, start=0, num=self._batch)
         requeued = 0
         for job_id in map(str, expired):
-            code = await self._store.requeue_lost(job_id, now, _LOST)
+            try:
+                code = await self._store.requeue_lost(job_id, now, _LOST)
+            except RedisError:
+                raise
+            except Exception:
+                # A record the failure cannot be written from: logged each pass, never the others' end.
+                log.exception("job %s lost its worker and could not be put back; trying again", job_id)
+                continue
             if code == _DEAD_LETTERED:
                 log.error(
                     "job %s lost its worker on %d deliveries (JOB_MAX_DELIVERIES); it failed, DeadLettered, and is "

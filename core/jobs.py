@@ -7,6 +7,7 @@ error, usage) are JSON strings inside the hash; times are unix seconds.
 """
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -40,7 +41,7 @@ class JobError(BaseModel):
         500,
         description="HTTP-style code: 422 unparseable output, 429 rate limited, 504 timed out, 502 provider error, "
         "400 input the program cannot take, 503 program not loadable by the worker, 408 not started before its "
-        "deadline.",
+        "deadline, 508 dead-lettered (its worker was lost on JOB_MAX_DELIVERIES deliveries: not delivered again).",
     )
     attempts: int = Field(0, description="Attempts made before giving up.")
 
@@ -83,6 +84,11 @@ class Job(BaseModel):
         None, description="The job ends `expired`, never run, if no worker has started it by then."
     )
     attempts: int = Field(0, description="How many times a worker started this job.")
+    deliveries_lost: int = Field(
+        0,
+        description="Attempts that ended without a report: the worker running it died or stalled past its lease. "
+        "At JOB_MAX_DELIVERIES the job ends failed, `DeadLettered`.",
+    )
     capacity_wait_s: float = Field(
         0.0, description="Seconds the job waited, taken by a worker, for the LM to have capacity for it."
     )
@@ -135,6 +141,11 @@ def new_job_fields(
     return fields
 
 
+def deliveries_lost(fields: Mapping[str, str]) -> int:
+    """Attempts of the job whose worker was lost (worker/reaper.py); records from before the count had none."""
+    return int(fields.get("deliveries_lost") or 0)
+
+
 def streams(fields: dict[str, str]) -> bool:
     """Whether a job streams its tokens; records from before the option existed did."""
     return fields.get("stream", "1") != "0"
@@ -164,6 +175,7 @@ def job_from_fields(fields: dict[str, str], links: JobLinks) -> Job:
         finished_at=time_or_none(fields.get("finished_at")),
         expires_at=time_or_none(fields.get("expires_at")),
         attempts=int(fields.get("attempts", 0)),
+        deliveries_lost=deliveries_lost(fields),
         capacity_wait_s=round(float(fields.get("capacity_wait_s") or 0.0), 3),
         worker=fields.get("worker"),
         result=_json(fields.get("result")),

@@ -219,9 +219,18 @@ class Settings(BaseSettings):
     # A streaming job is stopped (failed, code 504) once it runs this long; a
     # single silent LM call is bounded by `lm_timeout_s` instead.
     job_time_limit_s: int = 600
-    # Every start of a job counts, including ones its worker died in: a job
-    # that kills its worker every time fails after this many instead of looping.
+    # Attempts that ended with an outcome: a retryable failure (an LM error, a
+    # timeout) is tried again until the job has made this many, then it fails
+    # with that error. Attempts whose worker was lost count toward the next.
     job_max_attempts: int = 5
+    # Deliveries that ended without any report: the worker running the job
+    # died (killed, out of memory, crashed) or stalled past its lease. The
+    # reaper that finds the last of these lost ends the job `failed`,
+    # `DeadLettered` (code 508), so a job that kills its worker every time is
+    # not delivered again (core/lua/jobs.lua `job_requeue_lost`). A job's last
+    # delivery runs alone in its worker (worker/isolation.py), so at least 2:
+    # with 1, every job would.
+    job_max_deliveries: int = Field(3, ge=2)
     # A running job's worker renews its lease every `job_lease_s / 3`; a lease
     # that runs out means the worker is gone and the job is requeued.
     job_lease_s: float = 15.0

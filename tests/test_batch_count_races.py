@@ -2,7 +2,9 @@
 
 Item cancel and batch cancel (the API), picking, starting, finishing and
 retrying items (bulk workers), a worker lost mid-item and the reaper putting
-it back, a stale worker writing after it was fenced, and the batch's
+it back (or ending it dead-lettered, at its `JOB_MAX_DELIVERIES`-th loss), an
+item that lost a delivery claimed to wait until it can run alone, a stale
+worker writing after it was fenced, and the batch's
 deadline: Hypothesis runs them in random orders on a real redis-server,
 through the same Python calls the API and the workers make, and after each
 step checks what clients rely on:
@@ -56,6 +58,7 @@ pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
 LEASE_S = 15.0
+MAX_DELIVERIES = 2
 DEADLINE_S = 500_000.0
 
 
@@ -87,12 +90,14 @@ class BatchRaces(RuleBasedStateMachine):
         self.redis = self.run(self._client())
         self.run(self.redis.flushdb())
         self.clock.offset = 0.0
-        self.settings = Settings(redis_url=self.url, job_lease_s=LEASE_S)
+        self.settings = Settings(redis_url=self.url, job_lease_s=LEASE_S, job_max_deliveries=MAX_DELIVERIES)
         self.store = JobStore(self.redis, self.settings)
         self.endpoint = endpoint_for(self.settings, None).id
         self.tokens = (f"t{n}" for n in itertools.count())
         self.picked: list[tuple[str, int, str, dict[str, str]]] = []
         self.running: dict[str, str] = {}  # item id -> the token of the attempt that runs it
+        self.losses: dict[str, int] = {}  # item id -> attempts of it whose worker was lost
+        self.claimed: dict[str, str] = {}  # item id -> the token of a worker holding it until it can run alone
         self.fenced: list[tuple[str, str]] = []  # (item id, token) of attempts another has taken over
         self.finished_at: str | None = None
 
@@ -166,15 +171,28 @@ class BatchRaces(RuleBasedStateMachine):
         self._pick(self.clock.time() + 2 * LEASE_S)
 
     @precondition(lambda self: self.picked)
-    @rule(data=st.data())
-    def start(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), alone=st.booleans())
+    def start(self, data: st.DataObject, alone: bool) -> None:
+        """`alone`: nothing else runs in the worker; an item that lost a delivery is claimed instead if not."""
         item_id, index, raw_input, batch = self.picked.pop(data.draw(st.integers(0, len(self.picked) - 1)))
         fields = item_fields(self.batch_id, index, raw_input, batch) if raw_input else {}
-        token = next(self.tokens)
+        self._start(item_id, next(self.tokens), fields, alone)
+
+    @precondition(lambda self: self.claimed)
+    @rule(data=st.data())
+    def start_alone(self, data: st.DataObject) -> None:
+        """A claimed item's turn to run alone comes."""
+        item_id = data.draw(st.sampled_from(sorted(self.claimed)))
+        self._start(item_id, self.claimed.pop(item_id), {}, True)
+
+    def _start(self, item_id: str, token: str, fields: dict[str, str], alone: bool) -> None:
         retries = keys.batch_retries(self.batch_id)
-        taken = self.run(self.store.start_item(item_id, token, "w", fields, retries))
+        taken = self.run(self.store.start_item(item_id, token, "w", fields, retries, alone, {"status": "waiting"}))
         if taken.code > 0:
             self.running[item_id] = token
+        elif taken.code == 0:
+            assert not alone and self.losses.get(item_id), "only an item on its last delivery waits to run alone"
+            self.claimed[item_id] = token
         elif taken.code == Refusal.BATCH_CANCELLED:  # as worker/job_runner.py `_refused` does
             updates = {"status": JobStatus.cancelled.value, "finished_at": repr(self.clock.time())}
             self.run(self.store.end(item_id, "", taken.fields, EventType.error, updates))
@@ -209,10 +227,31 @@ class BatchRaces(RuleBasedStateMachine):
     @precondition(lambda self: self.running)
     @rule(data=st.data())
     def lose_the_worker(self, data: st.DataObject) -> None:
-        """Its worker dies; the reaper finds the lease ran out and puts the item back in its batch."""
+        """Its worker dies; the reaper finds the lease ran out and puts the item back in its batch, or ends it
+        failed at its last allowed loss."""
         item_id, token = self._running(data)
         self.fenced.append((item_id, token))
-        self.run(self.store.requeue_lost(item_id, self.clock.time() + 2 * LEASE_S, {"status": "retrying"}))
+        if self._status(item_id) != JobStatus.running:  # cancelled meanwhile: nothing to put back
+            assert self._lose(item_id) == 0
+            return
+        self.losses[item_id] = self.losses.get(item_id, 0) + 1
+        code = self._lose(item_id)
+        assert code == (3 if self.losses[item_id] == MAX_DELIVERIES else 2), (item_id, self.losses[item_id], code)
+
+    def _status(self, item_id: str) -> JobStatus:
+        return JobStatus(str(self.run(self.redis.hget(keys.job(item_id), "status"))))
+
+    def _lose(self, item_id: str) -> int:
+        return self.run(self.store.requeue_lost(item_id, self.clock.time() + 2 * LEASE_S, {"status": "retrying"}))
+
+    @precondition(lambda self: self.claimed)
+    @rule(data=st.data())
+    def lose_a_worker_before_it_started_the_item(self, data: st.DataObject) -> None:
+        """The worker that claimed an item to run it alone dies first: it goes back, no delivery lost."""
+        item_id = data.draw(st.sampled_from(sorted(self.claimed)))
+        del self.claimed[item_id]
+        waiting = self._status(item_id) == JobStatus.queued  # not cancelled meanwhile
+        assert self._lose(item_id) == (2 if waiting else 0)
 
     @precondition(lambda self: self.fenced)
     @rule(data=st.data(), status=st.sampled_from([JobStatus.succeeded, JobStatus.failed]))
@@ -284,5 +323,49 @@ def test_cancelling_the_last_unpicked_item_then_the_batch_after_the_others_were_
         machine.cancel_batch()
         machine.counts_add_up_to_what_the_items_say()
         assert machine.batch()["status"] == "cancelling"
+    finally:
+        machine.teardown()
+
+
+def test_an_item_that_lost_a_delivery_waits_to_run_alone_then_is_dead_lettered_and_counted_once(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new paths, step by step (2 deliveries allowed): an item lost once, on its last delivery, is claimed
+    (not started) while its worker runs another, starts once alone, and its second loss ends it failed,
+    `DeadLettered`, counted once beside its neighbour."""
+    clock = Clock()
+    monkeypatch.setattr(worker.job_store, "time", SimpleNamespace(time=clock.time))
+    BatchRaces.url, BatchRaces.clock = redis_url, clock
+    machine = BatchRaces()
+    try:
+        machine.submit(size=2)
+        machine.pick()
+        machine.pick()
+        for item_id, index, raw_input, batch in machine.picked:
+            machine._start(item_id, next(machine.tokens), item_fields(machine.batch_id, index, raw_input, batch), False)
+        lost, other = machine.item(0), machine.item(1)
+        assert set(machine.running) == {lost, other}
+        assert machine._lose(lost) == 2
+        machine.losses[lost] = 1
+        machine.clock.offset += 2 * LEASE_S
+        machine.picked.clear()
+        machine.pick()
+        assert [p[0] for p in machine.picked] == [lost]
+
+        machine._start(lost, next(machine.tokens), {}, False)
+        assert lost in machine.claimed and machine._status(lost) == JobStatus.queued
+        machine._start(lost, machine.claimed.pop(lost), {}, True)
+        assert lost in machine.running
+        machine.clock.offset += 2 * LEASE_S
+        assert machine._lose(lost) == 3
+        assert machine._end(other, machine.running[other], JobStatus.succeeded) > 0
+
+        machine.counts_add_up_to_what_the_items_say()
+        machine.the_batch_ends_when_its_last_item_does_and_once()
+        batch = machine.batch()
+        assert (batch["status"], batch["n_failed"], batch["n_succeeded"]) == ("completed", "1", "1")
+        record = machine.run(job_store.read_job(machine.redis, lost)) or {}
+        assert (record["status"], record["deliveries_lost"], record["attempts"]) == ("failed", "2", "2")
+        assert '"type":"DeadLettered"' in record["error"]
     finally:
         machine.teardown()

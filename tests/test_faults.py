@@ -73,6 +73,7 @@ def test_server_errors_are_retried_then_fail_as_502_with_every_attempt_counted(c
     assert job["error"]["code"] == 502
     assert job["error"]["retryable"] is True
     assert job["attempts"] == job["error"]["attempts"] == 5
+    assert job["deliveries_lost"] == 0, "an attempt that reported its error is not a lost delivery"
 
 
 def test_an_lm_that_hangs_fails_the_job_with_a_timeout(make_stack: Callable[..., Stack]) -> None:
@@ -261,6 +262,7 @@ def test_a_worker_killed_mid_stream_is_replaced_and_the_job_completes_exactly_on
 
     assert job["status"] == "succeeded"
     assert job["attempts"] == 2
+    assert job["deliveries_lost"] == 1
     assert job["result"] == expected_result(question)
     running = [e["data"] for e in received.events if e["type"] == "status" and e["data"]["status"] == "running"]
     assert [r["attempt"] for r in running] == [1, 2], "the stream marks the restart"
@@ -316,6 +318,7 @@ def test_a_worker_paused_past_its_lease_writes_nothing_when_it_wakes(
         assert records == records_before_wake
     for question, job, record, received in zip(questions, jobs, records, streams, strict=True):
         assert job["status"] == "succeeded" and job["attempts"] == 2, job
+        assert job["deliveries_lost"] == 1, "a stall past the lease is a lost delivery"
         assert job["worker"].startswith(other.hostname.split("@")[0]), job["worker"]
         # The record did not change after it ended, and the stream ends with the record as it is.
         assert record == job == received.terminal["data"], record["id"]
@@ -455,29 +458,31 @@ def test_jobs_waiting_behind_others_are_not_sent_twice(make_stack: Callable[...,
     assert "sending it again" not in worker.own_log()
 
 
-def test_a_job_that_kills_its_worker_every_time_fails_after_the_attempt_limit(
-    make_stack: Callable[..., Stack],
+def test_a_lost_delivery_spends_no_attempt_and_a_failed_attempt_no_delivery(
+    make_stack: Callable[..., Stack], lm_requests: RequestsFor
 ) -> None:
+    """Attempt 1 reports a retryable error, attempt 2 loses its worker, attempt 3 succeeds: with two of each
+    allowed, neither budget ran out (before, every start was an attempt and the third start failed it)."""
     stack = make_stack()
-    stack.extra_env = {"JOB_MAX_ATTEMPTS": "2"}
+    stack.extra_env = {"JOB_MAX_ATTEMPTS": "2", "JOB_MAX_DELIVERIES": "2"}
     worker = stack.start_worker()
     stack.start_api()
+    question = unique("once failed, once lost [lm:fail_times=1,status=500,tps=5]")
     with stack.client() as client:
-        job_id = post_job(client, unique("poison [lm:tps=5]"))["id"]
-        for attempt in (1, 2):
+        job_id = post_job(client, question)["id"]
 
-            def started(attempt: int = attempt) -> bool:
-                job = client.get(f"/jobs/{job_id}").json()
-                return bool(job["status"] == "running" and job["attempts"] == attempt)
+        def second_attempt_streams() -> bool:
+            job = client.get(f"/jobs/{job_id}").json()
+            return bool(job["status"] == "running" and job["attempts"] == 2 and len(lm_requests(question)) == 2)
 
-            wait_for(started, 30, f"attempt {attempt} to start")
-            worker.kill()
-            worker = stack.start_worker()
+        wait_for(second_attempt_streams, 30, "the second attempt to stream", worker)
+        worker.kill()
+        stack.start_worker()
         job = wait_finished(client, job_id, timeout_s=60)
 
-    assert job["status"] == "failed"
-    assert job["error"]["type"] == "WorkerLost"
-    assert job["attempts"] == 2
+    assert job["status"] == "succeeded", job["error"]
+    assert (job["attempts"], job["deliveries_lost"]) == (3, 1)
+    assert job["result"] == expected_result(question)
 
 
 # --- Redis outage ------------------------------------------------------------------

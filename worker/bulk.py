@@ -64,6 +64,8 @@ class BulkLoop:
                 if not await self._redis.exists(owners):
                     await self._wakeups.wait(ready, _IDLE_S)
                     continue
+                # While a job runs alone here, or waits to (worker/isolation.py), pick nothing that would wait.
+                await self._runner.isolation.opened()
                 slot = await self._capacity.acquire(self._model, "bulk", self._runner.first_call_estimate())
                 try:
                     picked = await self._pick(owners)

@@ -6,6 +6,9 @@ own Retry-After when it sends one. Everything else fails at once: bad
 credentials, an invalid request, a context window exceeded, output that
 cannot be parsed, a program this worker cannot load, an input that does
 not fit the program (the API validates it first; this catches the rest).
+An attempt that ends with no outcome at all (its worker died) is the
+reaper's to count: a job lost that way too often ends `DeadLettered`
+(worker/job_store.py).
 The HTTP-style `code` follows the common gateway mapping, so clients can
 treat a job error like the response it would have been.
 """
@@ -32,10 +35,6 @@ class JobCancelled(Exception):
 
 class JobTimeLimitExceeded(TimeoutError):
     """The job streamed for longer than `job_time_limit_s`."""
-
-
-class WorkerLost(Exception):
-    """Every attempt so far ended with its worker gone."""
 
 
 def _timed_out(e: BaseException) -> bool:

@@ -6,8 +6,11 @@
   and trace off, usage tracked, within `job_time_limit_s`. Token events go
   out through the process's token writer.
 - It ends succeeded, failed, or back to the queue for another attempt
-  (worker/error_policy.py), each one fenced write. Every attempt counts,
-  including ones whose worker died; past `job_max_attempts` the job fails.
+  (worker/error_policy.py), each one fenced write. A retryable failure is
+  tried again until `job_max_attempts` attempts have ended with an outcome;
+  attempts whose worker died ended with none and are not among them: the
+  reaper counts those (`deliveries_lost`) and ends the job at
+  `job_max_deliveries` (worker/reaper.py).
 - A job this worker no longer holds (its lease renewal or a token write was
   refused: cancelled, or taken over after this worker stalled) is cancelled
   on the loop at once, which closes its LM call; it writes nothing more.
@@ -27,11 +30,12 @@ import dspy
 import redis.asyncio as aioredis
 
 from core.events import EventType
-from core.jobs import JobStatus, LMUsage, streams
+from core.jobs import JobStatus, LMUsage, deliveries_lost, streams
 from core.refusals import Refusal
 from core.settings import Settings
 from worker.capacity import Capacity
-from worker.error_policy import JobTimeLimitExceeded, WorkerLost, is_retryable, job_error, retry_delay_s
+from worker.error_policy import JobTimeLimitExceeded, is_retryable, job_error, retry_delay_s
+from worker.isolation import Isolation
 from worker.job_store import JobStore, dumps
 from worker.lm_gate import CallScope, call_scope
 from worker.log_context import job_log_context
@@ -60,6 +64,7 @@ class JobAttempts:
         store: JobStore,
         send: Send,
         runs: dict[str, Run],
+        isolation: Isolation,
     ) -> None:
         self._settings = settings
         self._redis = client
@@ -69,6 +74,7 @@ class JobAttempts:
         self.store = store
         self._send = send
         self.runs = runs
+        self._isolation = isolation
         # Programs without `aforward` run `forward` here, one thread per job.
         self._threads = ThreadPoolExecutor(
             max_workers=max(limits.max_in_flight for _, limits in capacity.models.values()), thread_name_prefix="job"
@@ -77,6 +83,8 @@ class JobAttempts:
     def start(self, run: Run) -> None:
         """Run the attempt `run` has started, on the loop."""
         run.task = asyncio.create_task(self._run(run), name=f"job-{run.job_id}")
+        # Even for a task cancelled before it began: the process's isolation must not wait for it forever.
+        run.task.add_done_callback(lambda _: self._isolation.ended(run.lone))
 
     async def _run(self, run: Run) -> None:
         counted = False
@@ -109,12 +117,6 @@ class JobAttempts:
     async def _attempt(self, run: Run) -> bool:
         """The attempt; True when its outcome is already in the metrics."""
         s = self._settings
-        if run.attempts > s.job_max_attempts:
-            lost = WorkerLost(
-                f"gave up after {run.attempts - 1} attempts: the worker running this job stopped every time "
-                "(killed, out of memory, or crashed)"
-            )
-            return await self._fail(run, lost, run.attempts - 1)
         try:
             # A load (a new artifact version) reads and builds in a thread, off the loop every job runs on.
             name = run.fields["program"]
@@ -122,7 +124,7 @@ class JobAttempts:
             if program is None:
                 program = await asyncio.to_thread(self._runtime.program, name)
         except ProgramUnavailable as e:
-            return await self._fail(run, e, run.attempts)
+            return await self._fail(run, e)
         stream = streams(run.fields)
         deadline = time.monotonic() + s.job_time_limit_s
         whole: list[tuple[str, str]] = []
@@ -214,10 +216,11 @@ class JobAttempts:
     ) -> bool:
         if stream:
             await self.writer.barrier(run.job_id)
-        if is_retryable(e) and run.attempts < self._settings.job_max_attempts:
+        reported = run.attempts - deliveries_lost(run.fields)
+        if is_retryable(e) and reported < self._settings.job_max_attempts:
             await self._retry(run, e)
             return False
-        return await self._fail(run, e, run.attempts, program.version, trace.fields)
+        return await self._fail(run, e, program.version, trace.fields)
 
     async def _retry(self, run: Run, e: Exception) -> None:
         s = self._settings
@@ -239,17 +242,15 @@ class JobAttempts:
         self,
         run: Run,
         e: Exception,
-        attempts: int,
         program_version: str | None = None,
         trace_fields: dict[str, str] | None = None,
     ) -> bool:
-        error = job_error(e, attempts)
-        log.warning("job %s failed after %d attempt(s): %s: %s", run.job_id, attempts, error.type, error.message)
+        error = job_error(e, run.attempts)
+        log.warning("job %s failed after %d attempt(s): %s: %s", run.job_id, run.attempts, error.type, error.message)
         updates = {
             "status": JobStatus.failed.value,
             "error": error.model_dump_json(),
             "finished_at": repr(time.time()),
-            "attempts": str(attempts),
         }
         if program_version is not None:
             updates["program_version"] = program_version

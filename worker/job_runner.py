@@ -9,6 +9,9 @@
 - **Run, ended**: worker/job_attempt.py. The program runs on the loop with
   the job's LM, every LM call holding a slot; the attempt ends succeeded,
   failed, or back to the queue, each one fenced write.
+- **Alone**: a job on its last allowed delivery (its worker died running it
+  every time but once) runs with nothing else in the process
+  (worker/isolation.py).
 - **Stopped** from outside (`stop_job`, here): a job this worker no longer
   holds (cancelled, or taken over after this worker stalled) is cancelled on
   the loop at once, which closes its LM call; it writes nothing more.
@@ -22,6 +25,7 @@ import redis.asyncio as aioredis
 
 from core.settings import Settings
 from worker.capacity import Capacity, Slot
+from worker.isolation import Isolation
 from worker.job_attempt import JobAttempts
 from worker.job_store import JobStore
 from worker.job_taking import JobTaking
@@ -52,9 +56,21 @@ class JobRunner:
         self.writer = writer
         self.worker = worker
         self.runs: dict[str, Run] = {}
-        self._attempts = JobAttempts(settings, client, runtime, capacity, writer, self.store, send, self.runs)
+        self.isolation = Isolation()
+        self._attempts = JobAttempts(
+            settings, client, runtime, capacity, writer, self.store, send, self.runs, self.isolation
+        )
         self._taking = JobTaking(
-            settings, client, capacity, self.store, self._attempts, send, worker, self.runs, self.first_call_estimate
+            settings,
+            client,
+            capacity,
+            self.store,
+            self._attempts,
+            send,
+            worker,
+            self.runs,
+            self.first_call_estimate,
+            self.isolation,
         )
 
     @property

@@ -14,13 +14,13 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from core import keys, replication, scripts
 from core.events import EventType
-from core.jobs import JobError, JobLinks, JobStatus, job_from_fields
+from core.jobs import JobError, JobLinks, JobStatus, deliveries_lost, job_from_fields
 from core.settings import Settings
 from worker.metrics import Increment, outcome_increments
 
@@ -89,22 +89,38 @@ class JobStore:
         )
         return _taken(found)
 
-    async def start(self, job_id: str, token: str, worker: str) -> Taken:
-        """Start an attempt: counted, leased, announced by its `running` event."""
+    async def start(self, job_id: str, token: str, worker: str, alone: bool, waiting: Mapping[str, Any]) -> Taken:
+        """Start an attempt: counted, leased, announced by its `running` event. A job on its last delivery is
+        started only `alone` (nothing else runs in this process); otherwise it is claimed with the `waiting`
+        event, and the code is 0 (worker/isolation.py)."""
         found = await scripts.acall(
-            self._redis, "job_start", job_keys(self._settings, job_id), self._start_args(job_id, token, worker)
+            self._redis,
+            "job_start",
+            job_keys(self._settings, job_id),
+            self._start_args(job_id, token, worker, alone, waiting),
         )
         return _taken(found)
 
-    async def start_item(self, job_id: str, token: str, worker: str, fields: Mapping[str, str], retries: str) -> Taken:
-        """Start a picked batch item, creating its record (`fields`) if it has none."""
-        args: list[scripts.Arg] = [*self._start_args(job_id, token, worker), _QUEUED]
+    async def start_item(
+        self,
+        job_id: str,
+        token: str,
+        worker: str,
+        fields: Mapping[str, str],
+        retries: str,
+        alone: bool,
+        waiting: Mapping[str, Any],
+    ) -> Taken:
+        """`start` for a picked batch item, creating its record (`fields`) if it has none."""
+        args: list[scripts.Arg] = [*self._start_args(job_id, token, worker, alone, waiting), _QUEUED]
         for pair in fields.items():
             args += pair
         found = await scripts.acall(self._redis, "item_start", [*job_keys(self._settings, job_id), retries], args)
         return _taken(found)
 
-    def _start_args(self, job_id: str, token: str, worker: str) -> list[scripts.Arg]:
+    def _start_args(
+        self, job_id: str, token: str, worker: str, alone: bool, waiting: Mapping[str, Any]
+    ) -> list[scripts.Arg]:
         now = time.time()
         return [
             job_id,
@@ -112,9 +128,11 @@ class JobStore:
             self._lease_expiry(now),
             token,
             worker,
-            self._settings.job_max_attempts,
             self._settings.event_stream_maxlen,
             self._settings.job_ttl_s,
+            "1" if alone else "0",
+            self._settings.job_max_deliveries - 1,
+            dumps(waiting),
         ]
 
     async def emit(self, job_id: str, token: str, event_type: EventType, data: Mapping[str, Any]) -> int:
@@ -214,14 +232,48 @@ class JobStore:
         return code
 
     async def requeue_lost(self, job_id: str, now: float, data: Mapping[str, Any]) -> int:
-        """A job whose lease ran out: 1: send its task again, 2: a batch item, 0: nothing to do."""
-        code: int = await scripts.acall(
-            self._redis,
-            "job_requeue_lost",
-            job_keys(self._settings, job_id),
-            [job_id, repr(now), self._settings.event_stream_maxlen, self._settings.job_ttl_s, dumps(data)],
-        )
+        """A job whose lease ran out, with `data` for its `retrying` event: 1: send its task again, 2: a batch
+        item, 3: its last allowed delivery was lost and it ended failed, `DeadLettered`; 0: nothing to do.
+
+        The record is read first, so that the failure is written, with its event and metrics, in the step
+        that counts the loss; that step does nothing if the record changed in between."""
+        fields = cast(dict[str, str], await self._redis.hgetall(keys.job(job_id)))
+        status, token = fields.get("status", ""), fields.get("lease", "")
+        args: list[scripts.Arg] = [job_id, repr(now), self._settings.event_stream_maxlen, self._settings.job_ttl_s]
+        if status != JobStatus.running.value:
+            args += [dumps(data), self._settings.job_max_deliveries, status, token]
+        else:
+            lost = deliveries_lost(fields) + 1
+            args += [dumps({**data, "deliveries_lost": lost}), self._settings.job_max_deliveries, status, token]
+            args += self._dead_letter_args(job_id, token, fields, lost, now)
+        code: int = await scripts.acall(self._redis, "job_requeue_lost", job_keys(self._settings, job_id), args)
         return code
+
+    def _dead_letter_args(
+        self, job_id: str, token: str, fields: Mapping[str, str], lost: int, now: float
+    ) -> list[scripts.Arg]:
+        """`job_end`'s ARGV that end the running job failed, `DeadLettered`, after its `lost`-th lost delivery."""
+        error = JobError(
+            type="DeadLettered",
+            message=f"not delivered again: the worker running it was lost {lost} times (killed, out of memory, "
+            f"crashed, or stalled past its lease; JOB_MAX_DELIVERIES is {self._settings.job_max_deliveries})",
+            retryable=False,
+            # HTTP's 508 Loop Detected: the service stopped a redelivery loop. No other failure uses it: a
+            # crash inside an attempt that did report is a 500.
+            code=508,
+            attempts=int(fields.get("attempts") or 0),
+        )
+        updates = {
+            "status": JobStatus.failed.value,
+            "error": error.model_dump_json(),
+            "finished_at": repr(now),
+            "deliveries_lost": str(lost),
+        }
+        final = {**fields, **updates}
+        record = job_from_fields(final, JobLinks.for_job(job_id))
+        events = [(EventType.error.value, record.model_dump_json())]
+        increments = outcome_increments(final, self._settings.lm_model)
+        return end_args(job_id, token, self._settings, False, events, updates, increments)
 
 
 def renew_call(leases: Mapping[str, str], expires: str) -> tuple[list[str], list[scripts.Arg]]:

@@ -11,6 +11,10 @@
   (`expires_at`) passes: then it ends `expired`.
 - Starting counts the attempt and writes the `running` event
   (worker/job_store.py); the attempt then runs (worker/job_attempt.py).
+- A job on its last allowed delivery (its worker died running it every
+  time but once) starts only when nothing else runs in this process, and
+  nothing else starts meanwhile (worker/isolation.py): claimed, it waits for
+  its turn without holding a slot; other jobs wait for it the same way.
 - A job refused on the way (finished, another worker's, its batch
   cancelled, past its deadline, a model no longer allowed) is dropped or
   ended as the refusal says (core/refusals.py).
@@ -22,22 +26,27 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from core import keys
 from core.events import EventType
-from core.jobs import JobError, JobStatus
+from core.jobs import JobError, JobStatus, deliveries_lost
 from core.refusals import Refusal
 from core.settings import Settings
 from worker.capacity import Capacity, CapacityTimeout, Slot
+from worker.isolation import ANOTHER_RUNS_ALONE, RUNS_ALONE, Isolation, runs_alone
 from worker.job_attempt import JobAttempts
 from worker.job_store import JobStore, Taken
 from worker.metrics import record_job_outcome
 from worker.runs import Run, Send, waiting_event
 
 log = logging.getLogger(__name__)
+
+
+# Starts a job's attempt: (alone, the `waiting` event if it must wait to run alone) -> what the start found.
+Starting = Callable[[bool, dict[str, Any]], Awaitable[Taken]]
 
 
 class _Refused(Exception):
@@ -58,6 +67,7 @@ class JobTaking:
         worker: str,
         runs: dict[str, Run],
         first_call_estimate: Callable[[], int],
+        isolation: Isolation,
     ) -> None:
         self._settings = settings
         self._redis = client
@@ -68,6 +78,7 @@ class JobTaking:
         self.worker = worker
         self.runs = runs
         self.first_call_estimate = first_call_estimate
+        self._isolation = isolation
         self.stopping = False
 
     async def take(self, job_id: str, model: str | None) -> None:
@@ -91,9 +102,12 @@ class JobTaking:
             run.leased, run.fields = True, taken.fields
             if taken.fields.get("expires_at"):
                 run.deadline = time.monotonic() + float(taken.fields["expires_at"]) - time.time()
-            log.info("job %s waits for LM capacity (%s)", job_id, reason)
+            log.info("job %s waits to start (%s)", job_id, reason)
 
         try:
+            if not self._isolation.open:
+                await claim(ANOTHER_RUNS_ALONE, None)
+                await self._isolation.opened()
             slot = await self._capacity.acquire(
                 run.model,
                 run.priority,
@@ -114,28 +128,84 @@ class JobTaking:
             self.runs.pop(run.token, None)
             await self._let_go(run)
             return
-        await self._start(run, slot, self.store.start(job_id, run.token, self.worker))
+
+        def starting(alone: bool, waiting: dict[str, Any]) -> Awaitable[Taken]:
+            return self.store.start(job_id, run.token, self.worker, alone, waiting)
+
+        # Cancelled while it waited to start: `_start` gave it back or let it go.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._start(run, slot, starting)
 
     async def start_item(self, item_id: str, fields: dict[str, str], retries: str, slot: Slot) -> None:
         """A batch item picked by the bulk loop with `slot`: started, and run."""
         run = Run(item_id, uuid.uuid4().hex, "bulk", fields.get("model") or None)
         self.runs[run.token] = run
-        await self._start(run, slot, self.store.start_item(item_id, run.token, self.worker, fields, retries))
 
-    async def _start(self, run: Run, slot: Slot, starting: Awaitable[Taken]) -> None:
+        def starting(alone: bool, waiting: dict[str, Any]) -> Awaitable[Taken]:
+            return self.store.start_item(item_id, run.token, self.worker, fields, retries, alone, waiting)
+
+        await self._start(run, slot, starting)
+
+    async def _start(self, run: Run, slot: Slot, starting: Starting) -> None:
         try:
-            taken = await starting
+            taken = await self._starting(run, slot, starting)
         except BaseException:
             self.runs.pop(run.token, None)
-            await asyncio.shield(self._capacity.release(slot, "unused"))
+            await asyncio.shield(self._release(run))
+            if run.leased:
+                await asyncio.shield(self._let_go(run))
             raise
         if taken.code <= 0:
             self.runs.pop(run.token, None)
-            await self._capacity.release(slot, "unused")
+            await self._release(run)
             await self._refused(run, taken)
             return
-        run.leased, run.fields, run.attempts, run.slot = True, taken.fields, taken.code, slot
+        run.leased, run.fields, run.attempts = True, taken.fields, taken.code
         self._attempts.start(run)
+
+    async def _starting(self, run: Run, slot: Slot, starting: Starting) -> Taken:
+        """The start of the job's attempt, when the process's isolation allows it (worker/isolation.py).
+        `run.slot` is the slot its first LM call gets, if it still holds one."""
+        gate = self._isolation
+        run.slot = slot
+        if not gate.open:
+            # A job on its last delivery runs here, or waits to: wait for it, leaving the slot to others.
+            await self._release(run)
+            await gate.opened()
+        alone = gate.reserve()
+        try:
+            taken = await starting(alone, waiting_event(run, RUNS_ALONE, None, self._settings.lm_model))
+        except BaseException:
+            gate.unreserve(alone)
+            raise
+        if taken.code != 0:
+            if taken.code > 0:
+                run.lone = runs_alone(deliveries_lost(taken.fields), self._settings.job_max_deliveries)
+                gate.started(alone, run.lone)
+            else:
+                gate.unreserve(alone)
+            return taken
+        # On its last delivery, and other jobs run here: claimed instead, it waits to run alone.
+        gate.unreserve(alone)
+        run.leased, run.fields = True, taken.fields
+        await self._release(run)
+        log.info("job %s lost its worker %d time(s); it waits to run alone", run.job_id, deliveries_lost(run.fields))
+        await gate.run_alone()
+        try:
+            taken = await starting(True, {})
+        except BaseException:
+            gate.ended(lone=True)
+            raise
+        run.lone = taken.code > 0
+        if not run.lone:
+            gate.ended(lone=True)
+        return taken
+
+    async def _release(self, run: Run) -> None:
+        """Give back the slot the job holds for its first LM call, unused."""
+        slot, run.slot = run.slot, None
+        if slot is not None:
+            await self._capacity.release(slot, "unused")
 
     async def _refuse_model(self, run: Run) -> None:
         """A job whose model this deployment no longer allows (LM_ALLOWED_MODELS changed since it was accepted)."""

@@ -4,6 +4,15 @@
   lease runs out. The job goes back to waiting: an interactive job's task is
   sent again, a batch item goes back to its batch's turn (core/lua/jobs.lua
   `job_requeue_lost`). The broker's visibility timeout plays no part.
+- **A job that kills its worker every time** (a poison input, a program
+  that runs out of memory): a running job whose lease ran out lost a
+  delivery, and the record counts it (`deliveries_lost`). The reaper that
+  finds the `job_max_deliveries`-th loss ends the job `failed`,
+  `DeadLettered`, in that same step, with its `error` event, its metrics and
+  its webhook, instead of delivering it again. A job claimed and still
+  waiting for LM capacity never ran: losing it counts for nothing. Its last
+  delivery runs alone in its worker (worker/isolation.py), so that the
+  death that ends it is its own, not a neighbour's.
 - **A worker died after taking an interactive job's message and before
   claiming it.** Interactive workers keep no copy of the messages they take
   (no ack emulation, core/queue.py), and even with one, `BRPOP` removes a
@@ -57,6 +66,8 @@ _MARK_MARGIN_S = 1.0
 # How often the listing indexes are trimmed of expired records' entries.
 _TRIM_EVERY_S = 60.0
 _LOST = {"status": "retrying", "reason": "the worker running this job was lost", "delay_s": 0}
+# What `requeue_lost` returns for a job it ended instead.
+_DEAD_LETTERED = 3
 
 
 class TakenMarks:
@@ -120,8 +131,22 @@ class Reaper:
         expired = await self._redis.zrangebyscore(keys.LEASES, "-inf", now, start=0, num=self._batch)
         requeued = 0
         for job_id in map(str, expired):
-            code = await self._store.requeue_lost(job_id, now, _LOST)
-            if code:
+            try:
+                code = await self._store.requeue_lost(job_id, now, _LOST)
+            except RedisError:
+                raise
+            except Exception:
+                # A record the failure cannot be written from: logged each pass, never the others' end.
+                log.exception("job %s lost its worker and could not be put back; trying again", job_id)
+                continue
+            if code == _DEAD_LETTERED:
+                log.error(
+                    "job %s lost its worker on %d deliveries (JOB_MAX_DELIVERIES); it failed, DeadLettered, and is "
+                    "not delivered again",
+                    job_id,
+                    self._settings.job_max_deliveries,
+                )
+            elif code:
                 log.warning("job %s lost its worker; it runs again", job_id)
                 requeued += 1
             if code == 1:

@@ -24,6 +24,8 @@ class Run:
     attempts: int = 0
     # The slot granted before it started, until its first LM call takes it.
     slot: Slot | None = None
+    # Its last allowed delivery: its attempt runs alone in this process (worker/isolation.py).
+    lone: bool = False
     task: "asyncio.Task[Any] | None" = None
     # Why it was stopped from outside: cancelled, fenced, shutdown.
     stop: str | None = None

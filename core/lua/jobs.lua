@@ -32,12 +32,28 @@ local function refusal(keys, job_id, now, token)
   return nil
 end
 
+-- Takes the job under `token` for a worker that waits before starting it:
+-- its lease, and a `waiting` event saying why. Returns {0, record}.
+local function claim(keys, job_id, now_text, expiry, token, worker, maxlen, ttl_s, waiting)
+  redis.call('HSET', keys[1], 'lease', token, 'worker', worker)
+  redis.call('HSETNX', keys[1], 'waiting_since', now_text)
+  redis.call('ZADD', keys[4], expiry, job_id)
+  append_event(keys[1], keys[2], keys[3], 'status', waiting, maxlen, ttl_s, {}, token)
+  return {0, record(keys[1])}
+end
+
 -- Starts an attempt under `token`: counts it, takes the lease, writes the
--- `running` event that starts it. Past `max_attempts` it does all that but
--- the event, and the caller fails the job.
-local function start(keys, job_id, now, expiry, token, worker, max_attempts, maxlen, ttl_s)
+-- `running` event that starts it. A job on its last delivery (it lost
+-- `lone_from` of them) starts only `alone` ('1': nothing else runs in the
+-- worker, worker/isolation.py); otherwise it is claimed with the `waiting`
+-- event instead, and not started.
+local function start(keys, job_id, now_text, expiry, token, worker, maxlen, ttl_s, alone, lone_from, waiting)
+  local now = tonumber(now_text)
   local refused = refusal(keys, job_id, now, token)
   if refused then return refused end
+  if alone ~= '1' and num(redis.call('HGET', keys[1], 'deliveries_lost')) >= tonumber(lone_from) then
+    return claim(keys, job_id, now_text, expiry, token, worker, maxlen, ttl_s, waiting)
+  end
   local attempts = redis.call('HINCRBY', keys[1], 'attempts', 1)
   local since = redis.call('HGET', keys[1], 'waiting_since')
   if since then
@@ -47,10 +63,8 @@ local function start(keys, job_id, now, expiry, token, worker, max_attempts, max
   redis.call('HSET', keys[1], 'lease', token, 'worker', worker, 'started_at', tostring(now))
   redis.call('ZADD', keys[4], expiry, job_id)
   redis.call('ZREM', keys[5], job_id)
-  if attempts <= max_attempts then
-    local data = '{"status":"running","attempt":' .. attempts .. '}'
-    append_event(keys[1], keys[2], keys[3], 'status', data, maxlen, ttl_s, {'status', 'running'}, token)
-  end
+  local data = '{"status":"running","attempt":' .. attempts .. '}'
+  append_event(keys[1], keys[2], keys[3], 'status', data, maxlen, ttl_s, {'status', 'running'}, token)
   return {attempts, record(keys[1])}
 end
 
@@ -101,22 +115,20 @@ end)
 -- ARGV: job id, now, lease expiry, token, worker, maxlen, ttl_s, the `waiting`
 -- event's data. Returns {0, record}, or {code, status or record} as `refusal`.
 redis.register_function('job_claim', function(keys, args)
-  local job_id, now = args[1], tonumber(args[2])
+  local job_id = args[1]
   redis.call('ZREM', keys[6], job_id)
-  local refused = refusal(keys, job_id, now, args[4])
+  local refused = refusal(keys, job_id, tonumber(args[2]), args[4])
   if refused then return refused end
-  redis.call('HSET', keys[1], 'lease', args[4], 'worker', args[5])
-  redis.call('HSETNX', keys[1], 'waiting_since', args[2])
-  redis.call('ZADD', keys[4], args[3], job_id)
-  append_event(keys[1], keys[2], keys[3], 'status', args[8], args[6], args[7], {}, args[4])
-  return {0, record(keys[1])}
+  return claim(keys, job_id, args[2], args[3], args[4], args[5], args[6], args[7], args[8])
 end)
 
--- ARGV: job id, now, lease expiry, token, worker, max attempts, maxlen, ttl_s.
--- Returns {attempts, record}, or {code, status or record} as `refusal`.
+-- ARGV: job id, now, lease expiry, token, worker, maxlen, ttl_s, alone,
+-- lone from (lost deliveries), the `waiting` event's data (for a job on its
+-- last delivery that is not alone). Returns {attempts, record}; {0, record}
+-- when claimed instead (`start`); or {code, status or record} as `refusal`.
 redis.register_function('job_start', function(keys, args)
   redis.call('ZREM', keys[6], args[1])
-  return start(keys, args[1], tonumber(args[2]), args[3], args[4], args[5], tonumber(args[6]), args[7], args[8])
+  return start(keys, args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8], args[9], args[10])
 end)
 
 -- A picked batch item: created if it has no record yet, then started.
@@ -125,13 +137,13 @@ end)
 -- pairs (used only if it has none; without them an item with no record is
 -- refused as NO_JOB).
 redis.register_function('item_start', function(keys, args)
-  if redis.call('EXISTS', keys[1]) == 0 and #args >= 10 then
-    redis.call('HSET', keys[1], unpack(args, 10))
-    redis.call('EXPIRE', keys[1], args[8])
-    append_event(keys[1], keys[2], keys[3], 'status', args[9], args[7], args[8], {}, nil)
+  if redis.call('EXISTS', keys[1]) == 0 and #args >= 12 then
+    redis.call('HSET', keys[1], unpack(args, 12))
+    redis.call('EXPIRE', keys[1], args[7])
+    append_event(keys[1], keys[2], keys[3], 'status', args[11], args[6], args[7], {}, nil)
   end
   redis.call('ZREM', keys[9], args[1])
-  return start(keys, args[1], tonumber(args[2]), args[3], args[4], args[5], tonumber(args[6]), args[7], args[8])
+  return start(keys, args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8], args[9], args[10])
 end)
 
 -- KEYS: the lease set, then the hash of every job below. ARGV: lease expiry,
@@ -159,7 +171,7 @@ end)
 -- then (hash: c or h, field, op: i or f, amount) metrics increments to the end.
 -- Returns the terminal event's sequence number, or the refusal of the first
 -- event (nothing written; a lease the token held is released all the same).
-redis.register_function('job_end', function(keys, args)
+local function end_job(keys, args)
   local job_id, token = args[1], args[2]
   local f = redis.call('HMGET', keys[1], 'status', 'lease', 'attempts')
   if args[5] == 'unstarted' and f[1] and not TERMINAL[f[1]] and (f[1] ~= 'queued' or num(f[3]) > 0) then
@@ -197,7 +209,9 @@ redis.register_function('job_end', function(keys, args)
     end
   end
   return seq
-end)
+end
+
+redis.register_function('job_end', end_job)
 
 -- The attempt failed and another will follow. ARGV: job id, due (unix time of
 -- the next attempt), token, maxlen, ttl_s, the `retrying` event's data.
@@ -213,20 +227,39 @@ redis.register_function('job_retry', function(keys, args)
 end)
 
 -- A worker that claimed or started the job stopped renewing its lease (it
--- died). ARGV: job id, now, maxlen, ttl_s, the `retrying` event's data.
--- Returns 0 when there is nothing to do (lease alive, renewed, job finished;
--- only one reaper wins), else what `requeue` returns.
+-- died, or stalled past it). A started attempt lost that way is a lost
+-- delivery (`deliveries_lost`); a job claimed and still waiting for LM
+-- capacity never ran, so losing it costs nothing. The loss that reaches
+-- `max deliveries` ends the job here, failed as the caller prepared it, so it
+-- is never delivered again.
+-- ARGV: job id, now, maxlen, ttl_s, the `retrying` event's data, max
+-- deliveries, the status and lease token the caller read the record with
+-- (its record and count are those, or nothing is done), then, for a running
+-- job, `job_end`'s ARGV that end it dead-lettered.
+-- Returns 0 when there is nothing to do (lease alive, renewed, job finished
+-- or changed since it was read; only one reaper wins), 3 when it ended
+-- dead-lettered, else what `requeue` returns.
 redis.register_function('job_requeue_lost', function(keys, args)
   local job_id, now = args[1], tonumber(args[2])
   local expiry = redis.call('ZSCORE', keys[4], job_id)
   if not expiry or tonumber(expiry) > now then return 0 end
-  redis.call('ZREM', keys[4], job_id)
-  local status = redis.call('HGET', keys[1], 'status')
-  if status ~= 'running' and status ~= 'queued' then return 0 end
-  redis.call('HDEL', keys[1], 'lease')
+  local f = redis.call('HMGET', keys[1], 'status', 'lease', 'deliveries_lost')
+  if (f[1] or '') ~= args[7] or (f[2] or '') ~= args[8] then return 0 end
+  local status = f[1]
+  if status ~= 'running' and status ~= 'queued' then
+    redis.call('ZREM', keys[4], job_id)
+    return 0
+  end
   if status == 'running' then
+    local lost = num(f[3]) + 1
+    if lost >= tonumber(args[6]) then
+      end_job(keys, {unpack(args, 9)})
+      return 3
+    end
+    redis.call('HSET', keys[1], 'deliveries_lost', lost)
     append_event(keys[1], keys[2], keys[3], 'status', args[5], args[3], args[4], {'status', 'queued'}, nil)
   end
+  release(keys, job_id)
   return requeue(keys, job_id, args[2])
 end)
 

@@ -62,7 +62,7 @@ async def make_jobs(url: str, count: int, start: float, owners: dict[str, str], 
             await store.end(job_id, "", fields, EventType.error, {"status": "cancelled"})
         elif status != "queued":
             token = uuid.uuid4().hex
-            await store.start(job_id, token, "w")
+            await store.start(job_id, token, "w", alone=True, waiting={"status": "waiting"})
             if status in ("succeeded", "failed"):
                 fields = cast(dict[str, str], await redis.hgetall(keys.job(job_id)))
                 error = rng.choice(ERRORS) if status == "failed" else None

@@ -169,6 +169,8 @@ def test_a_job_that_kills_its_worker_every_time_is_dead_lettered_while_other_job
             neighbours = [client.get(f"/jobs/{batch['id']}-{index}").json() for index in (0, 2)]
             finished_batch = client.get(f"/batches/{batch['id']}").json()
             results = client.get(f"/batches/{batch['id']}/results").json()["items"]
+            listed = client.get("/jobs", params={"status": "failed", "error": "DeadLettered"}).json()
+            listed_items = client.get("/jobs", params={"batch_id": batch["id"], "status": "failed"}).json()
             events = read_events(client, job["id"]).events
             (hook,) = receiver.wait_for(1, 30)
             samples = scrape(client)
@@ -214,6 +216,9 @@ def test_a_job_that_kills_its_worker_every_time_is_dead_lettered_while_other_job
     assert finished_batch["counts"] == {**finished_batch["counts"], "succeeded": 2, "failed": 1, "running": 0}
     assert [i["status"] for i in results] == ["succeeded", "failed", "succeeded"]
     assert results[1]["error"]["type"] == "DeadLettered"
+    # An operator finds them by their error: the job among jobs, the item among its batch's failed items.
+    assert [j["id"] for j in listed["data"]] == [job["id"]] and listed["total"] == 1
+    assert [j["id"] for j in listed_items["data"]] == [item_id]
     assert [o["status"] for o in others] == ["succeeded"] * len(others)
     # A job running beside the poison job when it killed its worker lost a delivery too; the poison job's last
     # delivery ran alone (worker/isolation.py), so no neighbour lost its last one to it.

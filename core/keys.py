@@ -26,6 +26,12 @@ def job_channel(job_id: str) -> str:
     return f"{PREFIX}:job:{{{job_id}}}:live"
 
 
+def job_feedback(job_id: str) -> str:
+    """List: the feedback given on a finished job (JSON entries, oldest first), expiring with the job
+    (core/lua/feedback.lua)."""
+    return f"{PREFIX}:job:{{{job_id}}}:feedback"
+
+
 # Pub/sub channel: `<job id> <terminal event>` for every job that is not a batch
 # item, as it finishes; each API process follows it to answer `?wait` (api/event_hub.py).
 JOBS_DONE = f"{PREFIX}:jobs:done"
@@ -183,7 +189,8 @@ EVERY_SCOPE = "*"
 
 def index(scope: str, kind: str, facet: str) -> str:
     """Sorted set: ids of `kind` ('jobs', 'batches') in `scope` (an owner id, 'public', or every key's) with
-    `facet` ('all', 'status:<s>', 'program:<p>', 'version:<p>@<v>', 'error:<type>'), scored by creation time."""
+    `facet` ('all', 'status:<s>', 'program:<p>', 'version:<p>@<v>', 'error:<type>', and for feedback
+    'feedback:<p>', 'corrected:<p>', 'positive:<p>'), scored by creation time."""
     return f"{INDEX_PREFIX}{scope}:{kind}:{facet}"
 
 

@@ -193,6 +193,10 @@ class Settings(BaseSettings):
     job_expires_after_s: float = Field(600.0, gt=0)
     batch_expires_after_s: float = Field(24 * 3600.0, gt=0)
 
+    # --- Feedback and program versions (api/feedback.py, docs/feedback.md) --------
+    # Feedback entries one job may hold (each its own POST /jobs/{id}/feedback).
+    feedback_max_per_job: PositiveInt = 50
+
     # --- Queues and workers ---------------------------------------------------
     # How many interactive jobs one worker process takes from its queue while
     # they wait for LM capacity (Celery's threads). Running jobs do not hold

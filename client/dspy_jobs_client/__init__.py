@@ -31,6 +31,7 @@ from dspy_jobs_client.errors import (
     WebhookVerificationError,
 )
 from dspy_jobs_client.events import ErrorEvent, JobEvent, ResultEvent, StatusEvent, TokenEvent, Transcript
+from dspy_jobs_client.feedback import FeedbackEntry, JobFeedback, VersionFeedback
 from dspy_jobs_client.jobs import AsyncJob, Job
 from dspy_jobs_client.records import (
     BatchCounts,
@@ -77,6 +78,7 @@ __all__ = [
     "Conflict",
     "DspyJobsError",
     "ErrorEvent",
+    "FeedbackEntry",
     "InvalidRequest",
     "Job",
     "JobCancelled",
@@ -85,6 +87,7 @@ __all__ = [
     "JobExpired",
     "JobFailed",
     "JobFailure",
+    "JobFeedback",
     "JobOptions",
     "JobRecord",
     "JobStatus",
@@ -103,6 +106,7 @@ __all__ = [
     "TokenEvent",
     "Transcript",
     "Usage",
+    "VersionFeedback",
     "WebhookEvent",
     "WebhookVerificationError",
     "verify_webhook",

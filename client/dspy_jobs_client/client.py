@@ -16,6 +16,7 @@ from typing import Any, Self, Unpack
 import httpx
 
 from dspy_jobs_client.batches import AsyncBatch, Batch
+from dspy_jobs_client.feedback import VersionFeedback
 from dspy_jobs_client.http import AsyncTransport, RetryPolicy, Settings, SyncTransport
 from dspy_jobs_client.jobs import AsyncJob, Job
 from dspy_jobs_client.polling import WAIT_MAX_S
@@ -130,6 +131,11 @@ class Client:
         """One program; `NotFound` if the API serves none by that name."""
         return ProgramInfo.from_json(self._transport.json("GET", program_path(name), idempotent=True))
 
+    def feedback_summary(self, program: str) -> list[VersionFeedback]:
+        """Feedback on the program's jobs per version that served them, newest version first."""
+        data = self._transport.json("GET", program_path(program, "feedback"), idempotent=True)
+        return [VersionFeedback.from_json(v) for v in data["versions"]]
+
 
 class AsyncClient:
     """`Client` for asyncio: the same methods, awaited; streams and results are async iterators."""
@@ -214,3 +220,8 @@ class AsyncClient:
         """One program; `NotFound` if the API serves none by that name."""
         data = await self._transport.json("GET", program_path(name), idempotent=True)
         return ProgramInfo.from_json(data)
+
+    async def feedback_summary(self, program: str) -> list[VersionFeedback]:
+        """Feedback on the program's jobs per version that served them, newest version first."""
+        data = await self._transport.json("GET", program_path(program, "feedback"), idempotent=True)
+        return [VersionFeedback.from_json(v) for v in data["versions"]]

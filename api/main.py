@@ -42,6 +42,8 @@ from api.routes import (
     openai_chat,
     page,
     programs,
+    replays,
+    rollouts,
 )
 from api.waits import Waits
 from core import scripts
@@ -193,6 +195,8 @@ def create_app() -> FastAPI:
     app.include_router(batches.build_router(catalog))
     app.include_router(programs.build_router(catalog))
     app.include_router(feedback.router)
+    app.include_router(rollouts.router)
+    app.include_router(replays.router)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(metrics.router)

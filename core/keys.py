@@ -153,6 +153,33 @@ def program_interface(name: str) -> str:
     return f"{PREFIX}:program:{name}:interface"
 
 
+# --- Program versions and rollouts (core/program_versions.py, core/rollouts.py) ----
+
+
+def program_versions(name: str) -> str:
+    """Hash: version -> JSON metadata of each version registered for an artifact program (how and when it was
+    built, from what, its scores): what the API lists. The artifact program's file on disk is not in here."""
+    return f"{PREFIX}:program:{{{name}}}:versions"
+
+
+def program_artifacts(name: str) -> str:
+    """Hash: version -> the whole artifact (JSON state and metadata) of each registered version, which workers
+    load to serve it."""
+    return f"{PREFIX}:program:{{{name}}}:artifacts"
+
+
+def program_rollout(name: str) -> str:
+    """Hash: `doc` (the program's rollout as JSON: stable and candidate versions, the candidate's share, its
+    history) and `rev` (bumped at every change) (core/lua/rollouts.lua)."""
+    return f"{PREFIX}:program:{{{name}}}:rollout"
+
+
+def replay(replay_id: str) -> str:
+    """Hash: a replay (api/replays.py): its program, the filter of past jobs, what they ran against, its batch
+    (the replay's id is its batch's)."""
+    return f"{PREFIX}:replay:{{{replay_id}}}"
+
+
 # --- Security and operations ---------------------------------------------------
 
 

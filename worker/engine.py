@@ -129,7 +129,11 @@ class Engine:
             # Each beat also picks up new artifact versions, so a worker with no jobs
             # still switches, and reports the version it serves.
             runtime.refresh()
-            info = {"programs": runtime.versions_json(), "problems": json.dumps(runtime.problems())}
+            info = {
+                "programs": runtime.versions_json(),
+                "problems": json.dumps(runtime.problems()),
+                "versions": runtime.loaded_json(),
+            }
             return {**info, **sender_liveness(webhooks)}
 
         info = {"queues": ",".join(sorted(queues)), "pool": "threads"}

@@ -1,5 +1,8 @@
 """Running an attempt of a started job: the program on the loop, its tokens, its end.
 
+- The job's program version is decided as the attempt starts
+  (worker/versions.py: pinned, a rollout's candidate or stable, or as
+  registered).
 - The program runs on the process's event loop (worker/streaming.py) inside
   `dspy.context` with the job's LM (worker/lm_gate.py: its first call uses
   the slot the job waited for, every further call takes its own), history
@@ -36,11 +39,13 @@ from worker.job_store import JobStore, dumps
 from worker.lm_gate import CallScope, call_scope
 from worker.log_context import job_log_context
 from worker.metrics import record_job_outcome
+from worker.replay_scores import replay_scores
 from worker.runs import Run, Send, waiting_event
 from worker.runtime import LoadedProgram, ProgramUnavailable, Runtime
 from worker.streaming import predict
 from worker.token_writer import TokenWriter
 from worker.tracing import JobTrace
+from worker.versions import program_for
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +120,9 @@ class JobAttempts:
                 "(killed, out of memory, or crashed)"
             )
             return await self._fail(run, lost, run.attempts - 1)
+        name = run.fields["program"]
         try:
-            # A load (a new artifact version) reads and builds in a thread, off the loop every job runs on.
-            name = run.fields["program"]
-            program = self._runtime.current(name)
-            if program is None:
-                program = await asyncio.to_thread(self._runtime.program, name)
+            program = await program_for(self._runtime, self._redis, run.job_id, run.fields)
         except ProgramUnavailable as e:
             return await self._fail(run, e, run.attempts)
         stream = streams(run.fields)
@@ -177,6 +179,9 @@ class JobAttempts:
             "program_version": program.version,
             **trace.fields,
         }
+        if run.fields.get("replay"):
+            # A metric is the program's own code, which may call an LM: off the loop.
+            updates |= await self._run_sync(replay_scores, self._runtime.metric(name), run.fields, prediction)
         seq = await self.store.end(run.job_id, run.token, run.fields, EventType.result, updates, tokens=whole)
         await self._log_refusal(run, seq, "its result is dropped")
         if seq > 0:

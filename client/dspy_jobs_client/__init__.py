@@ -45,6 +45,7 @@ from dspy_jobs_client.records import (
     Usage,
 )
 from dspy_jobs_client.submissions import BatchItem, JobOptions, SubmitOptions
+from dspy_jobs_client.versions import RolloutRecord, VersionRecord
 from dspy_jobs_client.webhooks import WebhookEvent, verify_webhook
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ __all__ = [
     "RateLimited",
     "RemoteProgram",
     "ResultEvent",
+    "RolloutRecord",
     "ServerError",
     "ServiceUnavailable",
     "StatusEvent",
@@ -107,6 +109,7 @@ __all__ = [
     "Transcript",
     "Usage",
     "VersionFeedback",
+    "VersionRecord",
     "WebhookEvent",
     "WebhookVerificationError",
     "verify_webhook",

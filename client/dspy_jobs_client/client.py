@@ -29,6 +29,7 @@ from dspy_jobs_client.submissions import (
     job_body,
     program_path,
 )
+from dspy_jobs_client.versions import RolloutRecord, VersionRecord, canary_body
 
 
 def _settings(base_url: str, api_key: str | None, timeout_s: float, max_retries: int) -> Settings:
@@ -136,6 +137,35 @@ class Client:
         data = self._transport.json("GET", program_path(program, "feedback"), idempotent=True)
         return [VersionFeedback.from_json(v) for v in data["versions"]]
 
+    def versions(self, program: str) -> list[VersionRecord]:
+        """The program's versions side by side (newest first): role, share, jobs, failures, latency, feedback."""
+        data = self._transport.json("GET", program_path(program, "versions"), idempotent=True)
+        return [VersionRecord.from_json(v) for v in data["versions"]]
+
+    def rollout(self, program: str) -> RolloutRecord:
+        """Which versions serve the program's jobs now, and the history of its rollouts."""
+        return RolloutRecord.from_json(self._transport.json("GET", program_path(program, "rollout"), idempotent=True))
+
+    def start_canary(
+        self, program: str, version: str, percent: float, *, auto_rollback: Mapping[str, Any] | None = None
+    ) -> RolloutRecord:
+        """Serve `version` to `percent` of the program's jobs (an operator's key); `auto_rollback`:
+        `{"margin": 0.1, "min_jobs": 20}` to roll it back by itself when it fails more than the stable one."""
+        data = self._transport.json(
+            "PUT", program_path(program, "rollout"), json=canary_body(version, percent, auto_rollback), idempotent=True
+        )
+        return RolloutRecord.from_json(data)
+
+    def promote(self, program: str) -> RolloutRecord:
+        """The candidate serves every job from now on."""
+        data = self._transport.json("POST", program_path(program, "rollout/promote"), idempotent=False)
+        return RolloutRecord.from_json(data)
+
+    def rollback(self, program: str) -> RolloutRecord:
+        """Drop the candidate, or (with none) undo the last promotion."""
+        data = self._transport.json("POST", program_path(program, "rollout/rollback"), idempotent=False)
+        return RolloutRecord.from_json(data)
+
 
 class AsyncClient:
     """`Client` for asyncio: the same methods, awaited; streams and results are async iterators."""
@@ -225,3 +255,32 @@ class AsyncClient:
         """Feedback on the program's jobs per version that served them, newest version first."""
         data = await self._transport.json("GET", program_path(program, "feedback"), idempotent=True)
         return [VersionFeedback.from_json(v) for v in data["versions"]]
+
+    async def versions(self, program: str) -> list[VersionRecord]:
+        """The program's versions side by side (newest first): role, share, jobs, failures, latency, feedback."""
+        data = await self._transport.json("GET", program_path(program, "versions"), idempotent=True)
+        return [VersionRecord.from_json(v) for v in data["versions"]]
+
+    async def rollout(self, program: str) -> RolloutRecord:
+        """Which versions serve the program's jobs now, and the history of its rollouts."""
+        data = await self._transport.json("GET", program_path(program, "rollout"), idempotent=True)
+        return RolloutRecord.from_json(data)
+
+    async def start_canary(
+        self, program: str, version: str, percent: float, *, auto_rollback: Mapping[str, Any] | None = None
+    ) -> RolloutRecord:
+        """Serve `version` to `percent` of the program's jobs (see `Client.start_canary`)."""
+        data = await self._transport.json(
+            "PUT", program_path(program, "rollout"), json=canary_body(version, percent, auto_rollback), idempotent=True
+        )
+        return RolloutRecord.from_json(data)
+
+    async def promote(self, program: str) -> RolloutRecord:
+        """The candidate serves every job from now on."""
+        data = await self._transport.json("POST", program_path(program, "rollout/promote"), idempotent=False)
+        return RolloutRecord.from_json(data)
+
+    async def rollback(self, program: str) -> RolloutRecord:
+        """Drop the candidate, or (with none) undo the last promotion."""
+        data = await self._transport.json("POST", program_path(program, "rollout/rollback"), idempotent=False)
+        return RolloutRecord.from_json(data)

@@ -40,6 +40,7 @@ from api.routes import (
     models,
     openai_batches,
     openai_chat,
+    optimizations,
     page,
     programs,
     replays,
@@ -197,6 +198,7 @@ def create_app() -> FastAPI:
     app.include_router(feedback.router)
     app.include_router(rollouts.router)
     app.include_router(replays.router)
+    app.include_router(optimizations.router)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(metrics.router)

@@ -39,10 +39,13 @@ TERMINAL_BATCH_STATUSES = frozenset(
 ITEM_COUNTERS = tuple(status.value for status in JobStatus)  # every status an item can be in
 # The rotation label of batches submitted without an API key (core/lua/batches.lua).
 OPEN_OWNER = "-"
-# In a replay's stored items (api/replays.py): what the worker scores the item's answer against (the past
-# job's answer and its correction), kept on the item's record as `replay`. No input field can be named so:
-# pydantic models, which every program's input is, take no field with a leading underscore.
+# Keys of a stored item that are not program input: a replay's (api/replays.py: what the worker scores the
+# item's answer against, the past job's answer and its correction) and an optimization's (api/optimizations.py:
+# what to build a candidate from). Each is kept on the item's record under the field named here. No input field
+# can be named so: pydantic models, which every program's input is, take no field with a leading underscore.
 REPLAY_KEY = "_replay"
+OPTIMIZATION_KEY = "_optimization"
+ITEM_EXTRAS = {REPLAY_KEY: "replay", OPTIMIZATION_KEY: "optimization"}
 
 
 def item_id(batch_id: str, index: int) -> str:
@@ -166,12 +169,12 @@ def batch_from_fields(fields: dict[str, str]) -> Batch:
 
 
 def item_fields(batch_id: str, index: int, raw_input: str, batch: dict[str, str]) -> dict[str, str]:
-    """An item's job record, made from its stored input (the program's input fields plus `custom_id`, and a
-    replay's `REPLAY_KEY`) and its batch: what a bulk worker writes when it picks the item, and what the API
+    """An item's job record, made from its stored input (the program's input fields plus `custom_id`, and
+    `ITEM_EXTRAS`) and its batch: what a bulk worker writes when it picks the item, and what the API
     shows before that."""
     item = json.loads(raw_input)
     custom_id = item.pop("custom_id", None)
-    replay = item.pop(REPLAY_KEY, None)
+    extras = {field: item.pop(key) for key, field in ITEM_EXTRAS.items() if key in item}
     temperature = float(batch["temperature"]) if batch.get("temperature") else None
     expires_at = float(batch["expires_at"]) if batch.get("expires_at") else None
     fields = new_job_fields(
@@ -188,8 +191,7 @@ def item_fields(batch_id: str, index: int, raw_input: str, batch: dict[str, str]
     fields |= {name: batch[name] for name in VERSION_FIELDS if batch.get(name)}
     if custom_id is not None:
         fields["custom_id"] = custom_id
-    if replay is not None:
-        fields["replay"] = json.dumps(replay, separators=(",", ":"))
+    fields |= {field: json.dumps(value, separators=(",", ":")) for field, value in extras.items()}
     return fields
 
 

@@ -196,6 +196,8 @@ class Settings(BaseSettings):
     # --- Feedback and program versions (api/feedback.py, docs/feedback.md) --------
     # Feedback entries one job may hold (each its own POST /jobs/{id}/feedback).
     feedback_max_per_job: PositiveInt = 50
+    # An optimization job (POST /programs/{name}/optimizations) that runs longer fails; nothing is registered.
+    optimization_time_limit_s: PositiveInt = 3600
 
     # --- Queues and workers ---------------------------------------------------
     # How many interactive jobs one worker process takes from its queue while

@@ -30,7 +30,7 @@ from core.metrics import (
     parse_counters,
     parse_histograms,
 )
-from core.rollouts import Rollout, VersionCounts
+from core.rollouts import Rollout
 
 
 class VersionStats(BaseModel):
@@ -108,10 +108,6 @@ def stats_by_version(counters: dict[str, str], histograms: dict[str, str], progr
             correction_share=judged.correction_share if judged else None,
         )
     return found
-
-
-def counts(stats: dict[str, VersionStats]) -> dict[str, VersionCounts]:
-    return {version: VersionCounts(succeeded=s.succeeded, failed=s.failed) for version, s in stats.items()}
 
 
 async def read_stats(redis: aioredis.Redis, program: str) -> dict[str, VersionStats]:

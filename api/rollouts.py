@@ -10,15 +10,16 @@ lost race is read and applied again.
 """
 
 from collections.abc import Callable
+from typing import cast
 
 import redis.asyncio as aioredis
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.program_catalog import Program
-from api.program_versions import counts, read_stats, stable_version
-from core import rollouts
-from core.rollouts import AutoRollback, Rollout, RolloutConflict
+from api.program_versions import stable_version
+from core import keys, rollouts
+from core.rollouts import AutoRollback, Rollout, RolloutConflict, VersionCounts
 
 # Tries of one change against concurrent ones before answering 409.
 _TRIES = 5
@@ -58,11 +59,13 @@ async def change(redis: aioredis.Redis, program: str, apply: Callable[[Rollout],
 
 async def canary(redis: aioredis.Redis, program: Program, update: RolloutUpdate, by: str) -> Rollout:
     check_loaded(program, update.version)
-    stats = await read_stats(redis, program.name)
+    counters = cast(dict[str, str], await redis.hgetall(keys.METRICS_COUNTERS))
+    now = rollouts.version_counts(counters, program.name)
 
     def apply(rollout: Rollout) -> Rollout:
         stable = stable_version(program, rollout)
-        baseline = {v: c for v, c in counts(stats).items() if v in (update.version, stable)}
+        # Both versions, even without a job yet: the automatic rule reads which one was stable from here.
+        baseline = {v: now.get(v, VersionCounts()) for v in (update.version, stable) if v is not None}
         return rollouts.with_canary(rollout, update.version, update.percent, update.auto_rollback, baseline, by)
 
     return await change(redis, program.name, apply)

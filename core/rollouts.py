@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
 from core import keys, scripts
+from core.metrics import VERSION_JOBS, parse_counters
 
 BUCKETS = 10_000
 # Events kept in a rollout's history, newest last.
@@ -176,6 +177,44 @@ def rolled_back(rollout: Rollout, by: str, reason: str | None = None, automatic:
         )
         return changed.noted(_event(action, by, rollout.stable, reason=reason))
     raise RolloutConflict(f"{rollout.program} has no candidate and no promotion to roll back")
+
+
+def version_counts(counters: dict[str, str], program: str) -> dict[str, VersionCounts]:
+    """Each version's finished jobs, from the metrics counters hash (`HGETALL keys.METRICS_COUNTERS`)."""
+    found: dict[str, VersionCounts] = {}
+    for series in parse_counters(counters)[VERSION_JOBS]:
+        if series.labels.get("program") != program:
+            continue
+        counts = found.setdefault(series.labels["version"], VersionCounts())
+        if series.labels.get("status") == "succeeded":
+            counts.succeeded += int(series.value)
+        elif series.labels.get("status") == "failed":
+            counts.failed += int(series.value)
+    return found
+
+
+def rollback_reason(rollout: Rollout, now: dict[str, VersionCounts]) -> str | None:
+    """Why the automatic rule rolls the candidate back, judged on the jobs since its canary began; None: not."""
+    rule, candidate = rollout.auto_rollback, rollout.candidate
+    if rule is None or candidate is None:
+        return None
+    stable = next((v for v in rollout.baseline if v != candidate), rollout.stable)
+
+    def since(version: str | None) -> VersionCounts:
+        before, after = rollout.baseline.get(version or "", VersionCounts()), now.get(version or "", VersionCounts())
+        return VersionCounts(succeeded=after.succeeded - before.succeeded, failed=after.failed - before.failed)
+
+    tried, kept = since(candidate), since(stable)
+    if tried.jobs < rule.min_jobs:
+        return None
+    tried_rate = tried.failed / tried.jobs
+    kept_rate = kept.failed / kept.jobs if kept.jobs else 0.0
+    if tried_rate <= kept_rate + rule.margin:
+        return None
+    return (
+        f"version {candidate} failed {tried.failed} of {tried.jobs} jobs ({tried_rate:.0%}) against "
+        f"{kept.failed} of {kept.jobs} ({kept_rate:.0%}) of version {stable}: above the margin of {rule.margin:.0%}"
+    )
 
 
 async def read(redis: aioredis.Redis, program: str) -> tuple[Rollout, int]:

@@ -198,6 +198,8 @@ class Settings(BaseSettings):
     feedback_max_per_job: PositiveInt = 50
     # An optimization job (POST /programs/{name}/optimizations) that runs longer fails; nothing is registered.
     optimization_time_limit_s: PositiveInt = 3600
+    # How often each worker judges the canaries that asked for the automatic rollback rule.
+    rollout_guard_interval_s: float = Field(5.0, gt=0)
 
     # --- Queues and workers ---------------------------------------------------
     # How many interactive jobs one worker process takes from its queue while

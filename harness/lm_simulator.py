@@ -19,6 +19,8 @@ serves every test at once:
     [lm:demo=WORD]           answer wrongly unless the prompt carries a demo whose
                              answer holds WORD: every text field is then "I do not
                              know." (typed fields as usual, so it parses)
+    [lm:garbage_with=WORD]   answer garbage when the prompt carries a demo whose
+                             answer holds WORD: a version that fails
 
 `[lm:demo=WORD]` is a program whose answers are wrong unless its prompt
 carries the right demo: a demo is an assistant turn before the question
@@ -156,8 +158,10 @@ def wrong_answer(question: str, fields: list[str], notes: dict[str, str] | None 
     return "\n".join(lines)
 
 
-def _carries_demo(messages: list[dict[str, Any]], word: str) -> bool:
+def _carries_demo(messages: list[dict[str, Any]], word: str | None) -> bool:
     """Whether an assistant turn (a few-shot demo's answer) names `word`."""
+    if not word:
+        return False
     return any(m.get("role") == "assistant" and word in str(m.get("content", "")) for m in messages)
 
 
@@ -284,7 +288,7 @@ class Simulator:
                 headers=headers,
             )
 
-        if "garbage" in directives:
+        if "garbage" in directives or _carries_demo(messages, directives.get("garbage_with")):
             text = "I am not going to follow the format at all."
         elif "demo" in directives and not _carries_demo(messages, directives["demo"]):
             text = wrong_answer(question, _output_fields(system), _field_notes(system))

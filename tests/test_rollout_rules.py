@@ -75,3 +75,42 @@ def test_re_weighting_a_canary_keeps_when_it_began_and_its_baseline() -> None:
 
     assert second.percent == 50
     assert (second.started_at, second.baseline) == (first.started_at, first.baseline)
+
+
+def guarded(baseline: dict[str, VersionCounts], margin: float = 0.1, min_jobs: int = 10) -> Rollout:
+    rule = AutoRollback(margin=margin, min_jobs=min_jobs)
+    return rollouts.with_canary(Rollout(program="qa"), "2", 20, rule, baseline, "ops")
+
+
+def test_the_rule_rolls_back_a_candidate_failing_above_the_margin_over_enough_jobs_since_its_canary() -> None:
+    rollout = guarded({"1": VersionCounts(succeeded=100, failed=50), "2": VersionCounts(failed=30)})
+
+    too_few = {"1": VersionCounts(succeeded=150, failed=50), "2": VersionCounts(succeeded=5, failed=34)}
+    within = {"1": VersionCounts(succeeded=190, failed=60), "2": VersionCounts(succeeded=9, failed=31)}
+    above = {"1": VersionCounts(succeeded=190, failed=60), "2": VersionCounts(succeeded=6, failed=36)}
+
+    assert rollouts.rollback_reason(rollout, too_few) is None  # 9 candidate jobs since its canary, fewer than 10
+    assert rollouts.rollback_reason(rollout, within) is None  # 10 % of 10 against 10 % of 100
+    reason = rollouts.rollback_reason(rollout, above)  # 50 % of 12 against 10 % of 100
+    assert reason == (
+        "version 2 failed 6 of 12 jobs (50%) against 10 of 100 (10%) of version 1: above the margin of 10%"
+    )
+
+
+def test_without_the_rule_or_a_candidate_nothing_is_rolled_back() -> None:
+    failing = {"2": VersionCounts(failed=100)}
+
+    assert rollouts.rollback_reason(canary(20), failing) is None
+    assert rollouts.rollback_reason(Rollout(program="qa"), failing) is None
+
+
+def test_version_counts_read_the_per_version_counters_of_one_program() -> None:
+    from core.metrics import VERSION_JOBS, counter_field
+
+    raw = {
+        counter_field(VERSION_JOBS, {"program": "qa", "version": "1", "status": "succeeded"}): "7",
+        counter_field(VERSION_JOBS, {"program": "qa", "version": "1", "status": "failed"}): "2",
+        counter_field(VERSION_JOBS, {"program": "triage", "version": "1", "status": "failed"}): "9",
+    }
+
+    assert rollouts.version_counts(raw, "qa") == {"1": VersionCounts(succeeded=7, failed=2)}

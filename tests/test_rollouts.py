@@ -36,7 +36,11 @@ def digest(key: str) -> str:
 @pytest.fixture(scope="module")
 def versioned(lm_api_base: str) -> Iterator[Stack]:
     stack = private_stack(lm_api_base, "redis-rollouts")
-    stack.extra_env = {"API_KEYS": f"user:{digest(KEY_USER)}", "API_ADMIN_KEYS": f"ops:{digest(KEY_OPS)}"}
+    stack.extra_env = {
+        "API_KEYS": f"user:{digest(KEY_USER)}",
+        "API_ADMIN_KEYS": f"ops:{digest(KEY_OPS)}",
+        "ROLLOUT_GUARD_INTERVAL_S": "0.5",
+    }
     stack.start_services()
     yield stack
     stack.stop()
@@ -54,10 +58,13 @@ def user(versioned: Stack) -> Iterator[httpx.Client]:
         yield c
 
 
-def register_version(stack: Stack, note: str, program: str = "qa") -> str:
-    """The shipped artifact registered again, as a new version, the way an optimization registers one."""
+def register_version(stack: Stack, note: str, program: str = "qa", demo_answer: str | None = None) -> str:
+    """The shipped artifact registered again, as a new version, the way an optimization registers one;
+    with `demo_answer`, its first demo answers that."""
     artifact = json.loads((ROOT / "artifacts" / f"{program}.json").read_text())
     artifact["metadata"]["optimizer"] = note
+    if demo_answer is not None:
+        artifact["generate.predict"]["demos"][0]["answer"] = demo_answer
 
     async def register() -> str:
         client = aioredis.Redis.from_url(stack.redis_url, decode_responses=True)
@@ -254,3 +261,34 @@ def test_a_replay_runs_past_inputs_against_a_version_and_compares_them_with_thei
     assert len(corrected_only["items"]) == 2 and len(untouched["items"]) == 3
     assert nothing.status_code == 422 and "found 0" in nothing.json()["message"]
     assert by_user.status_code == 403
+
+
+def test_the_automatic_rule_rolls_back_a_candidate_that_fails_more_than_the_stable_version(
+    ops: httpx.Client, user: httpx.Client, versioned: Stack
+) -> None:
+    toxic = f"toxic{uuid.uuid4().hex[:6]}"
+    # Its demo names the word that makes the scripted LM answer garbage to these questions: it fails every one.
+    failing = register_version(versioned, "fails", demo_answer=f"Never say {toxic}.")
+    wait_loaded(ops, failing)
+    rule = {"margin": 0.2, "min_jobs": 5}
+    assert (
+        ops.put("/programs/qa/rollout", json={"version": failing, "percent": 50, "auto_rollback": rule}).status_code
+        == 200
+    )
+
+    asked = [
+        user.post("/jobs", json={"question": unique(f"tell me [lm:garbage_with={toxic}]")}).json()["id"]
+        for _ in range(40)
+    ]
+    jobs = [wait_finished(user, job_id) for job_id in asked]
+    wait_for(lambda: ops.get("/programs/qa/rollout").json()["candidate"] is None, 30, "the automatic rollback")
+    after = served_versions(user, 10)
+
+    on_failing = [job for job in jobs if job["program_version"] == failing]
+    assert len(on_failing) >= 5 and all(job["error"]["type"] == "AdapterParseError" for job in on_failing)
+    event = ops.get("/programs/qa/rollout").json()["history"][-1]
+    assert event["action"] == "auto_rollback" and event["version"] == failing
+    assert f"version {failing} failed" in event["reason"] and "of version 1" in event["reason"]
+    assert set(after) == {"1"}
+    stats = version_entry(ops, failing)["stats"]
+    assert stats["failure_rate"] == 1.0 and stats["parse_failure_rate"] == 1.0

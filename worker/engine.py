@@ -3,7 +3,7 @@
 One loop per process, on a thread of its own, runs every job of the process
 (worker/job_runner.py) and what keeps them honest: the lease renewal, the
 reaper (worker/reaper.py), the webhook sender (worker/webhooks.py), the
-heartbeat, the token writer, the bulk loops
+automatic rollback rule (worker/rollout_guard.py), the heartbeat, the token writer, the bulk loops
 of a bulk worker (worker/bulk.py) and the wake-ups from Redis. Celery's
 threads only hand interactive jobs over (`take`) and wait until each has
 started, so the number of jobs a process runs is bounded by the LM's limits,
@@ -46,6 +46,7 @@ from worker.job_runner import JobRunner
 from worker.job_store import JobStore
 from worker.lm_gate import GatedLM
 from worker.reaper import Reaper
+from worker.rollout_guard import RolloutGuard
 from worker.runtime import Runtime
 from worker.supervisor import Liveness
 from worker.token_writer import TokenWriter
@@ -140,10 +141,12 @@ class Engine:
         self._heartbeat = Heartbeat(client, s, hostname, info, live_info=live_info)
         await self._heartbeat.beat()
         reaper = Reaper(client, s, JobStore(client, s), self._send)
+        guard = RolloutGuard(client, s, self.runtime.program_names, worker)
         for coroutine, name in (
             (self._renew_forever(), "lease-renewal"),
             (reaper.run_forever(), "reaper"),
             (self._heartbeat.run_forever(), "heartbeat"),
+            (guard.run_forever(), "rollout-guard"),
         ):
             self._tasks.append(asyncio.create_task(coroutine, name=name))
         if webhooks is not None:

@@ -45,7 +45,7 @@ from dspy_jobs_client.records import (
     Usage,
 )
 from dspy_jobs_client.submissions import BatchItem, JobOptions, SubmitOptions
-from dspy_jobs_client.versions import RolloutRecord, VersionRecord
+from dspy_jobs_client.versions import OptimizationRecord, ReplayRecord, RolloutRecord, VersionRecord
 from dspy_jobs_client.webhooks import WebhookEvent, verify_webhook
 
 if TYPE_CHECKING:
@@ -94,10 +94,12 @@ __all__ = [
     "JobStatus",
     "JobTimeout",
     "NotFound",
+    "OptimizationRecord",
     "PayloadTooLarge",
     "ProgramInfo",
     "RateLimited",
     "RemoteProgram",
+    "ReplayRecord",
     "ResultEvent",
     "RolloutRecord",
     "ServerError",

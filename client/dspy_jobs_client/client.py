@@ -29,7 +29,7 @@ from dspy_jobs_client.submissions import (
     job_body,
     program_path,
 )
-from dspy_jobs_client.versions import RolloutRecord, VersionRecord, canary_body
+from dspy_jobs_client.versions import OptimizationRecord, ReplayRecord, RolloutRecord, VersionRecord, canary_body
 
 
 def _settings(base_url: str, api_key: str | None, timeout_s: float, max_retries: int) -> Settings:
@@ -166,6 +166,32 @@ class Client:
         data = self._transport.json("POST", program_path(program, "rollout/rollback"), idempotent=False)
         return RolloutRecord.from_json(data)
 
+    def replay(self, program: str, jobs: Mapping[str, Any] | None = None, **against: Any) -> ReplayRecord:
+        """Run past jobs' inputs again (an operator's key): `jobs` filters them (`version`, `created_after`,
+        `created_before`, `feedback`, `batch_id`, `limit`), `against` says on what (`version`, `model`,
+        `temperature`). Read it again with `get_replay` until `done`."""
+        body = {"jobs": dict(jobs or {}), **against}
+        data = self._transport.json("POST", program_path(program, "replays"), json=body, idempotent=False)
+        return ReplayRecord.from_json(data)
+
+    def get_replay(self, program: str, replay_id: str) -> ReplayRecord:
+        data = self._transport.json("GET", program_path(program, f"replays/{replay_id}"), idempotent=True)
+        return ReplayRecord.from_json(data)
+
+    def optimize(self, program: str, **body: Any) -> OptimizationRecord:
+        """Build a candidate version from feedback (an operator's key): `optimizer`, `trainset` (a filter),
+        `metric`, `demos`, `holdout`, `budget_calls`, `seed`. Read it again with `get_optimization`."""
+        data = self._transport.json("POST", program_path(program, "optimizations"), json=body, idempotent=False)
+        return OptimizationRecord.from_json(data)
+
+    def get_optimization(self, program: str, optimization_id: str) -> OptimizationRecord:
+        path = program_path(program, f"optimizations/{optimization_id}")
+        return OptimizationRecord.from_json(self._transport.json("GET", path, idempotent=True))
+
+    def cancel_optimization(self, program: str, optimization_id: str) -> OptimizationRecord:
+        path = program_path(program, f"optimizations/{optimization_id}/cancel")
+        return OptimizationRecord.from_json(self._transport.json("POST", path, idempotent=False))
+
 
 class AsyncClient:
     """`Client` for asyncio: the same methods, awaited; streams and results are async iterators."""
@@ -284,3 +310,26 @@ class AsyncClient:
         """Drop the candidate, or (with none) undo the last promotion."""
         data = await self._transport.json("POST", program_path(program, "rollout/rollback"), idempotent=False)
         return RolloutRecord.from_json(data)
+
+    async def replay(self, program: str, jobs: Mapping[str, Any] | None = None, **against: Any) -> ReplayRecord:
+        """Run past jobs' inputs again (see `Client.replay`)."""
+        body = {"jobs": dict(jobs or {}), **against}
+        data = await self._transport.json("POST", program_path(program, "replays"), json=body, idempotent=False)
+        return ReplayRecord.from_json(data)
+
+    async def get_replay(self, program: str, replay_id: str) -> ReplayRecord:
+        data = await self._transport.json("GET", program_path(program, f"replays/{replay_id}"), idempotent=True)
+        return ReplayRecord.from_json(data)
+
+    async def optimize(self, program: str, **body: Any) -> OptimizationRecord:
+        """Build a candidate version from feedback (see `Client.optimize`)."""
+        data = await self._transport.json("POST", program_path(program, "optimizations"), json=body, idempotent=False)
+        return OptimizationRecord.from_json(data)
+
+    async def get_optimization(self, program: str, optimization_id: str) -> OptimizationRecord:
+        path = program_path(program, f"optimizations/{optimization_id}")
+        return OptimizationRecord.from_json(await self._transport.json("GET", path, idempotent=True))
+
+    async def cancel_optimization(self, program: str, optimization_id: str) -> OptimizationRecord:
+        path = program_path(program, f"optimizations/{optimization_id}/cancel")
+        return OptimizationRecord.from_json(await self._transport.json("POST", path, idempotent=False))

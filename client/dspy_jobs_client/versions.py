@@ -60,3 +60,59 @@ def canary_body(version: str, percent: float, auto_rollback: Mapping[str, Any] |
     if auto_rollback is not None:
         body["auto_rollback"] = dict(auto_rollback)
     return body
+
+
+@dataclass(frozen=True)
+class ReplayRecord:
+    """Past jobs' inputs run again against another version or model, compared (see docs/feedback.md)."""
+
+    id: str
+    program: str
+    status: str  # its batch's: queued, running, completed, ...
+    summary: dict[str, Any]  # compared, identical, different, fields, corrections, metric
+    items: list[dict[str, Any]]  # per past job: baseline, candidate, same, correction, agreement, metric
+    raw: dict[str, Any]
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("completed", "cancelled", "expired", "failed")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ReplayRecord":
+        return cls(
+            id=data["id"],
+            program=data["program"],
+            status=str(data["status"]),
+            summary=dict(data.get("summary", {})),
+            items=list(data.get("items", [])),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class OptimizationRecord:
+    """A candidate version being built from feedback; `result` once it succeeded (see docs/feedback.md)."""
+
+    id: str
+    program: str
+    status: str  # a job's: queued, running, succeeded, failed, cancelled, expired
+    result: dict[str, Any] | None  # candidate_version, current_version, scores, train_jobs, holdout_jobs, lm_calls
+    error: dict[str, Any] | None
+    item_id: str  # the job that runs it: its events are the optimization's progress
+    raw: dict[str, Any]
+
+    @property
+    def done(self) -> bool:
+        return self.status not in ("queued", "running")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "OptimizationRecord":
+        return cls(
+            id=data["id"],
+            program=data["program"],
+            status=str(data["status"]),
+            result=data.get("result"),
+            error=data.get("error"),
+            item_id=data["item_id"],
+            raw=data,
+        )

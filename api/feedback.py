@@ -10,7 +10,9 @@ the program does not have, or a value of the wrong type, is a 422 naming it.
 
 The entry, the job's latest score, the listing facets of jobs with feedback
 (`feedback:`, `corrected:`, `positive:`) and the per-version counters
-(core/metrics.py) are written by one Redis function (core/lua/feedback.lua).
+(core/metrics.py) are written by one Redis function (core/lua/feedback.lua),
+which also queues the entry of a job traced to MLflow for the workers to log
+on its trace as an assessment (worker/assessments.py).
 What the loop does with them: `GET /programs/{name}/feedback` sums them up
 per version, replays compare against corrections (api/replays.py), and
 optimizations learn from them (api/training_data.py).
@@ -37,6 +39,8 @@ from core.settings import Settings
 LABELS: dict[str, float] = {"good": 1.0, "bad": 0.0}
 # The version label of feedback on a job that ran no version (it failed before loading one).
 NO_VERSION = "none"
+# Feedback waiting to be logged on MLflow traces, at most (the oldest are dropped past it).
+_ASSESSMENTS_KEPT = 100_000
 
 
 class FeedbackCreate(BaseModel):
@@ -147,7 +151,7 @@ async def add(
     code = await scripts.acall(
         redis,
         "feedback_add",
-        [keys.job(job_id), keys.job_feedback(job_id), keys.METRICS_COUNTERS],
+        [keys.job(job_id), keys.job_feedback(job_id), keys.METRICS_COUNTERS, keys.MLFLOW_ASSESSMENTS],
         [
             entry.model_dump_json(),
             repr(entry.score),
@@ -157,6 +161,7 @@ async def add(
             counter_field(FEEDBACK, labels),
             counter_field(FEEDBACK_SCORE, labels),
             counter_field(FEEDBACK_CORRECTIONS, labels),
+            _ASSESSMENTS_KEPT,
         ],
     )
     if code == Refusal.NO_JOB:

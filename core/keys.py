@@ -153,6 +153,11 @@ def program_interface(name: str) -> str:
     return f"{PREFIX}:program:{name}:interface"
 
 
+# List: feedback on jobs traced to MLflow, for the workers to log on the traces (worker/assessments.py): each
+# `<JSON header: trace_id, job_id, program, attempts>\n<the entry's JSON>`, oldest first.
+MLFLOW_ASSESSMENTS = f"{PREFIX}:mlflow:assessments"
+
+
 # --- Program versions and rollouts (core/program_versions.py, core/rollouts.py) ----
 
 

@@ -356,3 +356,32 @@ def test_an_unreachable_tracking_server_is_503_with_the_reason_while_qa_keeps_wo
         assert all(p.popen.poll() is None for p in stack.procs)
     finally:
         stack.stop()
+
+
+def test_feedback_on_a_traced_job_is_logged_on_its_trace_as_assessments(
+    api: httpx.Client, mlflow_tracking_uri: str
+) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import RestException
+
+    job = api.post("/jobs", params={"wait": 30}, json={"question": unique("Judge my trace")}).json()
+    given = api.post(
+        f"/jobs/{job['id']}/feedback", json={"score": "bad", "comment": "wrong city", "correction": {"answer": "Paris"}}
+    )
+    assert given.status_code == 201, given.text
+    client = MlflowClient(tracking_uri=mlflow_tracking_uri)
+
+    def assessments() -> dict[str, Any]:
+        try:
+            trace = client.get_trace(job["trace_id"])
+        except RestException:
+            return {}
+        return {a.name: a for a in trace.info.assessments} if trace is not None else {}
+
+    # The workers log it in the background, once MLflow has the trace.
+    wait_for(lambda: {"user_feedback", "correction"} <= set(assessments()), 60, "the assessments on the trace")
+    found = assessments()
+    feedback, correction = found["user_feedback"], found["correction"]
+    assert feedback.feedback.value == 0.0 and feedback.rationale == "wrong city"
+    assert feedback.source.source_type == "HUMAN" and feedback.metadata["dspy_jobs.job_id"] == job["id"]
+    assert correction.expectation.value == {"answer": "Paris"}

@@ -3,7 +3,8 @@
 One loop per process, on a thread of its own, runs every job of the process
 (worker/job_runner.py) and what keeps them honest: the lease renewal, the
 reaper (worker/reaper.py), the webhook sender (worker/webhooks.py), the
-automatic rollback rule (worker/rollout_guard.py), the heartbeat, the token writer, the bulk loops
+automatic rollback rule (worker/rollout_guard.py), feedback logged on MLflow
+traces (worker/assessments.py), the heartbeat, the token writer, the bulk loops
 of a bulk worker (worker/bulk.py) and the wake-ups from Redis. Celery's
 threads only hand interactive jobs over (`take`) and wait until each has
 started, so the number of jobs a process runs is bounded by the LM's limits,
@@ -39,6 +40,7 @@ from core.redis_clients import async_client, sync_client
 from core.refusals import Refusal
 from core.settings import Settings
 from worker import bulk, capacity
+from worker.assessments import Assessments
 from worker.bulk import BulkLoop
 from worker.capacity import Capacity
 from worker.heartbeat import Heartbeat
@@ -153,6 +155,9 @@ class Engine:
             self._tasks.append(asyncio.create_task(run_sender(client, s, webhooks), name="webhooks"))
         if self.runtime.has_mlflow_programs or self.runtime.tracing.enabled:
             self._tasks.append(asyncio.create_task(self._refresh_mlflow_forever(), name="mlflow-refresh"))
+        if self.runtime.tracing.enabled:
+            assessments = Assessments(client, self.runtime.tracing)
+            self._tasks.append(asyncio.create_task(assessments.run_forever(), name="mlflow-assessments"))
         if s.bulk_queue in queues:
             for model in s.allowed_models:
                 loop = BulkLoop(s, client, self._capacity, runner, wakeups, model)

@@ -8,15 +8,21 @@
 -- correction), 'positive:<program>' (its latest score is at least a half; a
 -- later lower score takes it out).
 
--- KEYS: job hash, its feedback list, the metrics counters hash. ARGV: the
--- entry (JSON), its score (0 to 1), '1' if it carries a correction, the job's
--- owner ('' for none: a batch item's is its batch's, which the caller
--- knows), the most entries a job may hold, then the counter fields of
--- entries, score sum and corrections (core/metrics.py).
+-- A job traced to MLflow (its record names its `trace_id`) also gets its
+-- entry queued for the workers, which log it on the trace as an assessment
+-- (worker/assessments.py): the API never talks to MLflow.
+
+-- KEYS: job hash, its feedback list, the metrics counters hash, the queue of
+-- assessments to log (`keys.MLFLOW_ASSESSMENTS`). ARGV: the entry (JSON),
+-- its score (0 to 1), '1' if it carries a correction, the job's owner (''
+-- for none: a batch item's is its batch's, which the caller knows), the
+-- most entries a job may hold, then the counter fields of entries, score sum
+-- and corrections (core/metrics.py), then the longest the queue may grow
+-- (its oldest are dropped past that: no worker traces, or MLflow is away).
 -- Returns how many entries the job holds now, or NO_JOB, NOT_FINISHED,
 -- FEEDBACK_FULL (nothing written).
 redis.register_function('feedback_add', function(keys, args)
-  local f = redis.call('HMGET', keys[1], 'status', 'id', 'program', 'created_at')
+  local f = redis.call('HMGET', keys[1], 'status', 'id', 'program', 'created_at', 'trace_id')
   if not f[1] then return NO_JOB end
   if not TERMINAL[f[1]] then return NOT_FINISHED end
   if redis.call('LLEN', keys[2]) >= tonumber(args[5]) then return FEEDBACK_FULL end
@@ -38,5 +44,10 @@ redis.register_function('feedback_add', function(keys, args)
   redis.call('HINCRBY', keys[3], args[6], 1)
   redis.call('HINCRBYFLOAT', keys[3], args[7], args[2])
   if corrected then redis.call('HINCRBY', keys[3], args[8], 1) end
+  if f[5] and f[5] ~= '' then
+    redis.call('RPUSH', keys[4], cjson.encode({trace_id = f[5], job_id = f[2], program = f[3], attempts = 0})
+      .. '\n' .. args[1])
+    redis.call('LTRIM', keys[4], 0 - tonumber(args[9]), -1)
+  end
   return n
 end)

@@ -107,6 +107,12 @@ async def create(submission: Submission, catalog: Catalog, name: str, body: Opti
         raise HTTPException(404, str(e)) from e
     if not program.available:
         raise HTTPException(503, f"program {name!r} cannot be served: {program.problem}")
+    if program.mlflow_uri is not None and program.mlflow_uri.startswith("runs:/"):
+        raise HTTPException(
+            422,
+            f"program {name!r} is a run's model ({program.mlflow_uri}): no registered model to "
+            "add a candidate version to",
+        )
     if body.metric == "program" and not program.entry.metric:
         raise HTTPException(422, f"program {name!r} has no metric in its registry entry; use metric `agreement`")
     chosen = await past_jobs.select(redis, submission.caller, name, body.trainset)

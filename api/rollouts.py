@@ -16,10 +16,12 @@ import redis.asyncio as aioredis
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import mlflow_aliases
 from api.program_catalog import Program
 from api.program_versions import stable_version
 from core import keys, rollouts
 from core.rollouts import AutoRollback, Rollout, RolloutConflict, VersionCounts
+from core.settings import Settings
 
 # Tries of one change against concurrent ones before answering 409.
 _TRIES = 5
@@ -69,3 +71,25 @@ async def canary(redis: aioredis.Redis, program: Program, update: RolloutUpdate,
         return rollouts.with_canary(rollout, update.version, update.percent, update.auto_rollback, baseline, by)
 
     return await change(redis, program.name, apply)
+
+
+async def promote(redis: aioredis.Redis, settings: Settings, program: Program, by: str) -> Rollout:
+    """The candidate serves everything; for a program served by an MLflow alias, the alias moves to it too."""
+    rollout, _ = await rollouts.read(redis, program.name)
+    replaced = None
+    if program.mlflow_uri is not None:
+        replaced = stable_version(program, rollout)
+        alias = mlflow_aliases.moved_alias(program.mlflow_uri, rollout.candidate)
+        if alias is not None:
+            await mlflow_aliases.move(settings, *alias)
+    return await change(redis, program.name, lambda r: rollouts.promoted(r, by, replaced))
+
+
+async def rollback(redis: aioredis.Redis, settings: Settings, program: Program, by: str) -> Rollout:
+    """Drop the candidate, or undo the last promotion (moving an MLflow alias back where it was)."""
+    rollout, _ = await rollouts.read(redis, program.name)
+    if program.mlflow_uri is not None and rollout.candidate is None and rollout.promoted:
+        alias = mlflow_aliases.moved_alias(program.mlflow_uri, rollout.previous_stable)
+        if alias is not None:
+            await mlflow_aliases.move(settings, *alias)
+    return await change(redis, program.name, lambda r: rollouts.rolled_back(r, by))

@@ -47,7 +47,10 @@ class Scores(BaseModel):
 
 
 class OptimizationResult(BaseModel):
-    candidate_version: str = Field(description="The new version, registered, serving nobody yet.")
+    candidate_version: str = Field(
+        description="The new version, registered (for a program from MLflow: logged, `models:/<name>/<n>`, under "
+        "the `candidate` alias), serving nobody yet."
+    )
     current_version: str = Field(description="The version it was built from and compared with.")
     optimizer: Optimizer
     metric: MetricName
@@ -56,4 +59,3 @@ class OptimizationResult(BaseModel):
     scores: Scores = Field(description="Mean held-out scores, 0 to 1.")
     lm_calls: int = Field(description="LM calls it made, building and scoring.")
     budget_calls: int
-    mlflow_version: str | None = Field(None, description="For a program from MLflow: the model version logged.")

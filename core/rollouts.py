@@ -140,14 +140,15 @@ def with_canary(
     return changed.noted(_event("canary", by, version, percent))
 
 
-def promoted(rollout: Rollout, by: str) -> Rollout:
-    """The candidate serves every job; the stable version it replaces is kept for a roll back."""
+def promoted(rollout: Rollout, by: str, replaced: str | None = None) -> Rollout:
+    """The candidate serves every job; the stable version it replaces (`replaced`, when the caller knows which
+    version that is: a moving MLflow alias) is kept for a roll back."""
     if rollout.candidate is None:
         raise RolloutConflict(f"{rollout.program} has no candidate version to promote")
     changed = rollout.model_copy(
         update={
             "stable": rollout.candidate,
-            "previous_stable": rollout.stable,
+            "previous_stable": replaced if replaced is not None else rollout.stable,
             "promoted": True,
             "candidate": None,
             "percent": 0.0,

@@ -13,9 +13,10 @@ model's capacity like any bulk work and never holds interactive jobs up.
 3. Candidate and current version answer every held-out input; the metric
    scores both against what feedback said is right.
 4. The candidate is registered as the program's next version
-   (core/program_versions.py): every worker loads it, nobody is served it
-   until a rollout says so. The result names it, what it used, both scores
-   and the LM calls spent.
+   (core/program_versions.py), or for a program from MLflow logged as a new
+   version of its registered model under the `candidate` alias: every
+   worker loads it, nobody is served it until a rollout says so. The result
+   names it, what it used, both scores and the LM calls spent.
 
 Progress goes out as `status` events (`"status": "optimizing"`, `phase`,
 `done`, `total`, `lm_calls`). Every LM call first asks the job's call scope
@@ -38,6 +39,7 @@ import redis.asyncio as aioredis
 
 from core import program_versions
 from core.events import EventType
+from core.mlflow_uris import CANDIDATE_ALIAS, parse_mlflow_uri, version_uri
 from core.optimizations import OptimizationResult, OptimizationSpec, Scores, TrainingExample
 from core.settings import Settings
 from program.optimize import artifact
@@ -254,9 +256,36 @@ class Optimizations:
             "dspy_version": dspy.__version__,
             "signature": signature_schemas(name, program_spec.signature(built)),
         }
+        if program_spec.entry.mlflow_uri is not None:
+            return await asyncio.to_thread(self._log_to_mlflow, name, program_spec.entry.mlflow_uri, built, metadata)
         state = await asyncio.to_thread(artifact, built, metadata)
         on_disk = await asyncio.to_thread(self._runtime.program, name)
         return await program_versions.register(self._redis, name, state, on_disk.version)
+
+    def _log_to_mlflow(self, name: str, uri: str, built: dspy.Module, metadata: dict[str, Any]) -> str:
+        """A program from MLflow gets its candidate as a new version of its registered model, under the
+        `candidate` alias (blocking: MLflow's client). Outside the job's `dspy.context`: MLflow saves dspy's
+        settings with the model, and the job's LM (gated by this process's capacity) is no one else's."""
+        import mlflow
+        import mlflow.dspy
+
+        model_name = parse_mlflow_uri(uri).model_name
+        if model_name is None:
+            raise ValueError(f"{uri} is a run's model: there is no registered model to add a version to")
+        mlflow.set_experiment(self._settings.mlflow_tracing_experiment)
+        with mlflow.start_run(run_name=f"optimization {metadata['optimization']}"):
+            mlflow.log_params({k: metadata[k] for k in ("optimizer", "demos", "metric", "parent_version")})
+            scores = metadata["holdout_scores"]
+            mlflow.log_metrics({"holdout_candidate": scores["candidate"], "holdout_current": scores["current"]})
+            # Named, not inferred: inferring requirements loads the model in a subprocess, for seconds.
+            requirements = [f"dspy=={dspy.__version__}"]
+            logged = mlflow.dspy.log_model(
+                built, name=name, registered_model_name=model_name, pip_requirements=requirements
+            )
+        number = str(logged.registered_model_version)
+        mlflow.MlflowClient().set_registered_model_alias(model_name, CANDIDATE_ALIAS, number)
+        log.info("logged the candidate of %s as %s version %s (@%s)", name, model_name, number, CANDIDATE_ALIAS)
+        return version_uri(model_name, number)
 
     async def _progress(self, run: Run, phase: dict[str, Any], lm_calls: int) -> None:
         seq = await self._store.emit(

@@ -52,7 +52,7 @@ import redis
 from pydantic import BaseModel, ValidationError
 
 from core import keys
-from core.mlflow_uris import MlflowUri, parse_mlflow_uri
+from core.mlflow_uris import CANDIDATE_ALIAS, MlflowUri, parse_mlflow_uri
 from core.programs import ArtifactError, ArtifactInfo, RegistryError, parse_artifact
 from core.redact import without_credentials
 from core.settings import Settings
@@ -226,7 +226,7 @@ class Runtime:
         if spec is None:
             raise ProgramUnavailable(f"no program named {name!r} is registered here; known: {sorted(self._specs)}")
         if name in self._mlflow:
-            raise ProgramUnavailable(f"program {name!r} is served from MLflow; it has no version {version!r} here")
+            return self._mlflow_version(spec, version)
         with self._version_lock:
             found = self.loaded_version(name, version)
             if found is not None:
@@ -327,6 +327,44 @@ class Runtime:
                 loaded = self._programs.get(name)
                 if loaded is None or remote.uri.moves:
                     self._refresh_one(self._specs[name], remote, loaded)
+            for version in self._rollout_versions(name, remote):
+                if self.loaded_version(name, version) is None:
+                    with contextlib.suppress(ProgramUnavailable):
+                        self._mlflow_version(self._specs[name], version)
+
+    def _mlflow_version(self, spec: ProgramSpec, version: str) -> LoadedProgram:
+        """One exact version of a program from MLflow (`models:/<name>/<n>`), loaded once: a rollout's."""
+        assert self._mlflow_loader is not None
+        with self._version_lock:
+            found = self.loaded_version(spec.name, version)
+            if found is not None:
+                return found
+            problem = self._unloadable.get((spec.name, version))
+            if problem is not None:
+                raise ProgramUnavailable(problem)
+            try:
+                fresh = self._load_mlflow(spec, self._mlflow_loader.resolve(parse_mlflow_uri(version)))
+            except Exception as e:
+                problem = f"program {spec.name!r}: version {version} cannot be served: {type(e).__name__}: {e}"
+                self._unloadable[(spec.name, version)] = without_credentials(problem)
+                log.error("%s", problem)
+                raise ProgramUnavailable(problem) from e
+            self._registered[(spec.name, version)] = fresh
+            return fresh
+
+    def _rollout_versions(self, name: str, remote: _FromMlflow) -> list[str]:
+        """The versions of an MLflow program a rollout may send jobs to: its candidate and stable ones, and the
+        version its registered model's `candidate` alias names (where an optimization puts its candidate)."""
+        wanted = []
+        doc = self._redis.hget(keys.program_rollout(name), "doc")
+        if doc:
+            rollout = json.loads(doc)
+            wanted += [v for v in (rollout.get("candidate"), rollout.get("stable")) if v]
+        if remote.uri.model_name is not None and self._mlflow_loader is not None:
+            with contextlib.suppress(MlflowLoadError):
+                alias = parse_mlflow_uri(f"models:/{remote.uri.model_name}@{CANDIDATE_ALIAS}")
+                wanted.append(self._mlflow_loader.resolve(alias).version)
+        return wanted
 
     def _refresh_one(self, spec: ProgramSpec, remote: _FromMlflow, loaded: LoadedProgram | None) -> None:
         assert self._mlflow_loader is not None

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Request
 
 from api import rollouts
 from api.auth import UNAUTHORIZED, AdminDep, CallerDep
-from api.deps import RedisDep
+from api.deps import RedisDep, SettingsDep
 from api.program_catalog import Catalog, Program, UnknownProgram
 from api.program_versions import ProgramVersions, side_by_side
 from api.rollouts import RolloutUpdate
@@ -60,12 +60,17 @@ async def start_canary(name: str, body: RolloutUpdate, request: Request, redis: 
 @router.post(
     "/programs/{name}/rollout/promote",
     response_model=Rollout,
-    responses={**_NO_PROGRAM, **_ADMIN, 409: {"description": "No candidate to promote."}},
+    responses={
+        **_NO_PROGRAM,
+        **_ADMIN,
+        409: {"description": "No candidate to promote."},
+        502: {"description": "MLflow would not move the program's alias."},
+    },
 )
-async def promote(name: str, request: Request, redis: RedisDep, admin: AdminDep) -> Rollout:
-    """The candidate serves every job from now; the version it replaces is kept for a roll back."""
-    program = await _program(request, redis, name)
-    return await rollouts.change(redis, program.name, lambda r: rules.promoted(r, admin.name))
+async def promote(name: str, request: Request, redis: RedisDep, settings: SettingsDep, admin: AdminDep) -> Rollout:
+    """The candidate serves every job from now (a program served by an MLflow alias: the alias moves to it);
+    the version it replaces is kept for a roll back."""
+    return await rollouts.promote(redis, settings, await _program(request, redis, name), admin.name)
 
 
 @router.post(
@@ -73,7 +78,6 @@ async def promote(name: str, request: Request, redis: RedisDep, admin: AdminDep)
     response_model=Rollout,
     responses={**_NO_PROGRAM, **_ADMIN, 409: {"description": "No candidate and no promotion to roll back."}},
 )
-async def rollback(name: str, request: Request, redis: RedisDep, admin: AdminDep) -> Rollout:
-    """Drop the candidate; with none, undo the last promotion."""
-    program = await _program(request, redis, name)
-    return await rollouts.change(redis, program.name, lambda r: rules.rolled_back(r, admin.name))
+async def rollback(name: str, request: Request, redis: RedisDep, settings: SettingsDep, admin: AdminDep) -> Rollout:
+    """Drop the candidate; with none, undo the last promotion (moving an MLflow alias back)."""
+    return await rollouts.rollback(redis, settings, await _program(request, redis, name), admin.name)

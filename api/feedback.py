@@ -15,7 +15,7 @@ which also queues the entry of a job traced to MLflow for the workers to log
 on its trace as an assessment (worker/assessments.py).
 What the loop does with them: `GET /programs/{name}/feedback` sums them up
 per version, replays compare against corrections (api/replays.py), and
-optimizations learn from them (api/training_data.py).
+optimizations learn from them (api/optimizations.py).
 """
 
 import time

@@ -47,6 +47,21 @@ class VersionStats(BaseModel):
     correction_share: float | None = Field(description="The share of them with a correction.")
 
 
+_NO_JOBS = VersionStats(
+    jobs=0,
+    succeeded=0,
+    failed=0,
+    failure_rate=None,
+    parse_failures=0,
+    parse_failure_rate=None,
+    latency_mean_s=None,
+    tokens_mean=None,
+    feedback=0,
+    feedback_mean=None,
+    correction_share=None,
+)
+
+
 class ProgramVersion(BaseModel):
     version: str
     source: Literal["artifact", "registered", "served"] = Field(
@@ -130,10 +145,6 @@ async def side_by_side(redis: aioredis.Redis, program: Program) -> ProgramVersio
     stable = stable_version(program, rollout)
     on_disk = program.version if program.mlflow_uri is None else None
     names = {*registered, *stats, *program.loaded_by, *(v for v in (on_disk, stable, rollout.candidate) if v)}
-    empty = VersionStats(
-        jobs=0, succeeded=0, failed=0, failure_rate=None, parse_failures=0, parse_failure_rate=None,
-        latency_mean_s=None, tokens_mean=None, feedback=0, feedback_mean=None, correction_share=None,
-    )  # fmt: skip
     versions = []
     for version in newest_first(list(names)):
         role: Literal["stable", "candidate"] | None = None
@@ -156,7 +167,7 @@ async def side_by_side(redis: aioredis.Redis, program: Program) -> ProgramVersio
                 share=share,
                 loaded_by=sorted(program.loaded_by.get(version, [])),
                 metadata=metadata,
-                stats=stats.get(version, empty),
+                stats=stats.get(version, _NO_JOBS),
             )
         )
     return ProgramVersions(program=program.name, rollout=rollout, versions=versions)

@@ -162,8 +162,16 @@ async def create(submission: Submission, catalog: Catalog, program_name: str, bo
     return await read(redis, submission.caller, program_name, batch.id)
 
 
-_ITEM_FIELDS = ["status", "input", "result", "program_version", "replay", "replay_metric", "replay_baseline_metric",
-                "error"]  # fmt: skip
+_ITEM_FIELDS = [
+    "status",
+    "input",
+    "result",
+    "program_version",
+    "replay",
+    "replay_metric",
+    "replay_baseline_metric",
+    "error",
+]
 
 
 async def read(redis: aioredis.Redis, caller: Caller, program: str, replay_id: str) -> Replay:

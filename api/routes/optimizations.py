@@ -13,11 +13,13 @@ from api.submission import BATCH_RESPONSES, SubmissionDep
 
 router = APIRouter(tags=["versions"], responses=UNAUTHORIZED)
 
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such program or optimization."}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such program or optimization."},
+    403: {"description": "Not an operator's key (API_ADMIN_KEYS)."},
+}
 _CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **BATCH_RESPONSES,
     **_NOT_FOUND,
-    403: {"description": "Not an operator's key (API_ADMIN_KEYS)."},
     422: {"description": "Fewer than two usable examples (the message says how many it found), or a bad body."},
 }
 

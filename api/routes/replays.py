@@ -34,7 +34,9 @@ async def create_replay(
 
 
 @router.get(
-    "/programs/{name}/replays/{replay_id}", response_model=Replay, responses={404: {"description": "No such replay."}}
+    "/programs/{name}/replays/{replay_id}",
+    response_model=Replay,
+    responses={404: {"description": "No such replay."}, 403: _RESPONSES[403]},
 )
 async def get_replay(name: str, replay_id: str, redis: RedisDep, admin: AdminDep) -> Replay:
     """The replay compared input by input: same or different output per field, agreement with corrections,

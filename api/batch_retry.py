@@ -51,6 +51,8 @@ async def retry(submission: Submission, batch_id: str, statuses: list[JobStatus]
         model=batch.get("model") or None,
         temperature=float(batch["temperature"]) if batch.get("temperature") else None,
         stream=batch.get("stream") == "1",
+        version=batch.get("pin_version") or None,
+        rollout_key=batch.get("rollout_key") or None,
     )
     if submission.idempotency_key is None:
         submission.idempotency_key = f"retry:{batch_id}:{','.join(sorted(s.value for s in statuses))}"

@@ -53,6 +53,7 @@ async def create_batch(
     )
     if options.webhook_url is not None:
         fields.update(submitted_fields(options.webhook_url))
+    fields.update(options.version_fields())
     inputs = [json.dumps(item, separators=(",", ":")) for item in items]
     input_bytes = sum(len(i) for i in inputs)
     quota = quotas.quota_for(settings, caller, input_bytes)

@@ -53,6 +53,7 @@ async def create_job(
         fields["owner"] = caller.owner
     if options.webhook_url is not None:
         fields.update(submitted_fields(options.webhook_url))
+    fields.update(options.version_fields())
     script_keys = [
         keys.job(job_id),
         keys.job_events(job_id),

@@ -45,6 +45,11 @@ class ListPage(BaseModel, Generic[Listed]):
     total: int | None = Field(description="How many match, where the indexes can say without reading records.")
 
 
+# What `feedback=` filters on (core/lua/feedback.lua keeps these facets): any feedback, a correction, a
+# latest score of at least a half.
+FEEDBACK_FACETS = {"any": "feedback", "corrected": "corrected", "positive": "positive"}
+
+
 @dataclass(frozen=True)
 class Filters:
     status: str | None = None
@@ -53,6 +58,7 @@ class Filters:
     error: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    feedback: str | None = None  # a key of FEEDBACK_FACETS
 
     def facets(self) -> list[str]:
         found = [f"status:{self.status}"] if self.status else []
@@ -60,8 +66,10 @@ class Filters:
             found.append(f"program:{self.program}")
             if self.version:
                 found.append(f"version:{self.program}@{self.version}")
-        elif self.version:
-            raise HTTPException(422, "version filters need program: a version is a program's")
+            if self.feedback:
+                found.append(f"{FEEDBACK_FACETS[self.feedback]}:{self.program}")
+        elif self.version or self.feedback:
+            raise HTTPException(422, "version and feedback filters need program: they are a program's")
         if self.error:
             found.append(f"error:{self.error}")
         return found or ["all"]

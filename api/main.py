@@ -30,7 +30,22 @@ from api.metrics import REQUESTS_REFUSED, on_process_exit
 from api.paths import BATCH_SUBMISSIONS
 from api.program_catalog import Catalog
 from api.redis_memory import MemoryGuard, SubmissionGuard
-from api.routes import batches, events, health, jobs, metrics, models, openai_batches, openai_chat, page, programs
+from api.routes import (
+    batches,
+    events,
+    feedback,
+    health,
+    jobs,
+    metrics,
+    models,
+    openai_batches,
+    openai_chat,
+    optimizations,
+    page,
+    programs,
+    replays,
+    rollouts,
+)
 from api.waits import Waits
 from core import scripts
 from core.gc_tuning import tune_gc
@@ -180,6 +195,10 @@ def create_app() -> FastAPI:
     app.include_router(events.router)
     app.include_router(batches.build_router(catalog))
     app.include_router(programs.build_router(catalog))
+    app.include_router(feedback.router)
+    app.include_router(rollouts.router)
+    app.include_router(replays.router)
+    app.include_router(optimizations.router)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(metrics.router)

@@ -81,6 +81,9 @@ class Program:
     metadata: dict[str, Any] | None
     # Each online worker and the version of this program it serves (None: none).
     workers: list[tuple[str, str | None]] = field(default_factory=list)
+    # Every version some online worker holds (it serves it by default, or has loaded it for a rollout or a
+    # pinned job), and which workers hold it.
+    loaded_by: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def available(self) -> bool:
@@ -89,6 +92,16 @@ class Program:
     @property
     def mlflow_uri(self) -> str | None:
         return self.entry.mlflow_uri
+
+
+@dataclass(frozen=True)
+class _Worker:
+    """What an online worker's heartbeat says of the programs (worker/engine.py)."""
+
+    name: str
+    serves: dict[str, str]  # program -> the version it serves by default
+    problems: dict[str, str]  # program -> why it cannot serve it
+    holds: dict[str, list[str]]  # program -> every version it has loaded
 
 
 @dataclass(frozen=True)
@@ -154,37 +167,41 @@ class Catalog:
         served = await self._served(redis)
         found = []
         for entry in entries:
-            workers = [(worker, versions.get(entry.name)) for worker, versions, _ in served]
+            workers = [(worker.name, worker.serves.get(entry.name)) for worker in served]
+            loaded_by: dict[str, list[str]] = {}
+            for worker in served:
+                for held in worker.holds.get(entry.name, []):
+                    loaded_by.setdefault(held, []).append(worker.name)
             if entry.mlflow_uri is None:
                 version, metadata = self._artifact(entry)
                 found.append(
                     Program(
                         entry.name, entry.name == self.default, entry.entry, entry.models, entry.problem, version,
-                        metadata, workers,
+                        metadata, workers, loaded_by,
                     )
                 )  # fmt: skip
                 continue
-            problems = [problems.get(entry.name) for _, _, problems in served]
+            problems = [worker.problems.get(entry.name) for worker in served]
             state = await self._mlflow.state(redis, entry.name, workers, [p for p in problems if p])
             found.append(
                 Program(
                     entry.name, False, entry.entry, state.models, state.problem, state.version, state.metadata,
-                    workers,
+                    workers, loaded_by,
                 )
             )  # fmt: skip
         return found
 
-    async def _served(self, redis: aioredis.Redis) -> list[tuple[str, dict[str, str], dict[str, str]]]:
-        """Each online worker, the version of each program it serves, and why it cannot serve the others."""
+    async def _served(self, redis: aioredis.Redis) -> list["_Worker"]:
+        """Each online worker: the version of each program it serves, those it holds, why it cannot serve others."""
         since = time.time() - self._offline_after_s
         workers = cast(list[str], await redis.zrangebyscore(keys.WORKERS, since, "+inf"))
         async with redis.pipeline(transaction=False) as pipe:
             for worker in workers:
-                pipe.hmget(keys.worker(worker), ["programs", "problems"])
+                pipe.hmget(keys.worker(worker), ["programs", "problems", "versions"])
             listed = cast(list[list[str | None]], await pipe.execute())
         return [
-            (worker, json.loads(versions or "{}"), json.loads(problems or "{}"))
-            for worker, (versions, problems) in zip(workers, listed, strict=True)
+            _Worker(worker, json.loads(serves or "{}"), json.loads(problems or "{}"), json.loads(holds or "{}"))
+            for worker, (serves, problems, holds) in zip(workers, listed, strict=True)
         ]
 
     def _artifact(self, entry: CatalogEntry) -> tuple[str | None, dict[str, Any] | None]:

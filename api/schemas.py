@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from core.settings import get_settings
 
 # Names the flat bodies of `/jobs` and `/batches` use besides the default program's inputs.
-OVERRIDE_NAMES = frozenset({"model", "temperature", "stream", "expires_after_s", "webhook_url"})
+OVERRIDE_NAMES = frozenset(
+    {"model", "temperature", "stream", "expires_after_s", "webhook_url", "version", "rollout_key"}
+)
 
 
 def _check_texts(value: Any, field: str, limit: int) -> None:
@@ -95,7 +97,31 @@ class WebhookOption(BaseModel):
     )
 
 
-class JobOptions(LMOverrides, WebhookOption):
+class VersionOptions(BaseModel):
+    """Which version of the program serves the work (core/rollouts.py)."""
+
+    version: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Run this version of the program, whatever its rollout: one some worker holds "
+        "(`GET /programs/{name}/versions`), else 422.",
+    )
+    rollout_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Your own key for who asks (a user id): while the program runs a canary, work with the same "
+        "key gets the same version. Without it, each job's id decides.",
+    )
+
+    def version_fields(self) -> dict[str, str]:
+        """What the record keeps of them (core/jobs.py `VERSION_FIELDS`)."""
+        found = {"pin_version": self.version, "rollout_key": self.rollout_key}
+        return {name: value for name, value in found.items() if value is not None}
+
+
+class JobOptions(LMOverrides, WebhookOption, VersionOptions):
     """Base of every job submission body."""
 
     stream: bool = Field(
@@ -105,7 +131,7 @@ class JobOptions(LMOverrides, WebhookOption):
     )
 
 
-class BatchOptions(LMOverrides, WebhookOption):
+class BatchOptions(LMOverrides, WebhookOption, VersionOptions):
     """Base of every batch submission body."""
 
     # Off by default: nobody watches a hundred thousand token streams, and an

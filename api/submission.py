@@ -7,7 +7,8 @@ the OpenAI-compatible routes, what comes next):
 
 1. the caller is known (api/auth.py: the key was checked before the body was
    read; so were the body limit and Redis' high-water mark, in middleware);
-2. its `webhook_url`, if any, is one the senders can reach (api/webhook_url.py);
+2. its `webhook_url`, if any, is one the senders can reach (api/webhook_url.py),
+   and the program `version` it is pinned to, if any, one a worker holds;
 3. one submission is taken from the key's rate (api/submission_rate.py);
 4. the record, its Idempotency-Key claim, the key's quotas and, for a job, its
    task message are written in one Redis step (api/job_store.py,
@@ -34,6 +35,8 @@ from api.auth import Caller, CallerDep
 from api.enqueue import task_messages
 from api.idempotency import IdempotencyKey
 from api.metrics import BATCHES_SUBMITTED, JOBS_SUBMITTED
+from api.program_catalog import Catalog
+from api.rollouts import check_loaded
 from api.schemas import BatchOptions, JobOptions
 from api.submission_rate import check_submission
 from api.waits import Waits
@@ -77,6 +80,7 @@ class Submission:
     caller: Caller
     idempotency_key: str | None
     response: Response
+    catalog: Catalog
 
     async def job(
         self, program: str, inputs: dict[str, Any], options: JobOptions, wait: float | None = None
@@ -85,6 +89,7 @@ class Submission:
         s = self.settings
         if wait is not None and wait > s.wait_max_s:
             raise HTTPException(422, f"wait must be at most {s.wait_max_s} seconds")
+        await self._check_version(program, options.version)
         await self._admit(options.webhook_url)
         job_id = uuid.uuid4().hex
         claim = self._claim({"program": program, "input": inputs, **options.model_dump()}, job_id)
@@ -115,6 +120,7 @@ class Submission:
             max_items = min(max_items, s.key_batch_max_items)
         if len(items) > max_items:
             raise HTTPException(413, f"{len(items)} items; a batch may hold at most {max_items}")
+        await self._check_version(program, options.version)
         await self._admit(options.webhook_url)
         batch_id = uuid.uuid4().hex
         claim = self._claim({"program": program, "items": items, **options.model_dump()}, batch_id)
@@ -146,6 +152,11 @@ class Submission:
                 await delete()
                 await idempotency.release(self.redis, claim)
             raise
+
+    async def _check_version(self, program: str, version: str | None) -> None:
+        """A job pinned to a version that no worker holds would fail: 422 now, naming those they hold."""
+        if version is not None:
+            check_loaded(await self.catalog.program(program, self.redis), version)
 
     async def _admit(self, webhook_url: str | None) -> None:
         await check_webhook_url(webhook_url, self.settings)
@@ -180,7 +191,9 @@ async def _submission(
     request: Request, response: Response, caller: CallerDep, idempotency_key: IdempotencyKey = None
 ) -> Submission:
     state = request.app.state
-    return Submission(state.redis, state.celery, state.waits, get_settings(), caller, idempotency_key, response)
+    return Submission(
+        state.redis, state.celery, state.waits, get_settings(), caller, idempotency_key, response, state.catalog
+    )
 
 
 SubmissionDep = Annotated[Submission, Depends(_submission)]

@@ -19,7 +19,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from core import keys
-from core.jobs import JobStatus, LMUsage, new_job_fields, time_or_none
+from core.jobs import VERSION_FIELDS, JobStatus, LMUsage, new_job_fields, time_or_none
 from core.webhooks import WebhookState, webhook_from_fields
 
 
@@ -39,6 +39,13 @@ TERMINAL_BATCH_STATUSES = frozenset(
 ITEM_COUNTERS = tuple(status.value for status in JobStatus)  # every status an item can be in
 # The rotation label of batches submitted without an API key (core/lua/batches.lua).
 OPEN_OWNER = "-"
+# Keys of a stored item that are not program input: a replay's (api/replays.py: what the worker scores the
+# item's answer against, the past job's answer and its correction) and an optimization's (api/optimizations.py:
+# what to build a candidate from). Each is kept on the item's record under the field named here. No input field
+# can be named so: pydantic models, which every program's input is, take no field with a leading underscore.
+REPLAY_KEY = "_replay"
+OPTIMIZATION_KEY = "_optimization"
+ITEM_EXTRAS = {REPLAY_KEY: "replay", OPTIMIZATION_KEY: "optimization"}
 
 
 def item_id(batch_id: str, index: int) -> str:
@@ -162,10 +169,12 @@ def batch_from_fields(fields: dict[str, str]) -> Batch:
 
 
 def item_fields(batch_id: str, index: int, raw_input: str, batch: dict[str, str]) -> dict[str, str]:
-    """An item's job record, made from its stored input (the program's input fields plus `custom_id`) and
-    its batch: what a bulk worker writes when it picks the item, and what the API shows before that."""
+    """An item's job record, made from its stored input (the program's input fields plus `custom_id`, and
+    `ITEM_EXTRAS`) and its batch: what a bulk worker writes when it picks the item, and what the API
+    shows before that."""
     item = json.loads(raw_input)
     custom_id = item.pop("custom_id", None)
+    extras = {field: item.pop(key) for key, field in ITEM_EXTRAS.items() if key in item}
     temperature = float(batch["temperature"]) if batch.get("temperature") else None
     expires_at = float(batch["expires_at"]) if batch.get("expires_at") else None
     fields = new_job_fields(
@@ -179,8 +188,10 @@ def item_fields(batch_id: str, index: int, raw_input: str, batch: dict[str, str]
         expires_at,
     )
     fields |= {"batch": batch_id, "batch_key": keys.batch(batch_id), "index": str(index)}
+    fields |= {name: batch[name] for name in VERSION_FIELDS if batch.get(name)}
     if custom_id is not None:
         fields["custom_id"] = custom_id
+    fields |= {field: json.dumps(value, separators=(",", ":")) for field, value in extras.items()}
     return fields
 
 

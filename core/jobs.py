@@ -31,6 +31,9 @@ class JobStatus(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.expired})
+# Record fields that choose the job's program version (worker/versions.py): the version it is pinned to, and
+# the caller's key a canary assigns by. A batch's are its items'.
+VERSION_FIELDS = ("pin_version", "rollout_key")
 
 
 class JobError(BaseModel):

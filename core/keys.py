@@ -26,6 +26,12 @@ def job_channel(job_id: str) -> str:
     return f"{PREFIX}:job:{{{job_id}}}:live"
 
 
+def job_feedback(job_id: str) -> str:
+    """List: the feedback given on a finished job (JSON entries, oldest first), expiring with the job
+    (core/lua/feedback.lua)."""
+    return f"{PREFIX}:job:{{{job_id}}}:feedback"
+
+
 # Pub/sub channel: `<job id> <terminal event>` for every job that is not a batch
 # item, as it finishes; each API process follows it to answer `?wait` (api/event_hub.py).
 JOBS_DONE = f"{PREFIX}:jobs:done"
@@ -147,6 +153,38 @@ def program_interface(name: str) -> str:
     return f"{PREFIX}:program:{name}:interface"
 
 
+# List: feedback on jobs traced to MLflow, for the workers to log on the traces (worker/assessments.py): each
+# `<JSON header: trace_id, job_id, program, attempts>\n<the entry's JSON>`, oldest first.
+MLFLOW_ASSESSMENTS = f"{PREFIX}:mlflow:assessments"
+
+
+# --- Program versions and rollouts (core/program_versions.py, core/rollouts.py) ----
+
+
+def program_versions(name: str) -> str:
+    """Hash: version -> JSON metadata of each version registered for an artifact program (how and when it was
+    built, from what, its scores): what the API lists. The artifact program's file on disk is not in here."""
+    return f"{PREFIX}:program:{{{name}}}:versions"
+
+
+def program_artifacts(name: str) -> str:
+    """Hash: version -> the whole artifact (JSON state and metadata) of each registered version, which workers
+    load to serve it."""
+    return f"{PREFIX}:program:{{{name}}}:artifacts"
+
+
+def program_rollout(name: str) -> str:
+    """Hash: `doc` (the program's rollout as JSON: stable and candidate versions, the candidate's share, its
+    history) and `rev` (bumped at every change) (core/lua/rollouts.lua)."""
+    return f"{PREFIX}:program:{{{name}}}:rollout"
+
+
+def replay(replay_id: str) -> str:
+    """Hash: a replay (api/replays.py): its program, the filter of past jobs, what they ran against, its batch
+    (the replay's id is its batch's)."""
+    return f"{PREFIX}:replay:{{{replay_id}}}"
+
+
 # --- Security and operations ---------------------------------------------------
 
 
@@ -183,7 +221,8 @@ EVERY_SCOPE = "*"
 
 def index(scope: str, kind: str, facet: str) -> str:
     """Sorted set: ids of `kind` ('jobs', 'batches') in `scope` (an owner id, 'public', or every key's) with
-    `facet` ('all', 'status:<s>', 'program:<p>', 'version:<p>@<v>', 'error:<type>'), scored by creation time."""
+    `facet` ('all', 'status:<s>', 'program:<p>', 'version:<p>@<v>', 'error:<type>', and for feedback
+    'feedback:<p>', 'corrected:<p>', 'positive:<p>'), scored by creation time."""
     return f"{INDEX_PREFIX}{scope}:{kind}:{facet}"
 
 

@@ -28,6 +28,16 @@ BATCHES_FINISHED = "dspy_jobs_batches_finished"
 WEBHOOK_DELIVERIES = "dspy_jobs_webhook_deliveries"
 # Counted by a worker's supervisor each time it restarts a background loop (worker/supervisor.py).
 LOOP_RESTARTS = "dspy_jobs_worker_loop_restarts"
+# Program versions side by side (GET /programs/{name}/versions reads them too): counted by the workers as a
+# job that ran a version ends ...
+VERSION_JOBS = "dspy_jobs_version_jobs"
+VERSION_PARSE_FAILURES = "dspy_jobs_version_parse_failures"
+VERSION_TOKENS = "dspy_jobs_version_tokens"
+VERSION_RUN_TIME = "dspy_jobs_version_run_seconds"
+# ... and by the API as feedback is given on one (core/lua/feedback.lua).
+FEEDBACK = "dspy_jobs_feedback"
+FEEDBACK_SCORE = "dspy_jobs_feedback_score"
+FEEDBACK_CORRECTIONS = "dspy_jobs_feedback_corrections"
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,26 @@ COUNTERS: dict[str, Spec] = {
     LOOP_RESTARTS: Spec(
         "Times a worker's background loop ended (crashed, or returned) and was restarted, by loop.", ("loop",)
     ),
+    VERSION_JOBS: Spec(
+        "Jobs that ran a program version and succeeded or failed, by program, version and status.",
+        ("program", "version", "status"),
+    ),
+    VERSION_PARSE_FAILURES: Spec(
+        "Jobs that failed because the LM's output could not be parsed (AdapterParseError), by program and version.",
+        ("program", "version"),
+    ),
+    VERSION_TOKENS: Spec("LM tokens spent by jobs that ran a program version.", ("program", "version")),
+    FEEDBACK: Spec(
+        "Feedback entries given on jobs, by program and the version that served the job.", ("program", "version")
+    ),
+    FEEDBACK_SCORE: Spec(
+        "Sum of the feedback scores (0 to 1; good is 1, bad 0), by program and version: divided by "
+        "dspy_jobs_feedback_total, their mean.",
+        ("program", "version"),
+    ),
+    FEEDBACK_CORRECTIONS: Spec(
+        "Feedback entries that carried a correction, by program and version.", ("program", "version")
+    ),
 }
 
 HISTOGRAMS: dict[str, Spec] = {
@@ -63,6 +93,11 @@ HISTOGRAMS: dict[str, Spec] = {
     RUN_TIME: Spec(
         "From the start of the job's last attempt to its end (started_at to finished_at).",
         ("program", "status"),
+        (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+    ),
+    VERSION_RUN_TIME: Spec(
+        "From the start of the job's last attempt to its end, by program and the version that ran it.",
+        ("program", "version"),
         (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
     ),
     CAPACITY_WAIT: Spec(

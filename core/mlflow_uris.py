@@ -96,6 +96,11 @@ def _runs(uri: str, rest: str) -> MlflowUri:
     return MlflowUri(UriKind.run, uri, run_id=run_id, path=path)
 
 
+# The alias an optimization of a program from MLflow moves to the candidate version it logs
+# (worker/optimization.py); workers load the version it names, ready for a rollout.
+CANDIDATE_ALIAS = "candidate"
+
+
 def version_uri(model_name: str, version: str) -> str:
     """What a job served by a registered model's version records as its `program_version`."""
     return f"models:/{model_name}/{version}"

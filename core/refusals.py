@@ -16,6 +16,8 @@ class Refusal(IntEnum):
     BATCH_CANCELLED = -4  # its batch was cancelled before it started
     EXPIRED = -5  # it was not started before its deadline
     LEASED = -6  # another worker holds a live lease on it
+    NOT_FINISHED = -7  # it has not ended yet: feedback is on an outcome
+    FEEDBACK_FULL = -8  # it holds as many feedback entries as one job may
 
 
 def lua_constants() -> str:

@@ -1,7 +1,8 @@
 """The service's Lua: one library of Redis functions, loaded once per Redis, called by name.
 
 Every script lives in `core/lua/`, one file per family (webhooks, indexes,
-events, limits, submissions, batches, jobs, capacity), each documenting the KEYS and ARGV of its functions. They
+events, limits, submissions, batches, jobs, capacity, feedback, rollouts), each
+documenting the KEYS and ARGV of its functions. They
 are loaded together as one library (`FUNCTION LOAD`), so a family can call
 another's local helpers (every family appends events through
 `append_event`) without pasting source into source. Redis keeps functions
@@ -32,7 +33,18 @@ from core.jobs import TERMINAL_STATUSES
 from core.refusals import lua_constants
 
 # In this order: a family may call the local helpers of those before it.
-FAMILIES = ("webhooks", "indexes", "events", "limits", "submissions", "batches", "jobs", "capacity")
+FAMILIES = (
+    "webhooks",
+    "indexes",
+    "events",
+    "limits",
+    "submissions",
+    "batches",
+    "jobs",
+    "capacity",
+    "feedback",
+    "rollouts",
+)
 _LUA = Path(__file__).with_name("lua")
 
 

@@ -203,6 +203,14 @@ class Settings(BaseSettings):
     job_expires_after_s: float = Field(600.0, gt=0)
     batch_expires_after_s: float = Field(24 * 3600.0, gt=0)
 
+    # --- Feedback and program versions (api/feedback.py, docs/feedback.md) --------
+    # Feedback entries one job may hold (each its own POST /jobs/{id}/feedback).
+    feedback_max_per_job: PositiveInt = 50
+    # An optimization job (POST /programs/{name}/optimizations) that runs longer fails; nothing is registered.
+    optimization_time_limit_s: PositiveInt = 3600
+    # How often each worker judges the canaries that asked for the automatic rollback rule.
+    rollout_guard_interval_s: float = Field(5.0, gt=0)
+
     # --- Queues and workers ---------------------------------------------------
     # How many interactive jobs one worker process takes from its queue while
     # they wait for LM capacity (Celery's threads). Running jobs do not hold

@@ -16,6 +16,19 @@ serves every test at once:
     [lm:tps=20]              stream this request at 20 tokens/s
     [lm:drop]                close the connection mid-stream
     [lm:garbage]             answer text DSPy cannot parse
+    [lm:demo=WORD]           answer wrongly unless the prompt carries a demo whose
+                             answer holds WORD: every text field is then "I do not
+                             know." (typed fields as usual, so it parses)
+    [lm:garbage_with=WORD]   answer garbage when the prompt carries a demo whose
+                             answer holds WORD: a version that fails
+
+`[lm:demo=WORD]` is a program whose answers are wrong unless its prompt
+carries the right demo: a demo is an assistant turn before the question
+(DSPy's adapters write each few-shot demo as a user turn and an assistant
+turn), and the right one is an answer that names WORD, as the usual answer
+to such a question does (it quotes the question). The wrong answer never
+names it, so only a demo whose answer was corrected to the right one makes
+the program answer right: the feedback loop's test (tests/test_feedback_loop.py).
 
 Whole-server faults and counters, for capacity tests: `POST /_outage`
 (`{"status": 429, "retry_after_s": 2, "for_s": 10}`) answers every request
@@ -129,6 +142,27 @@ def scripted_answer(question: str, fields: list[str], notes: dict[str, str] | No
         lines += [f"[[ ## {name} ## ]]", value, ""]
     lines.append(COMPLETED)
     return "\n".join(lines)
+
+
+WRONG = "I do not know."
+
+
+def wrong_answer(question: str, fields: list[str], notes: dict[str, str] | None = None) -> str:
+    """The answer to a `[lm:demo=WORD]` question without its demo: every text field `WRONG`."""
+    notes = notes or {}
+    lines = []
+    for name in fields:
+        value = typed_value(name, notes[name], question) if notes.get(name) else WRONG
+        lines += [f"[[ ## {name} ## ]]", value, ""]
+    lines.append(COMPLETED)
+    return "\n".join(lines)
+
+
+def _carries_demo(messages: list[dict[str, Any]], word: str | None) -> bool:
+    """Whether an assistant turn (a few-shot demo's answer) names `word`."""
+    if not word:
+        return False
+    return any(m.get("role") == "assistant" and word in str(m.get("content", "")) for m in messages)
 
 
 def _tokens(text: str) -> list[str]:
@@ -254,8 +288,10 @@ class Simulator:
                 headers=headers,
             )
 
-        if "garbage" in directives:
+        if "garbage" in directives or _carries_demo(messages, directives.get("garbage_with")):
             text = "I am not going to follow the format at all."
+        elif "demo" in directives and not _carries_demo(messages, directives["demo"]):
+            text = wrong_answer(question, _output_fields(system), _field_notes(system))
         else:
             text = scripted_answer(question, _output_fields(system), _field_notes(system))
         text = _apply_stop(text, body.get("stop"))

@@ -15,9 +15,14 @@ has both) on the configured LM. The artifact is the module's JSON state plus
 our `metadata`: the program, a version one above the artifact it replaces,
 when and how it was built, the dev score, the dspy version, and the JSON
 Schemas of the signature's fields, which is all the API reads of it.
+
+With `--register` the build is not written to the file: it is registered in
+Redis as the program's next version (core/program_versions.py), which every
+worker loads and a rollout can then serve to a share of the jobs.
 """
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -29,7 +34,9 @@ from typing import Any
 
 import dspy
 
-from core.settings import get_settings
+from core import program_versions
+from core.redis_clients import async_client
+from core.settings import Settings, get_settings
 from program.lm import build_adapter, build_lm
 from program.registry import ProgramSpec, program_specs
 from program.schemas import signature_schemas
@@ -66,14 +73,20 @@ def next_version(path: Path) -> int:
     return int(previous) + 1 if isinstance(previous, int) else 1
 
 
-def write_artifact(program: dspy.Module, path: Path, metadata: dict[str, Any]) -> None:
-    """Save JSON state (never pickle) plus our metadata, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def artifact(program: dspy.Module, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The artifact: the module's JSON state (never pickle) plus our metadata."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "state.json"
         program.save(str(raw), save_program=False)
-        state = json.loads(raw.read_text())
+        state: dict[str, Any] = json.loads(raw.read_text())
     state.setdefault("metadata", {}).update(metadata)
+    return state
+
+
+def write_artifact(program: dspy.Module, path: Path, metadata: dict[str, Any]) -> None:
+    """Save the artifact, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = artifact(program, metadata)
     tmp_path = path.with_suffix(".json.tmp")
     tmp_path.write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n")
     os.replace(tmp_path, path)
@@ -87,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optimizer", choices=["labeled", "bootstrap", "none"], default="labeled")
     parser.add_argument("--demos", type=int, default=3, help="few-shot demos to keep")
     parser.add_argument("--out", type=Path, help="artifact path (default: the program's registered artifact)")
+    parser.add_argument(
+        "--register",
+        action="store_true",
+        help="register the build in Redis (REDIS_URL) as the program's next version instead of writing the file: "
+        "every worker loads it, and a rollout can serve it (docs/feedback.md)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -100,27 +119,36 @@ def main(argv: list[str] | None = None) -> int:
     log.info("optimizing %s with %s on %s ...", spec.name, args.optimizer, settings.lm_model)
     compiled, score = optimize(spec, args.optimizer, args.demos)
     version = next_version(out)
-    write_artifact(
-        compiled,
-        out,
-        {
-            "program": spec.name,
-            "version": version,
-            "module": spec.entry.module,
-            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "lm_model": settings.lm_model,
-            "optimizer": args.optimizer,
-            "demos": args.demos if args.optimizer != "none" else 0,
-            "trainset": spec.entry.trainset if args.optimizer != "none" else None,
-            "devset": spec.entry.devset,
-            "dev_score": score,
-            "dspy_version": dspy.__version__,
-            "signature": signature_schemas(spec.name, spec.signature(compiled)),
-        },
-    )
+    metadata = {
+        "program": spec.name,
+        "version": version,
+        "module": spec.entry.module,
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "lm_model": settings.lm_model,
+        "optimizer": args.optimizer,
+        "demos": args.demos if args.optimizer != "none" else 0,
+        "trainset": spec.entry.trainset if args.optimizer != "none" else None,
+        "devset": spec.entry.devset,
+        "dev_score": score,
+        "dspy_version": dspy.__version__,
+        "signature": signature_schemas(spec.name, spec.signature(compiled)),
+    }
     scored = f"dev score {score:.1f}%" if score is not None else "not scored: no devset and metric"
+    if args.register:
+        registered = asyncio.run(_register(settings, spec.name, artifact(compiled, metadata), str(version - 1)))
+        log.info("registered %s version %s in Redis (%s); not serving it yet", spec.name, registered, scored)
+        return 0
+    write_artifact(compiled, out, metadata)
     log.info("wrote %s version %d (%s)", out, version, scored)
     return 0
+
+
+async def _register(settings: Settings, name: str, state: dict[str, Any], disk_version: str) -> str:
+    client = async_client(settings, max_connections=2)
+    try:
+        return await program_versions.register(client, name, state, disk_version)
+    finally:
+        await client.aclose()
 
 
 if __name__ == "__main__":

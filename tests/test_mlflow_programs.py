@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -356,3 +357,78 @@ def test_an_unreachable_tracking_server_is_503_with_the_reason_while_qa_keeps_wo
         assert all(p.popen.poll() is None for p in stack.procs)
     finally:
         stack.stop()
+
+
+def test_feedback_on_a_traced_job_is_logged_on_its_trace_as_assessments(
+    api: httpx.Client, mlflow_tracking_uri: str
+) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import RestException
+
+    job = api.post("/jobs", params={"wait": 30}, json={"question": unique("Judge my trace")}).json()
+    given = api.post(
+        f"/jobs/{job['id']}/feedback", json={"score": "bad", "comment": "wrong city", "correction": {"answer": "Paris"}}
+    )
+    assert given.status_code == 201, given.text
+    client = MlflowClient(tracking_uri=mlflow_tracking_uri)
+
+    def assessments() -> dict[str, Any]:
+        try:
+            trace = client.get_trace(job["trace_id"])
+        except RestException:
+            return {}
+        return {a.name: a for a in trace.info.assessments} if trace is not None else {}
+
+    # The workers log it in the background, once MLflow has the trace.
+    wait_for(lambda: {"user_feedback", "correction"} <= set(assessments()), 60, "the assessments on the trace")
+    found = assessments()
+    feedback, correction = found["user_feedback"], found["correction"]
+    assert feedback.feedback.value == 0.0 and feedback.rationale == "wrong city"
+    assert feedback.source.source_type == "HUMAN" and feedback.metadata["dspy_jobs.job_id"] == job["id"]
+    assert correction.expectation.value == {"answer": "Paris"}
+
+
+def test_an_optimization_of_a_program_from_mlflow_logs_its_candidate_and_promotion_moves_the_alias(
+    api: httpx.Client, mlflow_tracking_uri: str
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_tracking_uri)
+    serving = client.get_model_version_by_alias(MODEL, "production").version
+    word = f"zebra{uuid.uuid4().hex[:6]}"
+    since = datetime.now(UTC).isoformat()
+    for i in range(4):
+        question = f"What does the keeper feed animal {i}? [lm:demo={word}]"
+        job = api.post("/programs/qa-logged/jobs", params={"wait": 30}, json={"input": {"question": question}}).json()
+        right = expected_result(question)["answer"]
+        assert job["result"]["answer"] != right
+        api.post(f"/jobs/{job['id']}/feedback", json={"score": "bad", "correction": {"answer": right}})
+
+    body = {"optimizer": "labeled", "trainset": {"created_after": since, "feedback": "corrected"}, "holdout": 0.5}
+    created = api.post("/programs/qa-logged/optimizations", json=body).json()
+    wait_for(lambda: api.get(created["links"]["self"]).json()["status"] in ("succeeded", "failed"), 120, "it")
+    done = api.get(created["links"]["self"]).json()
+    assert done["status"] == "succeeded", done["error"]
+    candidate = done["result"]["candidate_version"]
+    number = candidate.rpartition("/")[2]
+    assert candidate == f"models:/{MODEL}/{number}" and done["result"]["scores"] == {"candidate": 1.0, "current": 0.0}
+    assert client.get_model_version_by_alias(MODEL, "candidate").version == number
+
+    # Every worker loads the version the `candidate` alias names; then it can be rolled out and promoted.
+    def held() -> list[str]:
+        found = [v for v in api.get("/programs/qa-logged/versions").json()["versions"] if v["version"] == candidate]
+        return found[0]["loaded_by"] if found else []
+
+    wait_for(lambda: len(held()) == 2, 60, "both workers to hold the candidate")
+    assert api.put("/programs/qa-logged/rollout", json={"version": candidate, "percent": 50}).status_code == 200
+    promoted = api.post("/programs/qa-logged/rollout/promote")
+    assert promoted.status_code == 200, promoted.text
+    assert client.get_model_version_by_alias(MODEL, "production").version == number
+    job = api.post("/programs/qa-logged/jobs", params={"wait": 30}, json={"input": {"question": "Which? (1)"}}).json()
+    assert job["program_version"] == candidate
+
+    back = api.post("/programs/qa-logged/rollout/rollback")
+    assert back.status_code == 200, back.text
+    assert client.get_model_version_by_alias(MODEL, "production").version == serving
+    job = api.post("/programs/qa-logged/jobs", params={"wait": 30}, json={"input": {"question": "Which? (2)"}}).json()
+    assert job["program_version"] == f"models:/{MODEL}/{serving}"

@@ -592,3 +592,23 @@ def test_the_page_runs_a_job_and_a_batch_with_an_api_key(keyed_stack: Stack) -> 
     assert any(r["path"].endswith("/results.ndjson") for r in others)
     assert report["key_after_reload"], "the key is kept in localStorage"
     assert_page_was_clean(report, refused=(401,))
+
+
+def test_thumbs_and_a_correction_on_a_finished_job_reach_its_feedback(stack: Stack, client: httpx.Client) -> None:
+    question = unique("Which city is the capital of France?")
+    screenshot = ARTIFACTS / "page-feedback.png"
+
+    report = run_flow(
+        "page_feedback_flow.mjs", stack.api_url, str(screenshot), question, "Paris", log_name="page-feedback.log"
+    )
+
+    assert_page_was_clean(report)
+    assert report["state"] == "done" and report["box_shown"] is True
+    assert report["send_enabled_before"] is False  # nothing said yet
+    assert report["correction_fields"] == ["reasoning", "answer", "key_concepts", "question_type"]
+    assert report["bad_pressed"] == "true"
+    assert report["note"] == "Thank you: 1 feedback entry on this job."
+    entries = client.get(f"/jobs/{report['job_id']}/feedback").json()["entries"]
+    assert [(e["label"], e["correction"], e["comment"]) for e in entries] == [
+        ("bad", {"answer": "Paris"}, "the answer is wrong")
+    ]

@@ -3,7 +3,8 @@
 One loop per process, on a thread of its own, runs every job of the process
 (worker/job_runner.py) and what keeps them honest: the lease renewal, the
 reaper (worker/reaper.py), the webhook sender (worker/webhooks.py), the
-heartbeat, the token writer, the bulk loops
+automatic rollback rule (worker/rollout_guard.py), feedback logged on MLflow
+traces (worker/assessments.py), the heartbeat, the token writer, the bulk loops
 of a bulk worker (worker/bulk.py) and the wake-ups from Redis. Celery's
 threads only hand interactive jobs over (`take`) and wait until each has
 started, so the number of jobs a process runs is bounded by the LM's limits,
@@ -39,6 +40,7 @@ from core.redis_clients import async_client, sync_client
 from core.refusals import Refusal
 from core.settings import Settings
 from worker import bulk, capacity
+from worker.assessments import Assessments
 from worker.bulk import BulkLoop
 from worker.capacity import Capacity
 from worker.heartbeat import Heartbeat
@@ -46,6 +48,7 @@ from worker.job_runner import JobRunner
 from worker.job_store import JobStore
 from worker.lm_gate import GatedLM
 from worker.reaper import Reaper
+from worker.rollout_guard import RolloutGuard
 from worker.runtime import Runtime
 from worker.supervisor import Liveness
 from worker.token_writer import TokenWriter
@@ -129,23 +132,32 @@ class Engine:
             # Each beat also picks up new artifact versions, so a worker with no jobs
             # still switches, and reports the version it serves.
             runtime.refresh()
-            info = {"programs": runtime.versions_json(), "problems": json.dumps(runtime.problems())}
+            info = {
+                "programs": runtime.versions_json(),
+                "problems": json.dumps(runtime.problems()),
+                "versions": runtime.loaded_json(),
+            }
             return {**info, **sender_liveness(webhooks)}
 
         info = {"queues": ",".join(sorted(queues)), "pool": "threads"}
         self._heartbeat = Heartbeat(client, s, hostname, info, live_info=live_info)
         await self._heartbeat.beat()
         reaper = Reaper(client, s, JobStore(client, s), self._send)
+        guard = RolloutGuard(client, s, self.runtime.program_names, worker)
         for coroutine, name in (
             (self._renew_forever(), "lease-renewal"),
             (reaper.run_forever(), "reaper"),
             (self._heartbeat.run_forever(), "heartbeat"),
+            (guard.run_forever(), "rollout-guard"),
         ):
             self._tasks.append(asyncio.create_task(coroutine, name=name))
         if webhooks is not None:
             self._tasks.append(asyncio.create_task(run_sender(client, s, webhooks), name="webhooks"))
         if self.runtime.has_mlflow_programs or self.runtime.tracing.enabled:
             self._tasks.append(asyncio.create_task(self._refresh_mlflow_forever(), name="mlflow-refresh"))
+        if self.runtime.tracing.enabled:
+            assessments = Assessments(client, self.runtime.tracing)
+            self._tasks.append(asyncio.create_task(assessments.run_forever(), name="mlflow-assessments"))
         if s.bulk_queue in queues:
             for model in s.allowed_models:
                 loop = BulkLoop(s, client, self._capacity, runner, wakeups, model)

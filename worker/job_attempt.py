@@ -1,5 +1,10 @@
 """Running an attempt of a started job: the program on the loop, its tokens, its end.
 
+- An optimization job (a batch item carrying one) builds and registers a
+  candidate version instead (worker/optimization.py).
+- The job's program version is decided as the attempt starts
+  (worker/versions.py: pinned, a rollout's candidate or stable, or as
+  registered).
 - The program runs on the process's event loop (worker/streaming.py) inside
   `dspy.context` with the job's LM (worker/lm_gate.py: its first call uses
   the slot the job waited for, every further call takes its own), history
@@ -40,11 +45,14 @@ from worker.job_store import JobStore, dumps
 from worker.lm_gate import CallScope, call_scope
 from worker.log_context import job_log_context
 from worker.metrics import record_job_outcome
+from worker.optimization import Optimizations, OptimizationStopped
+from worker.replay_scores import replay_scores
 from worker.runs import Run, Send, waiting_event
 from worker.runtime import LoadedProgram, ProgramUnavailable, Runtime
 from worker.streaming import predict
 from worker.token_writer import TokenWriter
 from worker.tracing import JobTrace
+from worker.versions import program_for
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +87,7 @@ class JobAttempts:
         self._threads = ThreadPoolExecutor(
             max_workers=max(limits.max_in_flight for _, limits in capacity.models.values()), thread_name_prefix="job"
         )
+        self._optimizations = Optimizations(settings, client, runtime, capacity, store, self._run_sync)
 
     def start(self, run: Run) -> None:
         """Run the attempt `run` has started, on the loop."""
@@ -117,12 +126,11 @@ class JobAttempts:
     async def _attempt(self, run: Run) -> bool:
         """The attempt; True when its outcome is already in the metrics."""
         s = self._settings
+        if run.fields.get("optimization"):
+            return await self._optimize(run)
+        name = run.fields["program"]
         try:
-            # A load (a new artifact version) reads and builds in a thread, off the loop every job runs on.
-            name = run.fields["program"]
-            program = self._runtime.current(name)
-            if program is None:
-                program = await asyncio.to_thread(self._runtime.program, name)
+            program = await program_for(self._runtime, self._redis, run.job_id, run.fields)
         except ProgramUnavailable as e:
             return await self._fail(run, e)
         stream = streams(run.fields)
@@ -179,6 +187,9 @@ class JobAttempts:
             "program_version": program.version,
             **trace.fields,
         }
+        if run.fields.get("replay"):
+            # A metric is the program's own code, which may call an LM: off the loop.
+            updates |= await self._run_sync(replay_scores, self._runtime.metric(name), run.fields, prediction)
         seq = await self.store.end(run.job_id, run.token, run.fields, EventType.result, updates, tokens=whole)
         await self._log_refusal(run, seq, "its result is dropped")
         if seq > 0:
@@ -188,6 +199,39 @@ class JobAttempts:
                 run.attempts,
                 time.time() - float(run.fields["started_at"]),
                 float(run.fields.get("capacity_wait_s") or 0),
+            )
+        return seq > 0
+
+    async def _optimize(self, run: Run) -> bool:
+        """An optimization job (worker/optimization.py) in place of a program's call; True when counted."""
+        limit_s = self._settings.optimization_time_limit_s
+        try:
+            async with asyncio.timeout(limit_s):
+                result = await self._optimizations.run(run)
+        except OptimizationStopped:
+            raise asyncio.CancelledError from None
+        except TimeoutError:
+            limited = JobTimeLimitExceeded(f"the optimization ran longer than its time limit of {limit_s} s")
+            return await self._fail(run, limited)
+        except Exception as e:
+            # Not retried: its LM calls are spent, and the same examples would fail the same way.
+            return await self._fail(run, e)
+        updates = {
+            "status": JobStatus.succeeded.value,
+            "result": result.model_dump_json(),
+            "finished_at": repr(time.time()),
+        }
+        seq = await self.store.end(run.job_id, run.token, run.fields, EventType.result, updates)
+        await self._log_refusal(run, seq, "its result is dropped")
+        if seq > 0:
+            log.info(
+                "optimization %s of %s registered version %s (held-out score %.3f against %.3f of %s)",
+                run.job_id,
+                run.fields["program"],
+                result.candidate_version,
+                result.scores.candidate,
+                result.scores.current,
+                result.current_version,
             )
         return seq > 0
 

@@ -47,6 +47,9 @@ class CallScope:
     on_wait: OnWait | None
     # Token events the job has written so far: a call after which this grew has streamed output.
     streamed: Callable[[], int]
+    # Asked before each call, in the caller's thread: it may refuse the call by raising (an optimization
+    # stopped, or out of its budget of calls: worker/optimization.py).
+    before_call: Callable[[], None] | None = None
 
     def take_reserved(self, model: str) -> Slot | None:
         slot, self.reserved = self.reserved, None
@@ -73,6 +76,8 @@ class GatedLM(ServiceLM):
 
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         scope = call_scope.get()
+        if scope is not None and scope.before_call is not None:
+            scope.before_call()
         estimate = _estimate(messages, prompt, self._max_tokens)
         while True:
             slot = await self._slot(scope, estimate)
@@ -96,6 +101,8 @@ class GatedLM(ServiceLM):
                     "`await predictor.acall(...)`, not call the predictor"
                 )
         scope = call_scope.get()
+        if scope is not None and scope.before_call is not None:
+            scope.before_call()
         estimate = _estimate(messages, prompt, self._max_tokens)
         while True:
             slot = self._on_loop(self._slot(scope, estimate))

@@ -31,6 +31,10 @@ from core.metrics import (
     LM_TOKENS,
     QUEUE_WAIT,
     RUN_TIME,
+    VERSION_JOBS,
+    VERSION_PARSE_FAILURES,
+    VERSION_RUN_TIME,
+    VERSION_TOKENS,
     bucket_index,
     counter_field,
     histogram_field,
@@ -48,6 +52,8 @@ _FIELDS = [
     "attempts",
     "usage",
     "capacity_wait_s",
+    "program_version",
+    "error",
 ]
 
 
@@ -111,6 +117,27 @@ def outcome_increments(row: Mapping[str, str | None], default_model: str) -> lis
     waited = _time(row.get("capacity_wait_s"))
     if waited:
         found += _observe(CAPACITY_WAIT, {"model": row.get("model") or default_model}, waited)
+    return found + _version_increments(row, started, finished)
+
+
+def _version_increments(
+    row: Mapping[str, str | None], started: float | None, finished: float | None
+) -> list[Increment]:
+    """The version's side of a job that ran one (GET /programs/{name}/versions compares them)."""
+    version, status = row.get("program_version"), str(row["status"])
+    if not version or status not in (JobStatus.succeeded, JobStatus.failed):
+        return []
+    labels = {"program": row.get("program") or "unknown", "version": version}
+    found: list[Increment] = [(keys.METRICS_COUNTERS, counter_field(VERSION_JOBS, {**labels, "status": status}), 1)]
+    error = json.loads(row.get("error") or "null")
+    if status == JobStatus.failed and isinstance(error, dict) and error.get("type") == "AdapterParseError":
+        found.append((keys.METRICS_COUNTERS, counter_field(VERSION_PARSE_FAILURES, labels), 1))
+    usage = json.loads(row.get("usage") or "null")
+    if isinstance(usage, dict):
+        tokens = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
+        found.append((keys.METRICS_COUNTERS, counter_field(VERSION_TOKENS, labels), tokens))
+    if started is not None and finished is not None:
+        found += _observe(VERSION_RUN_TIME, labels, finished - started)
     return found
 
 

@@ -25,10 +25,19 @@ not loaded fails at once with the reason. Each loaded version's signature
 schemas are published in Redis (`keys.program_interface`) before the
 version is served, for the API, which cannot import the program.
 
+An artifact program may also have versions registered in Redis
+(core/program_versions.py): an optimization's candidate, a build registered
+by hand. Each heartbeat loads those not loaded yet (`refresh`), so a version
+is loaded by every worker within a heartbeat of its registration, and says
+which versions this process holds (`loaded_json`, for the API's check that
+a rollout names a version some worker serves). A job of a rollout's
+candidate, or pinned to a version, runs it (`version`).
+
 Each load is counted in Redis (`keys.PROGRAM_LOADS`) so tests and operators
 can see that loading happens once per process and version, not per job.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -43,12 +52,12 @@ import redis
 from pydantic import BaseModel, ValidationError
 
 from core import keys
-from core.mlflow_uris import MlflowUri, parse_mlflow_uri
-from core.programs import ArtifactError, RegistryError, parse_artifact
+from core.mlflow_uris import CANDIDATE_ALIAS, MlflowUri, parse_mlflow_uri
+from core.programs import ArtifactError, ArtifactInfo, RegistryError, parse_artifact
 from core.redact import without_credentials
 from core.settings import Settings
 from program.lm import ServiceLM, build_adapter, build_lm
-from program.registry import ProgramSpec, program_specs
+from program.registry import Metric, ProgramSpec, program_specs
 from program.schemas import input_model, interface_mismatch, signature_schemas
 from worker.mlflow_loader import MlflowLoader, MlflowLoadError, ResolvedModel
 from worker.tracing import JobTracing
@@ -111,12 +120,19 @@ class Runtime:
         # Applied to every LM built here (the worker routes their calls through LM capacity).
         self._prepare_lm = prepare_lm
         self._lock = threading.Lock()
+        # Held while a registered version loads: one load at a time, off the lock every job's lookup takes.
+        self._version_lock = threading.Lock()
         self._pid = os.getpid()
         self._lm: dspy.LM | None = None
         self._override_lms: OrderedDict[tuple[str | None, float | None], dspy.LM] = OrderedDict()
         # A broken registry stops the worker at start, with the reason.
         self._specs = program_specs(settings)
         self._programs: dict[str, LoadedProgram] = {}
+        self._metrics: dict[str, Metric | None] = {}
+        # Registered versions (core/program_versions.py) loaded here, by (program, version).
+        self._registered: dict[tuple[str, str], LoadedProgram] = {}
+        # Registered versions that could not be loaded, and why (said once, not tried again).
+        self._unloadable: dict[tuple[str, str], str] = {}
         self._adapters: dict[str, dspy.Adapter] = {}
         # Why a program cannot be served here, while it cannot (in each heartbeat, for `GET /programs`).
         self._problems: dict[str, str] = {}
@@ -164,6 +180,23 @@ class Runtime:
     def program_names(self) -> list[str]:
         return list(self._specs)
 
+    def spec(self, name: str) -> ProgramSpec:
+        spec = self._specs.get(name)
+        if spec is None:
+            raise ProgramUnavailable(f"no program named {name!r} is registered here; known: {sorted(self._specs)}")
+        return spec
+
+    def metric(self, name: str) -> Metric | None:
+        """The program's registered metric, if it has one that imports (imported once)."""
+        spec = self.spec(name)
+        if name not in self._metrics:
+            try:
+                self._metrics[name] = spec.metric() if spec.entry.metric else None
+            except RegistryError as e:
+                log.warning("program %s: its metric cannot be used: %s", name, e)
+                self._metrics[name] = None
+        return self._metrics[name]
+
     def current(self, name: str) -> LoadedProgram | None:
         """The program as loaded, if its artifact has not changed since (a `stat`: cheap enough for the event
         loop); None when `program` has to load it."""
@@ -175,6 +208,51 @@ class Runtime:
         except OSError:
             return loaded
         return loaded if loaded.file_state == (stat.st_mtime_ns, stat.st_size) else None
+
+    def loaded_version(self, name: str, version: str) -> LoadedProgram | None:
+        """`version` of the program if this process holds it (no I/O: cheap enough for the event loop)."""
+        loaded = self._programs.get(name)
+        if loaded is not None and loaded.version == version:
+            return loaded
+        return self._registered.get((name, version))
+
+    def version(self, name: str, version: str) -> LoadedProgram:
+        """`version` of the program: the one loaded from disk, or a registered one, loaded once."""
+        self._check_pid()
+        found = self.loaded_version(name, version)
+        if found is not None:
+            return found
+        spec = self._specs.get(name)
+        if spec is None:
+            raise ProgramUnavailable(f"no program named {name!r} is registered here; known: {sorted(self._specs)}")
+        if name in self._mlflow:
+            return self._mlflow_version(spec, version)
+        with self._version_lock:
+            found = self.loaded_version(name, version)
+            if found is not None:
+                return found
+            problem = self._unloadable.get((name, version))
+            if problem is not None:
+                raise ProgramUnavailable(problem)
+            raw = self._redis.hget(keys.program_artifacts(name), version)
+            if raw is None:
+                current = self.program(name)
+                if current.version == version:
+                    return current
+                raise ProgramUnavailable(
+                    f"program {name!r} has no version {version!r}: neither its artifact on disk ({current.version}) "
+                    "nor a registered one"
+                )
+            try:
+                state, info = parse_artifact(name, spec.artifact, raw if isinstance(raw, bytes) else raw.encode())
+                fresh = self._built(spec, state, info, f"registered version {version}", (0, 0))
+            except (ArtifactError, RegistryError, ValueError) as e:
+                problem = f"program {name!r}: registered version {version} cannot be served: {e}"
+                self._unloadable[(name, version)] = problem
+                log.error("%s", problem)
+                raise ProgramUnavailable(problem) from e
+            self._registered[(name, version)] = fresh
+            return fresh
 
     def program(self, name: str) -> LoadedProgram:
         """The program's current version, loading it (again) if its artifact changed."""
@@ -217,7 +295,8 @@ class Runtime:
             return fresh
 
     def refresh(self) -> None:
-        """Load every artifact program now (and any new artifact version): called at start and at each heartbeat."""
+        """Load every artifact program now (and any new artifact version, and any newly registered version):
+        called at start and at each heartbeat."""
         for name in self._specs:
             if name in self._mlflow:
                 continue
@@ -228,6 +307,11 @@ class Runtime:
                 if self._problems.get(name) != str(e):
                     log.warning("program %s unavailable: %s", name, e)
                 self._problems[name] = str(e)
+            for version in self._redis.hkeys(keys.program_versions(name)):
+                version = version.decode() if isinstance(version, bytes) else str(version)
+                if (name, version) not in self._registered and (name, version) not in self._unloadable:
+                    with contextlib.suppress(ProgramUnavailable):
+                        self.version(name, version)
 
     @property
     def has_mlflow_programs(self) -> bool:
@@ -243,6 +327,44 @@ class Runtime:
                 loaded = self._programs.get(name)
                 if loaded is None or remote.uri.moves:
                     self._refresh_one(self._specs[name], remote, loaded)
+            for version in self._rollout_versions(name, remote):
+                if self.loaded_version(name, version) is None:
+                    with contextlib.suppress(ProgramUnavailable):
+                        self._mlflow_version(self._specs[name], version)
+
+    def _mlflow_version(self, spec: ProgramSpec, version: str) -> LoadedProgram:
+        """One exact version of a program from MLflow (`models:/<name>/<n>`), loaded once: a rollout's."""
+        assert self._mlflow_loader is not None
+        with self._version_lock:
+            found = self.loaded_version(spec.name, version)
+            if found is not None:
+                return found
+            problem = self._unloadable.get((spec.name, version))
+            if problem is not None:
+                raise ProgramUnavailable(problem)
+            try:
+                fresh = self._load_mlflow(spec, self._mlflow_loader.resolve(parse_mlflow_uri(version)))
+            except Exception as e:
+                problem = f"program {spec.name!r}: version {version} cannot be served: {type(e).__name__}: {e}"
+                self._unloadable[(spec.name, version)] = without_credentials(problem)
+                log.error("%s", problem)
+                raise ProgramUnavailable(problem) from e
+            self._registered[(spec.name, version)] = fresh
+            return fresh
+
+    def _rollout_versions(self, name: str, remote: _FromMlflow) -> list[str]:
+        """The versions of an MLflow program a rollout may send jobs to: its candidate and stable ones, and the
+        version its registered model's `candidate` alias names (where an optimization puts its candidate)."""
+        wanted = []
+        doc = self._redis.hget(keys.program_rollout(name), "doc")
+        if doc:
+            rollout = json.loads(doc)
+            wanted += [v for v in (rollout.get("candidate"), rollout.get("stable")) if v]
+        if remote.uri.model_name is not None and self._mlflow_loader is not None:
+            with contextlib.suppress(MlflowLoadError):
+                alias = parse_mlflow_uri(f"models:/{remote.uri.model_name}@{CANDIDATE_ALIAS}")
+                wanted.append(self._mlflow_loader.resolve(alias).version)
+        return wanted
 
     def _refresh_one(self, spec: ProgramSpec, remote: _FromMlflow, loaded: LoadedProgram | None) -> None:
         assert self._mlflow_loader is not None
@@ -297,6 +419,14 @@ class Runtime:
     def versions_json(self) -> str:
         return json.dumps(self.versions())
 
+    def loaded_json(self) -> str:
+        """Program name -> every version this process holds (the one it serves by default and registered ones)."""
+        with self._lock:
+            loaded: dict[str, set[str]] = {name: {p.version} for name, p in self._programs.items()}
+        for name, version in list(self._registered):
+            loaded.setdefault(name, set()).add(version)
+        return json.dumps({name: sorted(versions) for name, versions in loaded.items()})
+
     def problems(self) -> dict[str, str]:
         """Program name -> why this process cannot serve it, for the programs it cannot serve."""
         problems = dict(self._problems)
@@ -315,16 +445,22 @@ class Runtime:
 
     def _load(self, spec: ProgramSpec, file_state: tuple[int, int], previous: LoadedProgram | None) -> LoadedProgram:
         state, info = parse_artifact(spec.name, spec.artifact, spec.artifact.read_bytes())
+        if previous is not None and previous.version == info.version:
+            return LoadedProgram(spec.name, previous.module, info.version, previous.input_model, file_state)
+        return self._built(spec, state, info, str(spec.artifact), file_state)
+
+    def _built(
+        self, spec: ProgramSpec, state: dict[str, Any], info: ArtifactInfo, source: str, file_state: tuple[int, int]
+    ) -> LoadedProgram:
+        """The module of an artifact's parsed state, checked against the code's signature."""
         version = info.version
-        if previous is not None and previous.version == version:
-            return LoadedProgram(spec.name, previous.module, version, previous.input_model, file_state)
         built_for = info.signature_schemas(spec.name)
         module = spec.build()
         signature = spec.signature(module)
         mismatch = interface_mismatch(built_for, signature_schemas(spec.name, signature))
         if mismatch:
             raise ArtifactError(
-                f"program {spec.name!r}: {spec.artifact} (version {version}) was built for other fields than the "
+                f"program {spec.name!r}: {source} (version {version}) was built for other fields than the "
                 f"code's signature ({mismatch}); rebuild it with `python -m program.optimize {spec.name}`"
             )
         # From the parsed bytes, not `module.load(path)`: the file may be
@@ -334,5 +470,5 @@ class Runtime:
         # (from dspy.context) must win.
         module.set_lm(None)
         self._redis.hincrby(keys.PROGRAM_LOADS, spec.name, 1)
-        log.info("loaded program %s version %s from %s (pid %s)", spec.name, version, spec.artifact, os.getpid())
+        log.info("loaded program %s version %s from %s (pid %s)", spec.name, version, source, os.getpid())
         return LoadedProgram(spec.name, module, version, input_model(spec.name, signature), file_state)

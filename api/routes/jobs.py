@@ -7,7 +7,7 @@ service (api/submission.py).
 
 import logging
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
@@ -62,6 +62,13 @@ async def list_jobs(
     error: Annotated[str | None, Query(description="The failure's type, e.g. LMTimeoutError, DeadLettered.")] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    feedback: Annotated[
+        Literal["any", "corrected", "positive"] | None,
+        Query(
+            description="Jobs with feedback: any, one with a correction, a latest score of at least 0.5 "
+            "(needs `program`)."
+        ),
+    ] = None,
     batch_id: Annotated[str | None, Query(description="A batch's items, in the batch's order (`status` only).")] = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -69,12 +76,14 @@ async def list_jobs(
     """Jobs newest first (a batch's items in its order), filtered; this key's own, an operator's key every
     key's. Follow `next_cursor` for the next page."""
     if batch_id is not None:
-        if program or version or error or created_after or created_before:
+        if program or version or error or created_after or created_before or feedback:
             raise HTTPException(422, "with batch_id, only status filters: the items share their batch's program")
         batch = await batch_store.read_batch(redis, batch_id, caller)
         page = await listing.item_page(redis, batch, [status] if status else list(JobStatus), cursor, limit)
     else:
-        filters = listing.Filters(status and status.value, program, version, error, created_after, created_before)
+        filters = listing.Filters(
+            status and status.value, program, version, error, created_after, created_before, feedback
+        )
         page = await listing.page(redis, caller, "jobs", filters, cursor, limit)
     return listing.ListPage[Job](
         data=await listing.jobs(redis, page.ids), next_cursor=page.next_cursor, total=page.total

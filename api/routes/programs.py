@@ -33,6 +33,7 @@ from api.submission import (
     add_batch_route,
     add_job_route,
 )
+from core import rollouts
 from core.batches import Batch
 from core.jobs import Job
 
@@ -45,6 +46,12 @@ class WorkerVersion(BaseModel):
 class ProgramLinks(BaseModel):
     jobs: str
     batches: str
+
+
+class RolloutSummary(BaseModel):
+    stable: str | None = Field(description="The version serving jobs outside a canary; null: `version` above.")
+    candidate: str | None = Field(description="The version on trial, if any.")
+    percent: float = Field(description="The candidate's share of jobs, in percent.")
 
 
 class ProgramInfo(BaseModel):
@@ -68,6 +75,7 @@ class ProgramInfo(BaseModel):
         description="For a program served from MLflow: its URI, and what the workers know of the version "
         "served (registered model, version, run, source); `version` is then that version's URI.",
     )
+    rollout: RolloutSummary = Field(description="Which versions serve its jobs now (`GET .../rollout` has more).")
     links: ProgramLinks
 
 
@@ -93,7 +101,7 @@ def _items(body: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _info(program: Program) -> ProgramInfo:
+def _info(program: Program, rollout: rollouts.Rollout) -> ProgramInfo:
     models = program.models
     from_mlflow = program.mlflow_uri is not None
     return ProgramInfo(
@@ -108,6 +116,7 @@ def _info(program: Program) -> ProgramInfo:
         output_schema=models.output.model_json_schema() if models else None,
         workers=[WorkerVersion(worker=worker, version=version) for worker, version in program.workers],
         mlflow={"uri": program.mlflow_uri, **(program.metadata or {})} if from_mlflow else None,
+        rollout=RolloutSummary(stable=rollout.stable, candidate=rollout.candidate, percent=rollout.percent),
         links=ProgramLinks(jobs=f"/programs/{program.name}/jobs", batches=f"/programs/{program.name}/batches"),
     )
 
@@ -192,7 +201,7 @@ def build_router(catalog: Catalog) -> APIRouter:
     async def list_programs(redis: RedisDep, _caller: CallerDep) -> list[ProgramInfo]:
         """Every registered program: its schemas, the artifact version on disk, and the version each online
         worker serves."""
-        return [_info(program) for program in await catalog.all(redis)]
+        return [_info(program, (await rollouts.read(redis, program.name))[0]) for program in await catalog.all(redis)]
 
     @router.get(
         "/programs/{name}", response_model=ProgramInfo, responses={404: {"description": "No program with this name."}}
@@ -200,9 +209,10 @@ def build_router(catalog: Catalog) -> APIRouter:
     async def get_program(name: str, redis: RedisDep, _caller: CallerDep) -> ProgramInfo:
         """One program: its schemas, the artifact version on disk, and the version each online worker serves."""
         try:
-            return _info(await catalog.program(name, redis))
+            program = await catalog.program(name, redis)
         except UnknownProgram as e:
             raise HTTPException(404, str(e)) from e
+        return _info(program, (await rollouts.read(redis, program.name))[0])
 
     for name, models in catalog.typed().items():
         _typed_routes(router, name, models)

@@ -4,7 +4,7 @@
 //
 // It talks to the API as any client does: GET /programs, POST
 // /programs/{name}/jobs and /batches, the jobs' and batches' event streams,
-// GET /batches/{id}/results and results.ndjson. Every piece of server, model
+// GET /batches/{id}/results and results.ndjson, POST /jobs/{id}/feedback. Every piece of server, model
 // or user text goes into the page as text (textContent, text nodes,
 // attributes), never as HTML. One file: the API serves this path without a
 // key (api/auth.py's PUBLIC_PATHS), and a second script would need one.
@@ -620,6 +620,7 @@
     job = null;
     $('job').hidden = true;
     $('final').hidden = true;
+    $('feedback').hidden = true;
     buildPanels(state.program);
   }
 
@@ -693,6 +694,7 @@
     $('clock').textContent = elapsedText(record);
     if (record.status === 'succeeded') {
       showResult(record);
+      showFeedback(record);
       setState('done');
       return;
     }
@@ -853,6 +855,117 @@
     } finally {
       $('job-cancel').disabled = false;
     }
+  }
+
+  // ---------------------------------------------------------------------------
+  // Feedback on a finished job: thumbs, a correction per output field, a comment
+
+  const feedback = {
+    jobId: null,
+    score: null, // 'good' | 'bad' | null
+    fields: [], // the correction's fields: [{name, schema, kind, control, error, ...}]
+  };
+
+  function showFeedback(record) {
+    const program = programNamed(record.program) || state.program;
+    const root = outputRoot(program);
+    feedback.jobId = record.id;
+    feedback.score = null;
+    feedback.fields = schemaFields(root).map((field) => correctionField(field, root, (record.result || {})[field.name]));
+    $('correction-fields').replaceChildren(...feedback.fields.map((field) => field.block));
+    $('feedback-correct').open = false;
+    $('feedback-comment').value = '';
+    $('feedback-note').textContent = '';
+    pressThumb(null);
+    $('feedback').hidden = false;
+  }
+
+  // A correction's field: left empty, it is not sent. A boolean is a choice
+  // (a checkbox cannot say "no correction"); the placeholder is what the job answered.
+  function correctionField(field, root, answered) {
+    const schema = field.schema.type === 'boolean' ? { ...field.schema, enum: [true, false] } : field.schema;
+    const made = { ...field, schema, root, required: false, kind: kindOf(schema) };
+    const id = `fix-${field.name}`;
+    made.control = inputControl(id, made);
+    if (made.kind === 'enum') {
+      made.control.options[0].textContent = '— as answered —';
+    } else if (answered !== undefined && 'placeholder' in made.control) {
+      const shown = made.kind === 'list' && Array.isArray(answered) ? answered.join('\n') : answered;
+      made.control.placeholder = typeof shown === 'string' ? shown : JSON.stringify(shown);
+    }
+    made.error = el('p', { class: 'field-error', id: `fix-err-${field.name}`, hidden: true });
+    made.block = el('div', { class: 'field', 'data-field': field.name, 'data-kind': made.kind },
+      el('div', { class: 'field-head' },
+        el('label', { for: id, class: 'field-name' }, field.title),
+        el('code', { class: 'field-key' }, field.name),
+        el('span', { class: 'type' }, typeLabel(schema, root))),
+      made.control, made.error);
+    return made;
+  }
+
+  function pressThumb(score) {
+    feedback.score = score;
+    $('feedback-good').setAttribute('aria-pressed', String(score === 'good'));
+    $('feedback-bad').setAttribute('aria-pressed', String(score === 'bad'));
+    $('feedback-send').disabled = score === null && !correctionTouched();
+  }
+
+  function correctionTouched() {
+    return feedback.fields.some((field) => 'value' in readField(field) || readField(field).error);
+  }
+
+  function correctionError(name, message) {
+    const field = feedback.fields.find((f) => f.name === name);
+    if (!field) return false;
+    field.error.textContent = message;
+    field.error.hidden = false;
+    return true;
+  }
+
+  async function sendFeedback() {
+    const correction = {};
+    let ok = true;
+    for (const field of feedback.fields) {
+      field.error.hidden = true;
+      const read = readField(field);
+      if (read.error) {
+        correctionError(field.name, read.error);
+        ok = false;
+      } else if ('value' in read) {
+        correction[field.name] = read.value;
+      }
+    }
+    if (!ok) return;
+    const corrected = Object.keys(correction).length > 0;
+    // A correction without a thumb says the answer was wrong.
+    const payload = { score: feedback.score || (corrected ? 'bad' : 'good') };
+    if (corrected) payload.correction = correction;
+    const comment = $('feedback-comment').value.trim();
+    if (comment) payload.comment = comment;
+    $('feedback-send').disabled = true;
+    let answer;
+    try {
+      answer = await api('POST', `/jobs/${encodeURIComponent(feedback.jobId)}/feedback`, payload);
+    } catch (err) {
+      showProblem('Could not reach the server', String((err && err.message) || err));
+      $('feedback-send').disabled = false;
+      return;
+    }
+    const { response, body } = answer;
+    if (!response.ok) {
+      const detail = body && Array.isArray(body.detail) ? body.detail : [];
+      for (const entry of detail) {
+        const [where, name] = (entry.loc || []).filter((part) => part !== 'body');
+        if (where === 'correction') correctionError(name, entry.msg);
+      }
+      showProblem(refusalTitle(response.status, 'The feedback was not accepted'), describeFailure(response, body));
+      $('feedback-send').disabled = false;
+      return;
+    }
+    hideProblem();
+    const n = (body.entries || []).length;
+    $('feedback-note').textContent = `Thank you: ${n} feedback ${n === 1 ? 'entry' : 'entries'} on this job.`;
+    $('feedback-send').disabled = false;
   }
 
   // ---------------------------------------------------------------------------
@@ -1473,6 +1586,11 @@
   $('batch-download').addEventListener('click', downloadResults);
   $('results-next').addEventListener('click', nextPage);
   $('results-prev').addEventListener('click', previousPage);
+  $('feedback-good').addEventListener('click', () => pressThumb(feedback.score === 'good' ? null : 'good'));
+  $('feedback-bad').addEventListener('click', () => pressThumb(feedback.score === 'bad' ? null : 'bad'));
+  $('correction-fields').addEventListener('input', () => pressThumb(feedback.score));
+  $('correction-fields').addEventListener('change', () => pressThumb(feedback.score));
+  $('feedback-send').addEventListener('click', sendFeedback);
 
   // A new key may see what the old one could not: load the programs again.
   // Enter in the field fires both `change` and `submit`: the same key is

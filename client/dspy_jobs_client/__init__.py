@@ -31,6 +31,7 @@ from dspy_jobs_client.errors import (
     WebhookVerificationError,
 )
 from dspy_jobs_client.events import ErrorEvent, JobEvent, ResultEvent, StatusEvent, TokenEvent, Transcript
+from dspy_jobs_client.feedback import FeedbackEntry, JobFeedback, VersionFeedback
 from dspy_jobs_client.jobs import AsyncJob, Job
 from dspy_jobs_client.records import (
     BatchCounts,
@@ -44,6 +45,7 @@ from dspy_jobs_client.records import (
     Usage,
 )
 from dspy_jobs_client.submissions import BatchItem, JobOptions, SubmitOptions
+from dspy_jobs_client.versions import OptimizationRecord, ReplayRecord, RolloutRecord, VersionRecord
 from dspy_jobs_client.webhooks import WebhookEvent, verify_webhook
 
 if TYPE_CHECKING:
@@ -77,6 +79,7 @@ __all__ = [
     "Conflict",
     "DspyJobsError",
     "ErrorEvent",
+    "FeedbackEntry",
     "InvalidRequest",
     "Job",
     "JobCancelled",
@@ -85,16 +88,20 @@ __all__ = [
     "JobExpired",
     "JobFailed",
     "JobFailure",
+    "JobFeedback",
     "JobOptions",
     "JobRecord",
     "JobStatus",
     "JobTimeout",
     "NotFound",
+    "OptimizationRecord",
     "PayloadTooLarge",
     "ProgramInfo",
     "RateLimited",
     "RemoteProgram",
+    "ReplayRecord",
     "ResultEvent",
+    "RolloutRecord",
     "ServerError",
     "ServiceUnavailable",
     "StatusEvent",
@@ -103,6 +110,8 @@ __all__ = [
     "TokenEvent",
     "Transcript",
     "Usage",
+    "VersionFeedback",
+    "VersionRecord",
     "WebhookEvent",
     "WebhookVerificationError",
     "verify_webhook",

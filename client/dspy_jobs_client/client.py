@@ -16,6 +16,7 @@ from typing import Any, Self, Unpack
 import httpx
 
 from dspy_jobs_client.batches import AsyncBatch, Batch
+from dspy_jobs_client.feedback import VersionFeedback
 from dspy_jobs_client.http import AsyncTransport, RetryPolicy, Settings, SyncTransport
 from dspy_jobs_client.jobs import AsyncJob, Job
 from dspy_jobs_client.polling import WAIT_MAX_S
@@ -28,6 +29,7 @@ from dspy_jobs_client.submissions import (
     job_body,
     program_path,
 )
+from dspy_jobs_client.versions import OptimizationRecord, ReplayRecord, RolloutRecord, VersionRecord, canary_body
 
 
 def _settings(base_url: str, api_key: str | None, timeout_s: float, max_retries: int) -> Settings:
@@ -130,6 +132,66 @@ class Client:
         """One program; `NotFound` if the API serves none by that name."""
         return ProgramInfo.from_json(self._transport.json("GET", program_path(name), idempotent=True))
 
+    def feedback_summary(self, program: str) -> list[VersionFeedback]:
+        """Feedback on the program's jobs per version that served them, newest version first."""
+        data = self._transport.json("GET", program_path(program, "feedback"), idempotent=True)
+        return [VersionFeedback.from_json(v) for v in data["versions"]]
+
+    def versions(self, program: str) -> list[VersionRecord]:
+        """The program's versions side by side (newest first): role, share, jobs, failures, latency, feedback."""
+        data = self._transport.json("GET", program_path(program, "versions"), idempotent=True)
+        return [VersionRecord.from_json(v) for v in data["versions"]]
+
+    def rollout(self, program: str) -> RolloutRecord:
+        """Which versions serve the program's jobs now, and the history of its rollouts."""
+        return RolloutRecord.from_json(self._transport.json("GET", program_path(program, "rollout"), idempotent=True))
+
+    def start_canary(
+        self, program: str, version: str, percent: float, *, auto_rollback: Mapping[str, Any] | None = None
+    ) -> RolloutRecord:
+        """Serve `version` to `percent` of the program's jobs (an operator's key); `auto_rollback`:
+        `{"margin": 0.1, "min_jobs": 20}` to roll it back by itself when it fails more than the stable one."""
+        data = self._transport.json(
+            "PUT", program_path(program, "rollout"), json=canary_body(version, percent, auto_rollback), idempotent=True
+        )
+        return RolloutRecord.from_json(data)
+
+    def promote(self, program: str) -> RolloutRecord:
+        """The candidate serves every job from now on."""
+        data = self._transport.json("POST", program_path(program, "rollout/promote"), idempotent=False)
+        return RolloutRecord.from_json(data)
+
+    def rollback(self, program: str) -> RolloutRecord:
+        """Drop the candidate, or (with none) undo the last promotion."""
+        data = self._transport.json("POST", program_path(program, "rollout/rollback"), idempotent=False)
+        return RolloutRecord.from_json(data)
+
+    def replay(self, program: str, jobs: Mapping[str, Any] | None = None, **against: Any) -> ReplayRecord:
+        """Run past jobs' inputs again (an operator's key): `jobs` filters them (`version`, `created_after`,
+        `created_before`, `feedback`, `batch_id`, `limit`), `against` says on what (`version`, `model`,
+        `temperature`). Read it again with `get_replay` until `done`."""
+        body = {"jobs": dict(jobs or {}), **against}
+        data = self._transport.json("POST", program_path(program, "replays"), json=body, idempotent=False)
+        return ReplayRecord.from_json(data)
+
+    def get_replay(self, program: str, replay_id: str) -> ReplayRecord:
+        data = self._transport.json("GET", program_path(program, f"replays/{replay_id}"), idempotent=True)
+        return ReplayRecord.from_json(data)
+
+    def optimize(self, program: str, **body: Any) -> OptimizationRecord:
+        """Build a candidate version from feedback (an operator's key): `optimizer`, `trainset` (a filter),
+        `metric`, `demos`, `holdout`, `budget_calls`, `seed`. Read it again with `get_optimization`."""
+        data = self._transport.json("POST", program_path(program, "optimizations"), json=body, idempotent=False)
+        return OptimizationRecord.from_json(data)
+
+    def get_optimization(self, program: str, optimization_id: str) -> OptimizationRecord:
+        path = program_path(program, f"optimizations/{optimization_id}")
+        return OptimizationRecord.from_json(self._transport.json("GET", path, idempotent=True))
+
+    def cancel_optimization(self, program: str, optimization_id: str) -> OptimizationRecord:
+        path = program_path(program, f"optimizations/{optimization_id}/cancel")
+        return OptimizationRecord.from_json(self._transport.json("POST", path, idempotent=False))
+
 
 class AsyncClient:
     """`Client` for asyncio: the same methods, awaited; streams and results are async iterators."""
@@ -214,3 +276,60 @@ class AsyncClient:
         """One program; `NotFound` if the API serves none by that name."""
         data = await self._transport.json("GET", program_path(name), idempotent=True)
         return ProgramInfo.from_json(data)
+
+    async def feedback_summary(self, program: str) -> list[VersionFeedback]:
+        """Feedback on the program's jobs per version that served them, newest version first."""
+        data = await self._transport.json("GET", program_path(program, "feedback"), idempotent=True)
+        return [VersionFeedback.from_json(v) for v in data["versions"]]
+
+    async def versions(self, program: str) -> list[VersionRecord]:
+        """The program's versions side by side (newest first): role, share, jobs, failures, latency, feedback."""
+        data = await self._transport.json("GET", program_path(program, "versions"), idempotent=True)
+        return [VersionRecord.from_json(v) for v in data["versions"]]
+
+    async def rollout(self, program: str) -> RolloutRecord:
+        """Which versions serve the program's jobs now, and the history of its rollouts."""
+        data = await self._transport.json("GET", program_path(program, "rollout"), idempotent=True)
+        return RolloutRecord.from_json(data)
+
+    async def start_canary(
+        self, program: str, version: str, percent: float, *, auto_rollback: Mapping[str, Any] | None = None
+    ) -> RolloutRecord:
+        """Serve `version` to `percent` of the program's jobs (see `Client.start_canary`)."""
+        data = await self._transport.json(
+            "PUT", program_path(program, "rollout"), json=canary_body(version, percent, auto_rollback), idempotent=True
+        )
+        return RolloutRecord.from_json(data)
+
+    async def promote(self, program: str) -> RolloutRecord:
+        """The candidate serves every job from now on."""
+        data = await self._transport.json("POST", program_path(program, "rollout/promote"), idempotent=False)
+        return RolloutRecord.from_json(data)
+
+    async def rollback(self, program: str) -> RolloutRecord:
+        """Drop the candidate, or (with none) undo the last promotion."""
+        data = await self._transport.json("POST", program_path(program, "rollout/rollback"), idempotent=False)
+        return RolloutRecord.from_json(data)
+
+    async def replay(self, program: str, jobs: Mapping[str, Any] | None = None, **against: Any) -> ReplayRecord:
+        """Run past jobs' inputs again (see `Client.replay`)."""
+        body = {"jobs": dict(jobs or {}), **against}
+        data = await self._transport.json("POST", program_path(program, "replays"), json=body, idempotent=False)
+        return ReplayRecord.from_json(data)
+
+    async def get_replay(self, program: str, replay_id: str) -> ReplayRecord:
+        data = await self._transport.json("GET", program_path(program, f"replays/{replay_id}"), idempotent=True)
+        return ReplayRecord.from_json(data)
+
+    async def optimize(self, program: str, **body: Any) -> OptimizationRecord:
+        """Build a candidate version from feedback (see `Client.optimize`)."""
+        data = await self._transport.json("POST", program_path(program, "optimizations"), json=body, idempotent=False)
+        return OptimizationRecord.from_json(data)
+
+    async def get_optimization(self, program: str, optimization_id: str) -> OptimizationRecord:
+        path = program_path(program, f"optimizations/{optimization_id}")
+        return OptimizationRecord.from_json(await self._transport.json("GET", path, idempotent=True))
+
+    async def cancel_optimization(self, program: str, optimization_id: str) -> OptimizationRecord:
+        path = program_path(program, f"optimizations/{optimization_id}/cancel")
+        return OptimizationRecord.from_json(await self._transport.json("POST", path, idempotent=False))

@@ -6,13 +6,14 @@ nothing is fetched until a method is called.
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import httpx
 
 from dspy_jobs_client.errors import JobCancelled, JobExpired, JobFailed, JobTimeout
 from dspy_jobs_client.events import ErrorEvent, JobEvent, ResultEvent, afollow, follow
+from dspy_jobs_client.feedback import JobFeedback, Score, feedback_body
 from dspy_jobs_client.http import AsyncTransport, SyncTransport
 from dspy_jobs_client.polling import WAIT_MAX_S, Deadline, poll_delays
 from dspy_jobs_client.records import JobRecord, JobStatus
@@ -89,6 +90,21 @@ class Job:
         self.record = JobRecord.from_json(data)
         return self.record
 
+    def feedback(
+        self, score: Score, comment: str | None = None, correction: Mapping[str, Any] | None = None
+    ) -> JobFeedback:
+        """Judge the finished job: `score` 0 to 1 or "good" / "bad", a comment, a `correction` of its output
+        fields (`{"answer": "Paris"}`); every entry the job holds. `InvalidRequest` (422) names a correction's
+        field the program lacks or of the wrong type; `Conflict` if the job has not ended."""
+        data = self._transport.json(
+            "POST", f"/jobs/{self.id}/feedback", json=feedback_body(score, comment, correction), idempotent=False
+        )
+        return JobFeedback.from_json(data)
+
+    def feedback_entries(self) -> JobFeedback:
+        """Every feedback entry the job holds, oldest first."""
+        return JobFeedback.from_json(self._transport.json("GET", f"/jobs/{self.id}/feedback", idempotent=True))
+
     def stream(self, *, last_event_id: int = 0, reconnect_for_s: float = RECONNECT_FOR_S) -> Iterator[JobEvent]:
         """Every event of the job after `last_event_id`, in order, resuming by itself across dropped
         connections; ends after the `ResultEvent` or `ErrorEvent` (whose record becomes `record`)."""
@@ -145,6 +161,19 @@ class AsyncJob:
         data = await self._transport.json("POST", f"/jobs/{self.id}/cancel", idempotent=False)
         self.record = JobRecord.from_json(data)
         return self.record
+
+    async def feedback(
+        self, score: Score, comment: str | None = None, correction: Mapping[str, Any] | None = None
+    ) -> JobFeedback:
+        """Judge the finished job (see `Job.feedback`); every entry the job holds."""
+        data = await self._transport.json(
+            "POST", f"/jobs/{self.id}/feedback", json=feedback_body(score, comment, correction), idempotent=False
+        )
+        return JobFeedback.from_json(data)
+
+    async def feedback_entries(self) -> JobFeedback:
+        """Every feedback entry the job holds, oldest first."""
+        return JobFeedback.from_json(await self._transport.json("GET", f"/jobs/{self.id}/feedback", idempotent=True))
 
     async def stream(
         self, *, last_event_id: int = 0, reconnect_for_s: float = RECONNECT_FOR_S

@@ -24,6 +24,8 @@ class JobOptions(TypedDict, total=False):
     stream: bool  # stream tokens as they are written (jobs: true by default; batch items: false)
     expires_after_s: float  # end `expired`, never run, if no worker has started it within this many seconds
     webhook_url: str  # receives one signed event when it ends (`verify_webhook` checks it)
+    version: str  # run this version of the program, whatever its rollout (one some worker holds)
+    rollout_key: str  # during a canary, work with the same key gets the same version (a user id)
 
 
 class SubmitOptions(JobOptions, total=False):

@@ -116,7 +116,7 @@ end)
 -- then cancels (or runs) each.
 local function pick_from(batch, batch_id, batches_list, owners, owner, now, pick_lease_s)
   local f = redis.call('HMGET', batch, 'status', 'total', 'cursor', 'cancel_requested', 'expires_at', 'retry_key',
-    'inputs_key', 'program', 'model', 'temperature', 'stream', 'created_at')
+    'inputs_key', 'program', 'model', 'temperature', 'stream', 'created_at', 'pin_version', 'rollout_key')
   if not f[1] or BATCH_TERMINAL[f[1]] then
     leave_rotation(batch, batch_id, batches_list, owners, owner)
     return nil
@@ -149,7 +149,8 @@ local function pick_from(batch, batch_id, batches_list, owners, owner, now, pick
   redis.call('ZADD', f[6], now + pick_lease_s, item)
   local input = redis.call('LINDEX', f[7], index) or ''
   return {batch_id, item, tostring(index), input, 'program', f[8] or '', 'model', f[9] or '', 'temperature',
-    f[10] or '', 'stream', f[11] or '0', 'expires_at', f[5] or '', 'created_at', f[12] or '0'}
+    f[10] or '', 'stream', f[11] or '0', 'expires_at', f[5] or '', 'created_at', f[12] or '0', 'pin_version',
+    f[13] or '', 'rollout_key', f[14] or ''}
 end
 
 -- KEYS: the endpoint's owners list. ARGV: now, pick lease (s), how many

@@ -25,9 +25,8 @@ from pathlib import Path
 
 from bench.embedded_server import Call, QaCaller, batch_question, run_calls
 from bench.report import ROOT, command_line, git_state, results_header, table, versions
-from core.settings import get_settings
+from core.settings import get_settings, usable_cores
 from harness.processes import start_embedded_lm
-from stack.embedded_lm import usable_cpus
 
 OUTPUT = ROOT / "bench" / "results" / "adapters.md"
 HELDOUT = ROOT / "bench" / "qa_heldout.json"
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         *results_header("The embedded model's adapter: chat against JSON", command_line("bench.adapters")),
         f"- Code: {git_state()}",
         "- Packages: " + ", ".join(f"{n} {v}" for n, v in versions(["dspy", "litellm", "xllamacpp"])),
-        f"- Server: {settings.embedded_lm_slots} slots, {settings.embedded_lm_threads or usable_cpus()} threads; "
+        f"- Server: {settings.embedded_lm_slots} slots, {settings.embedded_lm_threads or usable_cores()} threads; "
         f"as many calls in flight; LM_MAX_TOKENS {settings.lm_max_tokens}",
         "",
         *section(runs),

@@ -52,8 +52,8 @@ from bench.embedded_server import (
     slot_sweep,
 )
 from bench.report import ROOT, Dist, command_line, git_state, machine, table, versions
+from core.settings import usable_cores
 from harness.processes import Proc, start_api, start_embedded_lm, start_redis, start_worker
-from stack.embedded_lm import usable_cpus
 
 OUTPUT = ROOT / "bench" / "results" / "embedded.md"
 PACKAGES = ["dspy", "litellm", "xllamacpp", "celery", "redis", "fastapi"]
@@ -210,7 +210,7 @@ def measure(
     return Results(
         caller.adapter_name,
         settings.embedded_lm_slots,
-        settings.embedded_lm_threads or usable_cpus(),
+        settings.embedded_lm_threads or usable_cores(),
         sweep,
         cache,
         in_prompt,

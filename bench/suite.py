@@ -82,7 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Settings.model_fields["worker_concurrency"].default,
         help="each worker's threads (WORKER_CONCURRENCY; default: `make up`'s)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (scenario 3 measures one alone)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=Settings().effective_worker_processes,
+        help="interactive worker processes (default: `make up`'s, WORKER_PROCESSES; scenario 3 measures one alone)",
+    )
     parser.add_argument("--quiet-wait-s", type=float, default=30.0, help="wait this long at most for a quiet machine")
     parser.add_argument("--scenarios", default="1,2,3,4,5", help="which scenarios to run")
     parser.add_argument("--embedded-items", type=int, default=200, help="scenario 5: items in the batch")

@@ -4,7 +4,8 @@
   variables, set where work on a job starts (the worker's task entry point,
   the API's routes), so every line logged while handling that job carries
   them without each call site passing them along. Celery's own lines about
-  a task (received, succeeded) are given the task's job id too.
+  a task are given the task's job id too; its per-task "received" and
+  "succeeded" lines only at DEBUG, where the worker's line per job says it.
 - **Secrets**: every line goes through one filter on the handler that
   masks API keys however they were sent (`Authorization: Bearer`,
   `X-API-Key`, `?api_key=` in an access-log URL), the user information of
@@ -200,5 +201,10 @@ def configure_logging(settings: Settings, level: str | int | None = None) -> Non
         # Their debug output is whole prompts and responses.
         for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm", "httpx", "httpcore", "openai"):
             logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.INFO))
+    if root.level > logging.DEBUG:
+        # Celery's "received" and "succeeded" lines per task repeat the worker's own line per job (its id,
+        # outcome and times) and cost as much CPU each (BENCHMARKS.md); their failures are still logged.
+        for name in ("celery.worker.strategy", "celery.app.trace"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     # httpx logs each request's URL at INFO; a webhook receiver's URL may carry its own token.
     logging.getLogger("httpx").setLevel(max(logging.getLogger("httpx").level, logging.WARNING))

@@ -5,6 +5,7 @@ from `Settings`; nothing else reads environment variables. Names carry their
 unit (`_s` seconds, `_chars`, `_bytes`).
 """
 
+import os
 from functools import lru_cache
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -217,6 +218,11 @@ class Settings(BaseSettings):
     # one: they run on the process's event loop, as many as the LM's limits
     # let start (worker/engine.py).
     worker_concurrency: PositiveInt = 8
+    # Interactive worker processes `make up` starts. A process runs its Python
+    # on one core at a time, and at the LM's pace a streaming job's CPU is
+    # what limits one process (BENCHMARKS.md). None: one per core this
+    # machine gives the service.
+    worker_processes: PositiveInt | None = None
     interactive_queue: str = "interactive"
     bulk_queue: str = "bulk"
     worker_heartbeat_s: float = 5.0
@@ -317,8 +323,10 @@ class Settings(BaseSettings):
     # ... and batch items not started yet, across its batches.
     key_max_queued_items: int = Field(1_000_000, ge=0)
     # Requests of one key waiting at once for a job to end (`?wait`, `POST
-    # /v1/chat/completions` without streaming). 0: unlimited.
-    key_max_long_polls: int = Field(64, ge=0)
+    # /v1/chat/completions` without streaming). 0: unlimited, as event streams
+    # are: one backend holding hundreds of waits is the common caller, and a
+    # counted wait costs two Redis commands.
+    key_max_long_polls: int = Field(0, ge=0)
     # How long an OpenAI-compatible batch file (uploaded, or an output or
     # error file) and batch are kept (POST /v1/files, POST /v1/batches).
     openai_file_ttl_s: int = Field(7 * 24 * 3600, gt=0)
@@ -412,6 +420,12 @@ class Settings(BaseSettings):
         return [self.lm_model, *[m for m in self.lm_allowed_models if m != self.lm_model]]
 
     @property
+    def effective_worker_processes(self) -> int:
+        if self.worker_processes is not None:
+            return self.worker_processes
+        return usable_cores()
+
+    @property
     def effective_lm_engine(self) -> str:
         if self.lm_engine is not None:
             return self.lm_engine
@@ -423,6 +437,13 @@ class Settings(BaseSettings):
         if self.lm_model != EMBEDDED_LM_MODEL or not self.lm_api_base:
             return False
         return urlsplit(self.lm_api_base).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the OS has one), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 @lru_cache

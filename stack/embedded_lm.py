@@ -23,8 +23,9 @@ through this module, so they serve the same model the same way.
   its instructions, into the first user turn. (llama-cpp-python's `gemma`
   format, served before, dropped it.)
 - **Abandoned calls.** When a client closes a streaming call (a timeout, a
-  cancelled job), the server stops generating for it and frees its slot. A
-  non-streaming call is often finished although its client has gone.
+  cancelled job), the server stops generating for it and frees its slot; so
+  it does for a non-streaming call the worker cancels. A non-streaming call
+  whose client only timed out is often finished although its client has gone.
 - **The CPU.** The wheel is built for x86-64 with AVX2, FMA and F16C; on a
   CPU without them it would die of an illegal instruction, so the server
   checks `/proc/cpuinfo` before loading it and says what is missing.
@@ -32,14 +33,13 @@ through this module, so they serve the same model the same way.
 
 import argparse
 import logging
-import os
 import platform
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from core.settings import EMBEDDED_LM_MODEL, Settings, get_settings
+from core.settings import EMBEDDED_LM_MODEL, Settings, get_settings, usable_cores
 
 log = logging.getLogger(__name__)
 MODEL_ALIAS = EMBEDDED_LM_MODEL.split("/", 1)[1]
@@ -90,13 +90,6 @@ def check_cpu(cpuinfo: str | None = None) -> None:
             f"{', '.join(missing).upper()}. Serve the model elsewhere (any OpenAI-compatible server, with "
             "LM_API_BASE) or use a hosted model (LM_MODEL, LM_API_KEY)."
         )
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def server_params(host: str, port: int, slots: int, threads: int, verbose: bool = False) -> Any:
@@ -151,7 +144,7 @@ def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace
     parser.add_argument(
         "--threads",
         type=int,
-        default=settings.embedded_lm_threads or usable_cpus(),
+        default=settings.embedded_lm_threads or usable_cores(),
         help="default: EMBEDDED_LM_THREADS, else one per CPU this process may run on",
     )
     parser.add_argument("--verbose", action="store_true", help="llama.cpp's information lines, a few per request")

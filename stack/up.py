@@ -8,8 +8,9 @@ exits (stack/supervisor.py):
 - the embedded LM (llama.cpp's server over Gemma 3 270M, `EMBEDDED_LM_SLOTS`
   calls at once) when `LM_MODEL` is left at its default, `LM_API_BASE` is on
   this machine (its port is the server's) and nothing answers there yet;
-- a worker on the interactive queue, another on the bulk queue, the API, and Flower (basic auth; credentials are
-  generated and printed unless `FLOWER_BASIC_AUTH` is set).
+- workers on the interactive queue (`WORKER_PROCESSES`, one per core by
+  default), one on the bulk queue, the API, and Flower (basic auth;
+  credentials are generated and printed unless `FLOWER_BASIC_AUTH` is set).
 
 When the API is ready it prints the URLs and a `curl` that works as printed.
 """
@@ -140,6 +141,12 @@ def _announce_when_ready(settings: Settings, flower_auth: str, generated: bool) 
     )
 
 
+def _worker_names(settings: Settings) -> list[tuple[str, str]]:
+    """(name, queue) of each worker process: `WORKER_PROCESSES` on the interactive queue, one on bulk."""
+    interactive = [(f"worker{i + 1}", settings.interactive_queue) for i in range(settings.effective_worker_processes)]
+    return [*interactive, ("bulk", settings.bulk_queue)]
+
+
 def main() -> int:
     settings = get_settings()
     RUN_DIR.mkdir(exist_ok=True)
@@ -164,8 +171,8 @@ def main() -> int:
         supervisor.add("redis", cmd, env, cwd)
     if (cmd := _lm_command(settings)) is not None:
         supervisor.add("lm", cmd, env, cwd)
-    # One worker per queue, so a draining batch never delays an interactive job.
-    for name, queue in (("worker", settings.interactive_queue), ("bulk", settings.bulk_queue)):
+    # Workers of their own per queue, so a draining batch never delays an interactive job.
+    for name, queue in _worker_names(settings):
         celery = [PY, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queue, "-n", f"{name}@%h"]
         supervisor.add(name, [*celery, "--loglevel", "INFO", "--without-mingle", "--without-gossip"], env, cwd)
     api = [PY, "-m", "uvicorn", "api.main:app", "--host", settings.api_host, "--port", str(settings.api_port)]

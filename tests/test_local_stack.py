@@ -19,7 +19,8 @@ pytestmark = pytest.mark.e2e
 
 ROLES = {
     "redis": "redis-server",
-    "worker": "-n worker@",
+    "worker1": "-n worker1@",
+    "worker2": "-n worker2@",
     "bulk": "-n bulk@",
     "api": "api.main:app",
     "flower": "flower",
@@ -78,6 +79,7 @@ def launcher() -> Iterator[Launched]:
         "FLOWER_BASIC_AUTH": "admin:launcher-test",
         "WORKER_HEARTBEAT_S": "0.5",
         "JOB_LEASE_S": "3",
+        "WORKER_PROCESSES": "2",
     }
     proc = Proc("local-stack", [sys.executable, "-m", "stack.up"], env)
     try:
@@ -92,7 +94,7 @@ def test_a_process_that_dies_is_restarted_while_the_api_keeps_answering(launcher
     proc, api, _, _ = launcher
     first = children(proc.pid)
     assert set(first) == set(ROLES), first
-    for role in ("worker", "bulk", "flower", "redis"):
+    for role in ("worker1", "worker2", "bulk", "flower", "redis"):
         before = children(proc.pid)[role]
         os.kill(before, signal.SIGKILL)
         assert httpx.get(f"{api}/health", timeout=5).status_code == 200, f"the API stopped answering ({role})"
@@ -110,7 +112,7 @@ def test_a_process_that_dies_is_restarted_while_the_api_keeps_answering(launcher
     os.kill(children(proc.pid)["api"], signal.SIGKILL)
     wait_for(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 30, "the API to be back", proc)
     log = proc.own_log()
-    assert "worker was killed by SIGKILL; restarting it in 1 s" in log
+    assert "worker1 was killed by SIGKILL; restarting it in 1 s" in log
     assert proc.popen.poll() is None
 
 

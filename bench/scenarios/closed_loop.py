@@ -39,6 +39,7 @@ class LoopResult:
     unmatched: int = 0  # ok requests with no LM record
     events_per_job: float = float("nan")  # ours: events in a finished job's log (status, tokens, result)
     max_lm_in_flight: int = 0  # most LM requests open at once during the run (the simulator's records)
+    redis_commands: int = 0  # ours: Redis commands in the measured window (INFO commandstats)
     settle_note: str = ""
 
     @property
@@ -48,6 +49,10 @@ class LoopResult:
     @property
     def system_cpu_s(self) -> float:
         return sum(v for k, v in self.cpu.roles.items() if k not in NOT_SYSTEM)
+
+    @property
+    def redis_commands_per_job(self) -> float:
+        return self.redis_commands / self.completed if self.completed and self.redis_commands else float("nan")
 
     @property
     def cpu_per_job_s(self) -> float:
@@ -102,9 +107,12 @@ async def closed_loop(
     await asyncio.to_thread(stack.clear_lm)
     roles = stack.roles(system)
     marks: dict[str, CpuSnapshot] = {}
+    commands: dict[str, int] = {}
 
     def on_mark(what: str) -> None:
         marks[what] = CpuSnapshot.take(roles)
+        if system != BASE:
+            commands[what] = stack.redis_commands()
 
     run = await load.closed_loop(
         f"{system} x{clients}",
@@ -124,6 +132,8 @@ async def closed_loop(
     cpu = marks["end"].since(marks["start"])
     lm = await asyncio.to_thread(stack.lm_requests)
     result = LoopResult(system, run, cpu, stack.lm_timing, answer_chunks(), other)
+    if commands:
+        result.redis_commands = commands["end"] - commands["start"]
     analyse(result, lm)
     if system != BASE:
         result.events_per_job = await asyncio.to_thread(stack.events_per_job, run.ok[:500])

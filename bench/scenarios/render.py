@@ -10,6 +10,7 @@ from bench.scenarios.report_sections import section_in_flight, section_profiles,
 from bench.scenarios.results import Results, automatic_notes, targets
 
 SSE_RESULTS = ROOT / "bench" / "results" / "sse.md"
+EMBEDDED_RESULTS = embedded_bench.OUTPUT
 # Written by their own commands (bench/failover.py, bench/redis_cost.py); shown here as they are.
 # Benchmarks that run on their own and keep their results in a file of their own, shown as written.
 RESULT_FILES = tuple(
@@ -57,7 +58,8 @@ def preamble(res: Results) -> list[str]:
         add("- Extra settings for the systems under test: " + ", ".join(f"`{e}`" for e in args.env))
     add(
         f"- **Ours**: 1 API process (`uvicorn api.main:app`, uvloop + httptools, `--log-level warning`), "
-        f"{args.workers} Celery worker process{'es' if args.workers > 1 else ''} (each `-P threads -c "
+        f"{args.workers} Celery worker process{'es' if args.workers > 1 else ''} (`WORKER_PROCESSES`, `make up`'s "
+        f"default: one per core; each `-P threads -c "
         f"{args.concurrency}`, `WORKER_CONCURRENCY={args.concurrency}`, interactive queue, "
         f"`--loglevel INFO` as in `make up`), a private redis-server (no persistence). Clients call "
         f"`POST {OURS_PATH}` and get the finished job."
@@ -115,6 +117,11 @@ def section_embedded(res: Results) -> list[str]:
     add("")
     if res.embedded is not None:
         lines += embedded_bench.section(res.embedded)
+    elif EMBEDDED_RESULTS.exists():
+        text = EMBEDDED_RESULTS.read_text().strip()
+        lines += [line for line in text.splitlines()[1:] if not line.startswith("# ")]
+        lines += ["", f"(not run in this suite's run: from [bench/results/{EMBEDDED_RESULTS.name}]"
+                  f"(bench/results/{EMBEDDED_RESULTS.name}), written by `python -m bench.embedded`)", ""]  # fmt: skip
     else:
         add("Not run (`--scenarios` without 5); `python -m bench.embedded` measures it alone.")
         add("")

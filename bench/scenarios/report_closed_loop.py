@@ -199,9 +199,9 @@ def section_overhead(res: Results) -> list[str]:
             rows.append(
                 [r.system, *(f"{per.get(k, float('nan')):.2f}" for k in ("api", "worker", "redis", "baseline"))]
             )
-            rows[-1] += [f"{per['lm']:.2f}", f"{per['client']:.2f}"]
+            rows[-1] += [f"{per['lm']:.2f}", f"{per['client']:.2f}", f"{r.redis_commands_per_job:.1f}"]
         lines += table(
-            ["CPU ms per job", "API", "worker", "redis", "baseline", "LM sim", "client"],
+            ["CPU ms per job", "API", "worker", "redis", "baseline", "LM sim", "client", "Redis commands per job"],
             [[c.replace("nan", "-") for c in row] for row in rows],
         )
         add("")

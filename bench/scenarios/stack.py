@@ -3,7 +3,7 @@
 import contextlib
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import redis
@@ -171,6 +171,12 @@ class Stack:
             pipe.hget(keys.job(job_id), "seq")
         seqs = [int(x or 0) for x in pipe.execute()]
         return sum(seqs) / len(seqs)
+
+    def redis_commands(self) -> int:
+        """Commands Redis has run since it started, those scripts call included (INFO commandstats)."""
+        assert self.redis is not None
+        stats = cast(dict[str, dict[str, int]], self.redis.info("commandstats"))
+        return sum(int(entry["calls"]) for entry in stats.values())
 
     def backlog(self) -> tuple[int, int]:
         """(messages waiting in the interactive queue, jobs leased by a worker)."""

@@ -15,7 +15,9 @@ EMBEDDED_RESULTS = embedded_bench.OUTPUT
 # Benchmarks that run on their own and keep their results in a file of their own, shown as written.
 RESULT_FILES = tuple(
     ROOT / "bench" / "results" / name
-    for name in ("failover.md", "redis_ceiling.md", "webhooks.md", "webhooks-scripted.md", "listing.md")
+    for name in (
+        "worker_processes.md", "failover.md", "redis_ceiling.md", "webhooks.md", "webhooks-scripted.md", "listing.md"
+    )  # fmt: skip
 )
 PACKAGES = [
     "dspy",

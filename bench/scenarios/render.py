@@ -16,8 +16,13 @@ EMBEDDED_RESULTS = embedded_bench.OUTPUT
 RESULT_FILES = tuple(
     ROOT / "bench" / "results" / name
     for name in (
-        "worker_processes.md", "failover.md", "redis_ceiling.md", "webhooks.md", "webhooks-scripted.md", "listing.md"
-    )  # fmt: skip
+        "worker_processes.md",
+        "failover.md",
+        "redis_ceiling.md",
+        "webhooks.md",
+        "webhooks-scripted.md",
+        "listing.md",
+    )
 )
 PACKAGES = [
     "dspy",

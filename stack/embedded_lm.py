@@ -23,9 +23,8 @@ through this module, so they serve the same model the same way.
   its instructions, into the first user turn. (llama-cpp-python's `gemma`
   format, served before, dropped it.)
 - **Abandoned calls.** When a client closes a streaming call (a timeout, a
-  cancelled job), the server stops generating for it and frees its slot; so
-  it does for a non-streaming call the worker cancels. A non-streaming call
-  whose client only timed out is often finished although its client has gone.
+  cancelled job), the server stops generating for it and frees its slot. A
+  non-streaming call is often finished although its client has gone.
 - **The CPU.** The wheel is built for x86-64 with AVX2, FMA and F16C; on a
   CPU without them it would die of an illegal instruction, so the server
   checks `/proc/cpuinfo` before loading it and says what is missing.

@@ -287,7 +287,8 @@ def test_a_worker_paused_past_its_lease_writes_nothing_when_it_wakes(
     stack.start_api()
     r = stack.redis()
     with stack.client() as client:
-        questions = [unique(f"paused {i} [lm:tps=6]") for i in range(6)]
+        # About 20 s a stream: still running after the other worker's start, seconds on a slow machine.
+        questions = [unique(f"paused {i} [lm:tps=3]") for i in range(6)]
         ids = [post_job(client, q)["id"] for q in questions]
         wait_for(lambda: all(client.get(f"/jobs/{i}").json()["status"] == "running" for i in ids), 15, "all to run")
         read_events(client, ids[0], stop_after=6)  # streaming has begun

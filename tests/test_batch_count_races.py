@@ -291,13 +291,26 @@ class BatchRaces(RuleBasedStateMachine):
             self.finished_at = batch["finished_at"]
 
 
-def test_batch_counts_add_up_under_any_interleaving_of_cancel_expiry_finish_and_reaper(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def races(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BatchRaces on the test's Redis, with a clock of its own that the worker's job store reads too."""
     clock = Clock()
     monkeypatch.setattr(worker.job_store, "time", SimpleNamespace(time=clock.time))
-    BatchRaces.url = redis_url
-    BatchRaces.clock = clock
+    BatchRaces.url, BatchRaces.clock = redis_url, clock
+
+
+@pytest.fixture
+def machine(races: None) -> Iterator["BatchRaces"]:
+    """One BatchRaces, for a path taken step by step."""
+    machine = BatchRaces()
+    try:
+        yield machine
+    finally:
+        machine.teardown()
+
+
+@pytest.mark.usefixtures("races")
+def test_batch_counts_add_up_under_any_interleaving_of_cancel_expiry_finish_and_reaper() -> None:
     run_state_machine_as_test(
         BatchRaces,
         settings=settings(
@@ -306,66 +319,50 @@ def test_batch_counts_add_up_under_any_interleaving_of_cancel_expiry_finish_and_
     )
 
 
-def test_cancelling_the_last_unpicked_item_then_the_batch_after_the_others_were_picked(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cancelling_the_last_unpicked_item_then_the_batch_after_the_others_were_picked(machine: BatchRaces) -> None:
     """Regression, found by the state machine: the batch's cancel settled 0 unpicked items, and HINCRBY refused
     Lua's `-0`, so the cancel failed."""
-    clock = Clock()
-    monkeypatch.setattr(worker.job_store, "time", SimpleNamespace(time=clock.time))
-    BatchRaces.url, BatchRaces.clock = redis_url, clock
-    machine = BatchRaces()
-    try:
-        machine.submit(size=3)
-        machine.cancel_item(index=2)
-        machine.pick()
-        machine.pick()
-        machine.cancel_batch()
-        machine.counts_add_up_to_what_the_items_say()
-        assert machine.batch()["status"] == "cancelling"
-    finally:
-        machine.teardown()
+    machine.submit(size=3)
+    machine.cancel_item(index=2)
+    machine.pick()
+    machine.pick()
+    machine.cancel_batch()
+    machine.counts_add_up_to_what_the_items_say()
+    assert machine.batch()["status"] == "cancelling"
 
 
 def test_an_item_that_lost_a_delivery_waits_to_run_alone_then_is_dead_lettered_and_counted_once(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
+    machine: BatchRaces,
 ) -> None:
     """The new paths, step by step (2 deliveries allowed): an item lost once, on its last delivery, is claimed
     (not started) while its worker runs another, starts once alone, and its second loss ends it failed,
     `DeadLettered`, counted once beside its neighbour."""
-    clock = Clock()
-    monkeypatch.setattr(worker.job_store, "time", SimpleNamespace(time=clock.time))
-    BatchRaces.url, BatchRaces.clock = redis_url, clock
-    machine = BatchRaces()
-    try:
-        machine.submit(size=2)
-        machine.pick()
-        machine.pick()
-        for item_id, index, raw_input, batch in machine.picked:
-            machine._start(item_id, next(machine.tokens), item_fields(machine.batch_id, index, raw_input, batch), False)
-        lost, other = machine.item(0), machine.item(1)
-        assert set(machine.running) == {lost, other}
-        assert machine._lose(lost) == 2
-        machine.losses[lost] = 1
-        machine.clock.offset += 2 * LEASE_S
-        machine.picked.clear()
-        machine.pick()
-        assert [p[0] for p in machine.picked] == [lost]
+    machine.submit(size=2)
+    machine.pick()
+    machine.pick()
+    for item_id, index, raw_input, batch in machine.picked:
+        machine._start(item_id, next(machine.tokens), item_fields(machine.batch_id, index, raw_input, batch), False)
+    lost, other = machine.item(0), machine.item(1)
+    assert set(machine.running) == {lost, other}
+    assert machine._lose(lost) == 2
+    machine.losses[lost] = 1
+    machine.clock.offset += 2 * LEASE_S
+    machine.picked.clear()
+    machine.pick()
+    assert [p[0] for p in machine.picked] == [lost]
 
-        machine._start(lost, next(machine.tokens), {}, False)
-        assert lost in machine.claimed and machine._status(lost) == JobStatus.queued
-        machine._start(lost, machine.claimed.pop(lost), {}, True)
-        assert lost in machine.running
-        machine.clock.offset += 2 * LEASE_S
-        assert machine._lose(lost) == 3
-        assert machine._end(other, machine.running[other], JobStatus.succeeded) > 0
+    machine._start(lost, next(machine.tokens), {}, False)
+    assert lost in machine.claimed and machine._status(lost) == JobStatus.queued
+    machine._start(lost, machine.claimed.pop(lost), {}, True)
+    assert lost in machine.running
+    machine.clock.offset += 2 * LEASE_S
+    assert machine._lose(lost) == 3
+    assert machine._end(other, machine.running[other], JobStatus.succeeded) > 0
 
-        machine.counts_add_up_to_what_the_items_say()
-        machine.the_batch_ends_when_its_last_item_does_and_once()
-        batch = machine.batch()
-        assert (batch["status"], batch["n_failed"], batch["n_succeeded"]) == ("completed", "1", "1")
-        record = machine.run(job_store.read_job(machine.redis, lost)) or {}
-        assert (record["status"], record["deliveries_lost"], record["attempts"]) == ("failed", "2", "2")
-        assert '"type":"DeadLettered"' in record["error"]
-    finally:
-        machine.teardown()
+    machine.counts_add_up_to_what_the_items_say()
+    machine.the_batch_ends_when_its_last_item_does_and_once()
+    batch = machine.batch()
+    assert (batch["status"], batch["n_failed"], batch["n_succeeded"]) == ("completed", "1", "1")
+    record = machine.run(job_store.read_job(machine.redis, lost)) or {}
+    assert (record["status"], record["deliveries_lost"], record["attempts"]) == ("failed", "2", "2")
+    assert '"type":"DeadLettered"' in record["error"]

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import patches
 from api.auth import PUBLIC_PATHS, AuthMiddleware, parse_api_keys
 from api.body_limit import BodyLimitMiddleware
 from api.enqueue import task_messages
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
+    patches.install(patches.API, settings)
     # A blocking pool: a burst of requests waits briefly for a connection
     # instead of failing with "Too many connections".
     redis = async_client(

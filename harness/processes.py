@@ -4,6 +4,7 @@ Each process logs to `test-artifacts/<name>.log` so a failing test leaves
 the whole story behind. Nothing here is mocked.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -50,6 +51,7 @@ class Proc:
         ARTIFACTS.mkdir(exist_ok=True)
         self.name = name
         self.hostname: str | None = None  # a worker's Celery hostname
+        self.is_python = Path(cmd[0]).name.startswith("python")
         self.log_path = ARTIFACTS / f"{name}.log"
         self._log = self.log_path.open("ab")
         # Where this process's part of a log shared by name with earlier runs begins.
@@ -80,10 +82,24 @@ class Proc:
             try:
                 self.popen.wait(timeout_s)
             except subprocess.TimeoutExpired:
+                self._dump_stacks()
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(5)
         self._log.close()
         return self.popen.returncode
+
+    def _dump_stacks(self) -> None:
+        """Where a Python process stood when it would not stop: its threads' stacks go into its log."""
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not self.is_python or not Path(py_spy).exists():
+            return
+        self._log.write(f"\n==== {time.strftime('%H:%M:%S')} did not stop in time; its threads:\n".encode())
+        self._log.flush()
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [py_spy, "dump", "--pid", str(self.popen.pid)], stdout=self._log, stderr=subprocess.STDOUT, timeout=20
+            )
+        self._log.flush()
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

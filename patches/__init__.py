@@ -3,7 +3,8 @@
 Each patch is a module here with an `apply(settings) -> bool` that makes the
 change and then checks it took. `install` is called by the entry point (the
 worker at Celery's `celeryd_after_setup`, once its logging is set up and
-before it consumes), never by an import. For each patch it logs one line:
+before it consumes; the API in its lifespan, before it serves), never by an
+import. For each patch it logs one line:
 installed, off (named in `DISABLED_PATCHES`), skipped because the library is
 not the version the patch was written for (a warning: the code then runs
 unpatched, correct and slower), or did not take (a warning). It never stops
@@ -15,6 +16,7 @@ What each one buys, measured with it on and off, is in bench/results/patches.md.
 import importlib
 import importlib.metadata
 import logging
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -28,7 +30,7 @@ class Patch:
     name: str
     module: str  # imported only when installed: the API must never import dspy
     what: str
-    written_for: tuple[tuple[str, str], ...]  # (distribution, version)
+    written_for: tuple[tuple[str, str], ...]  # (distribution, version); ("python", "3.11"): the interpreter's
 
 
 KOMBU_CLIENTS = Patch(
@@ -55,9 +57,16 @@ LM15_CONNECTIONS = Patch(
     "dspy's native LM client may open as many connections as the LM's limits allow, not 100 per loop",
     (("dspy", "3.4.1"),),
 )
-ALL = {p.name: p for p in (KOMBU_CLIENTS, CELERY_TASK_EVENTS, DSPY_CACHES, LM15_CONNECTIONS)}
+ASYNCIO_WAIT_FOR = Patch(
+    "asyncio_wait_for",
+    "patches.asyncio_wait_for",
+    "asyncio.wait_for awaits in the caller's task (3.12's), so a cancellation that lands as it completes is kept",
+    (("python", "3.11"),),
+)
+ALL = {p.name: p for p in (ASYNCIO_WAIT_FOR, KOMBU_CLIENTS, CELERY_TASK_EVENTS, DSPY_CACHES, LM15_CONNECTIONS)}
 
-WORKER = (KOMBU_CLIENTS, CELERY_TASK_EVENTS, DSPY_CACHES, LM15_CONNECTIONS)
+WORKER = (ASYNCIO_WAIT_FOR, KOMBU_CLIENTS, CELERY_TASK_EVENTS, DSPY_CACHES, LM15_CONNECTIONS)
+API = (ASYNCIO_WAIT_FOR,)
 
 
 class UnknownPatch(ValueError):
@@ -73,6 +82,11 @@ def check_disabled(settings: Settings) -> None:
 def version_mismatch(patch: Patch) -> str | None:
     """What differs from the versions the patch was written for, or None."""
     for distribution, written_for in patch.written_for:
+        if distribution == "python":
+            running = f"{sys.version_info.major}.{sys.version_info.minor}"
+            if running != written_for:
+                return f"Python is {running}, the patch was written for {written_for}"
+            continue
         try:
             installed = importlib.metadata.version(distribution)
         except importlib.metadata.PackageNotFoundError:

@@ -161,9 +161,9 @@ def test_every_service_is_restarted_when_it_dies_and_workers_may_finish_their_jo
         assert SERVICES[name]["stop_grace_period"], name
 
 
-def test_api_image_copies_the_api_the_shared_core_the_schema_reader_and_the_program_registry_only() -> None:
+def test_api_image_copies_the_api_the_shared_core_the_schema_reader_the_patches_and_the_program_registry_only() -> None:
     copied = re.findall(r"^COPY (\S+)", dockerfile("Dockerfile.api"), re.M)
-    assert copied == ["pyproject.toml", "client", "core", "api", "artifacts", DEFAULTS.programs_file]
+    assert copied == ["pyproject.toml", "client", "core", "patches", "api", "artifacts", DEFAULTS.programs_file]
     assert "--extra" not in dockerfile("Dockerfile.api")
 
 

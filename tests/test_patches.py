@@ -1,21 +1,25 @@
 """The patches of library internals (patches/): on the pinned versions each one takes, each can be turned
 off, one written for another version skips itself, and importing the service installs none."""
 
+import asyncio
 import logging
+import random
 import subprocess
 import sys
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 import dspy.adapters.utils as adapter_utils
 import dspy.clients.capabilities as capabilities
 import dspy.clients.costs as costs
 import pytest
+import redis.asyncio as aioredis
 from kombu.transport import redis as kombu_redis
 
 import patches
 from core.settings import Settings
-from harness.processes import ROOT
-from patches import dspy_caches, kombu_clients, lm15_connections
+from harness.processes import ROOT, start_redis
+from patches import asyncio_wait_for, dspy_caches, kombu_clients, lm15_connections
 
 
 def test_every_patch_takes_on_the_pinned_versions() -> None:
@@ -54,6 +58,15 @@ def test_a_patch_written_for_another_version_skips_itself_with_a_warning(caplog:
 
     assert outcomes == {"dspy_elsewhere": "skipped"}
     assert "dspy is 3.4.1, the patch was written for 0.0.1" in caplog.text
+
+
+def test_a_patch_of_the_interpreter_written_for_another_python_skips_itself() -> None:
+    later = patches.Patch("asyncio_later", "patches.asyncio_wait_for", "-", (("python", "3.99"),))
+
+    assert (
+        patches.version_mismatch(later)
+        == f"Python is {sys.version_info[0]}.{sys.version_info[1]}, the patch was written for 3.99"
+    )
 
 
 def test_an_unknown_name_in_disabled_patches_is_refused_naming_the_setting() -> None:
@@ -107,3 +120,89 @@ def test_importing_the_worker_and_the_api_installs_no_patch() -> None:
     run = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+WaitFor = Callable[[Awaitable[Any], float | None], Awaitable[Any]]
+
+
+async def _cancellations(wait_for: WaitFor) -> list[str]:
+    """A caller awaiting a call that completes within a loop step, cancelled 0, 1, 2, ... steps after it began;
+    for each cancellation the task accepted, what became of the caller."""
+    outcomes = []
+    for steps in range(8):
+
+        async def caller() -> str:
+            await wait_for(asyncio.sleep(0), 10)
+            return "carried on"
+
+        task = asyncio.create_task(caller())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        accepted = task.cancel()
+        try:
+            outcome = await task
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        if accepted:
+            outcomes.append(outcome)
+    return outcomes
+
+
+def test_python_311s_wait_for_loses_a_cancellation_that_lands_as_the_call_completes() -> None:
+    outcomes = asyncio.run(_cancellations(asyncio_wait_for._original))
+
+    assert "carried on" in outcomes, "the interpreter's wait_for keeps every cancellation: the patch is not needed"
+
+
+def test_the_patched_wait_for_keeps_every_cancellation_and_still_times_out() -> None:
+    async def timings() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio_wait_for.wait_for(asyncio.sleep(5), 0.01)
+        with pytest.raises(TimeoutError):
+            await asyncio_wait_for.wait_for(asyncio.sleep(5), 0)
+        assert await asyncio_wait_for.wait_for(asyncio.sleep(0, "done"), None) == "done"
+
+    outcomes = asyncio.run(_cancellations(asyncio_wait_for.wait_for))
+
+    assert set(outcomes) == {"cancelled"}
+    asyncio.run(timings())
+
+
+@pytest.mark.e2e
+def test_a_task_cancelled_while_it_talks_to_redis_always_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What went wrong: redis-py sends every command through wait_for, and a worker's heartbeat cancelled at
+    its drain kept beating, so the worker never exited after SIGTERM."""
+    monkeypatch.setattr(asyncio, "wait_for", asyncio.wait_for)
+    monkeypatch.setattr(asyncio.tasks, "wait_for", asyncio.tasks.wait_for)
+    assert asyncio_wait_for.apply(Settings())
+    proc, url = start_redis("redis-patches")
+    rng = random.Random(7)
+
+    async def beat_forever(client: aioredis.Redis) -> None:
+        while True:
+            async with client.pipeline() as pipe:
+                pipe.zadd("workers", {"w": 1.0})
+                pipe.expire("workers", 10)
+                await pipe.execute()
+            await asyncio.sleep(0.001)
+
+    async def main() -> int:
+        client = aioredis.Redis.from_url(url, socket_timeout=5)
+        kept_going = 0
+        for _ in range(300):
+            task = asyncio.create_task(beat_forever(client))
+            await asyncio.sleep(rng.random() * 0.004)
+            task.cancel()
+            await asyncio.wait([task], timeout=1)
+            while not task.done():
+                kept_going += 1
+                task.cancel()
+                await asyncio.wait([task], timeout=1)
+        await client.aclose()
+        return kept_going
+
+    try:
+        assert asyncio.run(main()) == 0
+    finally:
+        if proc is not None:
+            proc.stop()

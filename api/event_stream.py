@@ -128,8 +128,10 @@ async def _finished_before(redis: aioredis.Redis, job_id: str, seq: int) -> bool
     no worker has picked has no events yet: it is not over unless its batch ended it."""
     status, last_seq = cast(list[str | None], await redis.hmget(keys.job(job_id), ["status", "seq"]))
     if status is None:
-        unpicked = await job_store.unpicked_item(redis, job_id)
-        return unpicked is None or JobStatus(unpicked["status"]).is_terminal
+        item = await job_store.item_record(redis, job_id)
+        if item is None:
+            return True
+        status, last_seq = item["status"], item.get("seq")
     return JobStatus(status).is_terminal and int(last_seq or 0) <= seq
 
 

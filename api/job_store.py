@@ -97,7 +97,7 @@ async def read_job(redis: aioredis.Redis, job_id: str, caller: Caller | None = N
     """The record, or None when there is none or (given a caller) it is another key's. A batch item no
     worker has picked yet has no record: it is described from its batch (`core.batches.item_fields`)."""
     # decode_responses=True: keys and values are str.
-    fields = cast(dict[str, str], await redis.hgetall(keys.job(job_id))) or await unpicked_item(redis, job_id)
+    fields = cast(dict[str, str], await redis.hgetall(keys.job(job_id))) or await item_record(redis, job_id)
     if not fields:
         return None
     if caller is not None and not caller.can_see(await owner_of(redis, fields)):
@@ -122,8 +122,10 @@ async def visible(redis: aioredis.Redis, job_id: str, caller: Caller) -> bool:
     return await read_job(redis, job_id, caller) is not None
 
 
-async def unpicked_item(redis: aioredis.Redis, job_id: str) -> dict[str, str] | None:
-    """A batch item that has no record yet, as its record will begin (or as its batch ended it)."""
+async def item_record(redis: aioredis.Redis, job_id: str) -> dict[str, str] | None:
+    """A batch item's record; for one no worker has picked yet, its record as it will begin (or as its batch
+    ended it). Called after a read found no record: a worker may have picked the item since, so its record is
+    read again last, after the batch, and wins."""
     match = _ITEM_ID.match(job_id)
     if match is None:
         return None
@@ -131,9 +133,11 @@ async def unpicked_item(redis: aioredis.Redis, job_id: str) -> dict[str, str] | 
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.batch(batch_id))
         pipe.lindex(keys.batch_inputs(batch_id), index)
-        pipe.exists(keys.job(job_id))
-        batch, raw_input, exists = await pipe.execute()
-    if not batch or exists or index >= int(batch["total"]):
+        pipe.hgetall(keys.job(job_id))
+        batch, raw_input, record = await pipe.execute()
+    if record:
+        return cast(dict[str, str], record)
+    if not batch or index >= int(batch["total"]):
         return None
     fields = item_fields(batch_id, index, raw_input or "{}", batch)
     status = unpicked_status(batch, index)

@@ -143,7 +143,7 @@ async def jobs(redis: aioredis.Redis, ids: list[str]) -> list[Job]:
     listed = []
     for job_id, fields in zip(ids, found, strict=True):
         # A batch item no worker has picked has no record: described from its batch.
-        fields = fields or await job_store.unpicked_item(redis, job_id) or {}
+        fields = fields or await job_store.item_record(redis, job_id) or {}
         if fields:
             listed.append(job_from_fields(fields, JobLinks.for_job(job_id)))
     return listed

@@ -331,6 +331,22 @@ def test_cancelling_the_last_unpicked_item_then_the_batch_after_the_others_were_
     assert machine.batch()["status"] == "cancelling"
 
 
+def test_an_item_picked_between_the_apis_two_reads_is_read_from_its_record(machine: BatchRaces) -> None:
+    """Regression: `GET /jobs/{item}` read no record, a worker then picked and started the item, and the look
+    at its batch saw that a record existed and answered 404 (an optimization was 404 right after its 202)."""
+    machine.submit(size=1)
+    item_id = machine.item(0)
+    assert machine.run(machine.redis.hgetall(keys.job(item_id))) == {}  # the API's first read
+    machine.pick()
+    for picked_id, index, raw_input, batch in machine.picked:
+        machine._start(picked_id, next(machine.tokens), item_fields(machine.batch_id, index, raw_input, batch), False)
+
+    record = machine.run(job_store.item_record(machine.redis, item_id))  # its second
+
+    assert record is not None
+    assert record["status"] == JobStatus.running.value
+
+
 def test_an_item_that_lost_a_delivery_waits_to_run_alone_then_is_dead_lettered_and_counted_once(
     machine: BatchRaces,
 ) -> None:

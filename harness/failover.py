@@ -87,6 +87,7 @@ class Report:
     batch_items: int
     batch_counts: dict[str, int]
     workers_kept_serving: bool
+    job_after: dict[str, Any]  # the job that checks it: what it ended as, and who ran it
     submit_rate_per_s: float
     down_after_ms: int
 
@@ -110,6 +111,7 @@ class Report:
                 None if r.recovered_after_s is None else round(r.recovered_after_s, 1) for r in self.rounds
             ],
             "workers_kept_serving": self.workers_kept_serving,
+            "job_after": self.job_after,
         }
 
 
@@ -212,6 +214,21 @@ def _get(client: httpx.Client, path: str) -> httpx.Response:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"GET {path} kept failing")
+
+
+def _job_after_the_failovers(client: httpx.Client, timeout_s: float = 60.0) -> dict[str, Any]:
+    """A job submitted once the failovers are over, as it stands when it ended or after `timeout_s`;
+    `answered` says what the API answered the submission when it was not accepted."""
+    response = client.post("/jobs", json={"question": "after the failovers"})
+    if response.status_code != 202:
+        return {"answered": f"{response.status_code} {response.text[:300]}"}
+    job_id = response.json()["id"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        record: dict[str, Any] = _get(client, f"/jobs/{job_id}").json()
+        if record.get("status") in _TERMINAL or time.monotonic() > deadline:
+            return record
+        time.sleep(0.2)
 
 
 def _recovered_after(finished: list[float], killed_at: float, rate: float) -> float | None:
@@ -323,10 +340,10 @@ def run(
             r.recovered_after_s = _recovered_after(finished_at, r.killed_at_s, rate_per_s)
 
         # The processes connected before the first failover still serve: a job now, run by the same worker.
-        after = client.post("/jobs?wait=20", json={"question": "after the failovers"})
+        after = _job_after_the_failovers(client)
         # A record names its worker as "<Celery hostname>:<pid>".
-        kept = after.status_code in (200, 202) and after.json().get("worker", "").startswith(f"{worker.hostname}:")
-        kept = kept and after.json().get("status") == "succeeded" and worker.popen.poll() is None
+        kept = after.get("status") == "succeeded" and str(after.get("worker")).startswith(f"{worker.hostname}:")
+        kept = kept and worker.popen.poll() is None
         client.close()
         return Report(
             rounds=done_rounds,
@@ -346,6 +363,7 @@ def run(
             batch_items=batch_items,
             batch_counts=batch_counts,
             workers_kept_serving=kept,
+            job_after={k: after.get(k) for k in ("status", "worker", "attempts", "error", "answered")},
             submit_rate_per_s=rate_per_s,
             down_after_ms=down_after_ms,
         )

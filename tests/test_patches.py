@@ -3,7 +3,6 @@ off, one written for another version skips itself, and importing the service ins
 
 import asyncio
 import logging
-import random
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -13,11 +12,11 @@ import dspy.adapters.utils as adapter_utils
 import dspy.clients.capabilities as capabilities
 import dspy.clients.costs as costs
 import pytest
-import redis.asyncio as aioredis
 from kombu.transport import redis as kombu_redis
 
 import patches
 from core.settings import Settings
+from harness.cancellations import carried_on
 from harness.processes import ROOT, start_redis
 from patches import asyncio_wait_for, dspy_caches, kombu_clients, lm15_connections
 
@@ -176,33 +175,9 @@ def test_a_task_cancelled_while_it_talks_to_redis_always_ends(monkeypatch: pytes
     monkeypatch.setattr(asyncio.tasks, "wait_for", asyncio.tasks.wait_for)
     assert asyncio_wait_for.apply(Settings())
     proc, url = start_redis("redis-patches")
-    rng = random.Random(7)
-
-    async def beat_forever(client: aioredis.Redis) -> None:
-        while True:
-            async with client.pipeline() as pipe:
-                pipe.zadd("workers", {"w": 1.0})
-                pipe.expire("workers", 10)
-                await pipe.execute()
-            await asyncio.sleep(0.001)
-
-    async def main() -> int:
-        client = aioredis.Redis.from_url(url, socket_timeout=5)
-        kept_going = 0
-        for _ in range(300):
-            task = asyncio.create_task(beat_forever(client))
-            await asyncio.sleep(rng.random() * 0.004)
-            task.cancel()
-            await asyncio.wait([task], timeout=1)
-            while not task.done():
-                kept_going += 1
-                task.cancel()
-                await asyncio.wait([task], timeout=1)
-        await client.aclose()
-        return kept_going
 
     try:
-        assert asyncio.run(main()) == 0
+        assert asyncio.run(carried_on(url, tasks=300, pipelined=True)) == 0
     finally:
         if proc is not None:
             proc.stop()
